@@ -1,0 +1,5 @@
+"""Subcommands of `python -m tracer`; each module has `register(subparsers)`."""
+
+from tracer.commands import toy
+
+COMMANDS = [toy]

@@ -1,0 +1,107 @@
+"""`python -m tracer toy ...`: the shapes world and the toy VLM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    toy = sub.add_parser(
+        "toy", help="the shapes toy world and the toy VLM: train, evaluate, sample",
+        description="The shapes toy world (64x64 scenes, 1-3 objects on a 4x4 grid, questions with a "
+        "known answer region) and the small Gemma3 VLM trained on it.",
+    )
+    toy_sub = toy.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
+
+    train = toy_sub.add_parser(
+        "train", help="train the toy VLM from scratch (seeded, resumable)",
+        description="Train a small Gemma3ForConditionalGeneration on the shapes world and save it as a "
+        "Hugging Face folder (config.json, model.safetensors, tokenizer and processor files). "
+        "Re-running with the same --out resumes from the last checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--steps", type=int, default=12000)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    train.add_argument("--warmup", type=int, default=500)
+    train.add_argument("--aux-weight", type=float, default=0.5,
+                       help="weight of the per-image-token shape/colour probe loss")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-every", type=int, default=1000)
+    train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    train.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (use 1 when other work shares the cores)")
+    train.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=_train)
+
+    ev = toy_sub.add_parser(
+        "eval", help="held-out answer accuracy per question type",
+        description="Greedy next-token accuracy on held-out scenes (never seen in training), one row "
+        "per question type.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ev.add_argument("--model", default=None, help="model folder (default: the shipped toy VLM)")
+    ev.add_argument("-n", "--per-type", type=int, default=500, help="examples per question type")
+    ev.add_argument("--seed", type=int, default=0, help="which held-out examples")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ev.set_defaults(handler=_eval)
+
+    sample = toy_sub.add_parser(
+        "sample", help="write toy examples (images + questions + ground truth) to a folder",
+        description="Write N examples as PNG images plus examples.jsonl with question, answer, the "
+        "objects the answer depends on and the image soft-token positions under them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sample.add_argument("--out", required=True)
+    sample.add_argument("-n", type=int, default=12)
+    sample.add_argument("--split", default="heldout", choices=["train", "heldout"])
+    sample.add_argument("--type", dest="question_type", default=None, help="only this question type")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(handler=_sample)
+
+
+def _train(args) -> int:
+    from tracer.toy.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+        aux_weight=args.aux_weight, seed=args.seed, eval_every=args.eval_every, device=args.device,
+        threads=args.threads, num_workers=args.workers,
+    )
+    out = train(args.out, cfg, progress=not args.no_progress)
+    print(f"saved the toy VLM to {out}")
+    return 0
+
+
+def _eval(args) -> int:
+    from tracer.models.loading import load_vlm
+    from tracer.toy.evaluate import evaluate_model, format_table
+
+    model, processor = load_vlm(args.model)
+    acc = evaluate_model(model, processor, args.per_type, seed=args.seed)
+    if args.json:
+        print(json.dumps(acc, indent=1))
+    else:
+        print(format_table(acc, args.per_type))
+    return 0
+
+
+def _sample(args) -> int:
+    from tracer.toy import world
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "examples.jsonl", "w") as f:
+        for ex in world.examples(args.split, args.seed, 0, args.n, args.question_type):
+            record = ex.to_dict()
+            if ex.has_image:
+                name = f"{args.split}_{ex.index:05d}.png"
+                ex.image().save(out / name)
+                record["image"] = name
+            f.write(json.dumps(record) + "\n")
+    print(f"wrote {args.n} examples to {out}")
+    return 0
