@@ -168,6 +168,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
             tqdm.write(f"step {step + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in acc.items()))
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_state(state_path, model, probe, opt, step + 1)
+            save_toy_model(model, processor, out)  # a usable folder at every checkpoint
             (out / "training_log.json").write_text(json.dumps(log, indent=1))
 
     model.eval()
@@ -185,7 +186,6 @@ def _save_state(path: Path, model, probe, opt, step: int) -> None:
 
 
 def save_toy_model(model, processor, out: Path) -> None:
-    model.to("cpu").to(torch.float32)
     model.save_pretrained(out)
     processor.save_pretrained(out)
 
