@@ -1,0 +1,1 @@
+"""vlm-circuits explorer: a Dash app over tracer's attribution graphs."""

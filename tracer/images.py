@@ -1,0 +1,43 @@
+"""Opening user images safely: decode errors and decompression bombs become clear errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000  # about 6300 x 6300; far above any VLM input size
+MAX_SIDE = 16_384
+ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: not an image, corrupt, too large, or an unsupported format."""
+
+
+def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB PIL image from a path, bytes, a file object or a PIL image."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    name = str(source) if isinstance(source, (str, Path)) else "the uploaded image"
+    if isinstance(source, (str, Path)) and not Path(source).exists():
+        raise ImageError(f"{name}: no such file")
+    data = source if isinstance(source, (bytes, bytearray)) else None
+    try:
+        handle = io.BytesIO(data) if data is not None else source
+        with Image.open(handle) as probe:
+            fmt = probe.format
+            width, height = probe.size
+            if fmt not in ALLOWED_FORMATS:
+                raise ImageError(f"{name}: format {fmt} is not supported (use PNG, JPEG or WebP)")
+            if width * height > max_pixels or max(width, height) > MAX_SIDE:
+                raise ImageError(
+                    f"{name}: {width}x{height} pixels is too large (limit {max_pixels:,} pixels, {MAX_SIDE} per side)"
+                )
+            probe.load()  # decode fully now, so truncation shows up here
+            return probe.convert("RGB")
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{name}: not a readable image ({err})") from err
