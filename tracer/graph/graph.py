@@ -1,0 +1,228 @@
+"""The attribution graph: nodes, edges, and everything needed to check and display them.
+
+Node order (as in circuit-tracer's reference graphs): feature nodes, error nodes, embedding
+nodes (one per position: text token or image soft token), logit nodes. Only feature and logit
+nodes have incoming edges, so the adjacency matrix stores just those rows:
+
+    adjacency[r, c] = A[target r, source c]     r < n_features: feature targets, then logits
+                                                c indexes all nodes in the order above
+
+Per target row we also keep the target's actual value, its constant term (biases, b_dec writes,
+what excluded prefix positions contribute) and the summed edges from active features that were
+not explored ("unexplored"), so that the sum rule closes on the stored graph:
+
+    adjacency[r].sum() + unexplored[r] + constants[r] == values[r]
+
+This module needs only numpy: reading a graph needs neither torch nor the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FEATURE, ERROR, EMBEDDING, LOGIT = "feature", "error", "embedding", "logit"
+
+
+@dataclass
+class Target:
+    """One logit node: a token's logit, or a custom direction in the unembedding space."""
+
+    label: str  # e.g. "red" or "red - blue"
+    token_id: int = -1  # -1 for a custom direction
+    probability: float = 0.0  # softmax probability of the token (0 for directions)
+    kind: str = "token"  # "token" or "direction"
+    spec: dict[str, Any] = field(default_factory=dict)  # how the direction was built
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "token_id": self.token_id, "probability": self.probability,
+                "kind": self.kind, "spec": self.spec}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Target":
+        return cls(d["label"], int(d.get("token_id", -1)), float(d.get("probability", 0.0)),
+                   d.get("kind", "token"), dict(d.get("spec", {})))
+
+
+@dataclass
+class Graph:
+    # --- the prompt
+    prompt: str  # the text the model saw (chat template applied)
+    input_ids: np.ndarray  # (n_pos,) int64
+    tokens: list[str]  # display string per position
+    n_layers: int
+    # --- nodes
+    features: np.ndarray  # (n_features, 3) int64: layer, position, feature index
+    activations: np.ndarray  # (n_features,) float32
+    errors: np.ndarray  # (n_errors, 2) int64: layer, position
+    targets: list[Target]
+    # --- edges and the sum rule
+    adjacency: np.ndarray  # (n_features + n_logits, n_nodes) float32
+    values: np.ndarray  # (n_features + n_logits,) float64: actual pre-activation / logit value
+    constants: np.ndarray  # (n_features + n_logits,) float64
+    unexplored: np.ndarray  # (n_features + n_logits,) float64
+    # --- images: positions of image soft tokens and their grid cells
+    image_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n_img,)
+    image_grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # (n_img, 3): image, row, col
+    tokens_per_side: int = 0
+    images: list[np.ndarray] = field(default_factory=list)  # uint8 (H, W, 3) each, the input images
+    prefix_length: int = 0  # leading chat-template positions with no feature nodes
+    # --- per-feature extras for viewers (aligned with `features`; may be empty)
+    feature_position_activations: np.ndarray | None = None  # (n_features, n_pos) float32
+    top_logit_ids: np.ndarray | None = None  # (n_features, k) int64: tokens each feature's decoder promotes
+    top_logit_values: np.ndarray | None = None  # (n_features, k) float32
+    bottom_logit_ids: np.ndarray | None = None  # (n_features, k) suppressed tokens
+    bottom_logit_values: np.ndarray | None = None
+    vocab: dict[int, str] = field(default_factory=dict)  # token strings for the ids above
+    # --- provenance
+    model: str = ""
+    transcoders: str = ""
+    scan: str = ""
+    slug: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # attribution settings
+    scores: dict[str, float] = field(default_factory=dict)  # replacement / completeness
+    info: dict[str, Any] = field(default_factory=dict)  # anything else (timings, versions, clerps)
+
+    # ------------------------------------------------------------------ sizes and indices
+    @property
+    def n_positions(self) -> int:
+        return int(len(self.input_ids))
+
+    @property
+    def n_features(self) -> int:
+        return int(len(self.features))
+
+    @property
+    def n_errors(self) -> int:
+        return int(len(self.errors))
+
+    @property
+    def n_embeddings(self) -> int:
+        return self.n_positions
+
+    @property
+    def n_logits(self) -> int:
+        return len(self.targets)
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_features + self.n_errors + self.n_embeddings + self.n_logits
+
+    @property
+    def error_offset(self) -> int:
+        return self.n_features
+
+    @property
+    def embedding_offset(self) -> int:
+        return self.n_features + self.n_errors
+
+    @property
+    def logit_offset(self) -> int:
+        return self.n_features + self.n_errors + self.n_embeddings
+
+    def node_kind(self, index: int) -> str:
+        if index < self.error_offset:
+            return FEATURE
+        if index < self.embedding_offset:
+            return ERROR
+        if index < self.logit_offset:
+            return EMBEDDING
+        if index < self.n_nodes:
+            return LOGIT
+        raise IndexError(index)
+
+    def node_kinds(self) -> np.ndarray:
+        kinds = np.empty(self.n_nodes, dtype=object)
+        kinds[: self.error_offset] = FEATURE
+        kinds[self.error_offset: self.embedding_offset] = ERROR
+        kinds[self.embedding_offset: self.logit_offset] = EMBEDDING
+        kinds[self.logit_offset:] = LOGIT
+        return kinds
+
+    def node_layers(self) -> np.ndarray:
+        """Layer of each node: embeddings -1, logits n_layers."""
+        return np.concatenate([
+            self.features[:, 0], self.errors[:, 0], np.full(self.n_embeddings, -1),
+            np.full(self.n_logits, self.n_layers),
+        ]).astype(np.int64)
+
+    def node_positions(self) -> np.ndarray:
+        return np.concatenate([
+            self.features[:, 1], self.errors[:, 1], np.arange(self.n_embeddings),
+            np.full(self.n_logits, self.n_positions - 1),
+        ]).astype(np.int64)
+
+    def row_of_node(self, index: int) -> int | None:
+        """Row of the adjacency matrix for a node (None for errors and embeddings)."""
+        kind = self.node_kind(index)
+        if kind == FEATURE:
+            return index
+        if kind == LOGIT:
+            return self.n_features + index - self.logit_offset
+        return None
+
+    def full_adjacency(self) -> np.ndarray:
+        """Dense (n_nodes, n_nodes) matrix, rows = targets. For small graphs and exports."""
+        full = np.zeros((self.n_nodes, self.n_nodes), dtype=self.adjacency.dtype)
+        full[: self.n_features] = self.adjacency[: self.n_features]
+        full[self.logit_offset:] = self.adjacency[self.n_features:]
+        return full
+
+    def is_image_position(self) -> np.ndarray:
+        mask = np.zeros(self.n_positions, bool)
+        mask[self.image_positions] = True
+        return mask
+
+    def sum_rule_residual(self) -> np.ndarray:
+        """values - (sum of edges + unexplored + constant), per target row: ~0 for an exact graph."""
+        return self.values - (self.adjacency.astype(np.float64).sum(1) + self.unexplored + self.constants)
+
+    def node_label(self, index: int) -> str:
+        kind = self.node_kind(index)
+        if kind == FEATURE:
+            layer, pos, feat = self.features[index]
+            return f"L{layer} #{feat} @{pos}"
+        if kind == ERROR:
+            layer, pos = self.errors[index - self.error_offset]
+            return f"error L{layer} @{pos}"
+        if kind == EMBEDDING:
+            pos = index - self.embedding_offset
+            if self.is_image_position()[pos]:
+                k = int(np.flatnonzero(self.image_positions == pos)[0])
+                img, row, col = self.image_grid[k]
+                return f"image{img} ({row},{col})"
+            return f"{self.tokens[pos]!r} @{pos}"
+        return f"logit {self.targets[index - self.logit_offset].label!r}"
+
+    def validate(self) -> None:
+        """Raise GraphFormatError if the arrays do not fit together."""
+        from tracer.graph.errors import GraphFormatError
+
+        n_rows = self.n_features + self.n_logits
+
+        def need(cond: bool, what: str):
+            if not cond:
+                raise GraphFormatError(what)
+
+        need(self.input_ids.ndim == 1, "input_ids must be 1-D")
+        need(len(self.tokens) == self.n_positions, "tokens and input_ids differ in length")
+        need(self.features.ndim == 2 and self.features.shape[1] == 3, "features must be (n, 3): layer, position, feature")
+        need(self.activations.shape == (self.n_features,), "activations must have one value per feature")
+        need(self.errors.ndim == 2 and self.errors.shape[1] == 2, "errors must be (n, 2): layer, position")
+        need(self.adjacency.shape == (n_rows, self.n_nodes),
+             f"adjacency has shape {self.adjacency.shape}, expected {(n_rows, self.n_nodes)}")
+        for name in ("values", "constants", "unexplored"):
+            need(getattr(self, name).shape == (n_rows,), f"{name} must have one value per target row")
+        if self.n_features:
+            need(int(self.features[:, 0].min()) >= 0 and int(self.features[:, 0].max()) < self.n_layers,
+                 "feature layer out of range")
+            need(int(self.features[:, 1].min()) >= 0 and int(self.features[:, 1].max()) < self.n_positions,
+                 "feature position out of range")
+        if self.n_errors:
+            need(int(self.errors[:, 1].max()) < self.n_positions, "error position out of range")
+        need(len(self.image_positions) == len(self.image_grid), "image_positions and image_grid differ in length")
+        if len(self.image_positions):
+            need(int(self.image_positions.max()) < self.n_positions, "image position out of range")
+        need(np.isfinite(self.adjacency).all(), "adjacency holds NaN or infinite values")
