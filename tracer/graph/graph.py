@@ -59,7 +59,7 @@ class Graph:
     errors: np.ndarray  # (n_errors, 2) int64: layer, position
     targets: list[Target]
     # --- edges and the sum rule
-    adjacency: np.ndarray  # (n_features + n_logits, n_nodes) float32
+    adjacency: np.ndarray  # (n_features + n_logits, n_nodes) float32 (float64 for exactness runs)
     values: np.ndarray  # (n_features + n_logits,) float64: actual pre-activation / logit value
     constants: np.ndarray  # (n_features + n_logits,) float64
     unexplored: np.ndarray  # (n_features + n_logits,) float64

@@ -44,7 +44,9 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
         "features": np.ascontiguousarray(graph.features, np.int64).reshape(-1, 3),
         "activations": np.ascontiguousarray(graph.activations, np.float32),
         "errors": np.ascontiguousarray(graph.errors, np.int64).reshape(-1, 2),
-        "adjacency": np.ascontiguousarray(graph.adjacency, np.float32),
+        # float32 normally; float64 graphs (exactness runs) keep their precision
+        "adjacency": np.ascontiguousarray(
+            graph.adjacency, np.float64 if graph.adjacency.dtype == np.float64 else np.float32),
         "values": np.ascontiguousarray(graph.values, np.float64),
         "constants": np.ascontiguousarray(graph.constants, np.float64),
         "unexplored": np.ascontiguousarray(graph.unexplored, np.float64),

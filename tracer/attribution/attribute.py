@@ -1,0 +1,319 @@
+"""Attribution graphs: one forward pass, batched backward lanes, influence-ordered exploration.
+
+    graph = attribute(model, processor, transcoders, "What color is the circle?", image=img)
+
+Phases: (1) run the model once and record the frozen quantities; (2) encode every layer's MLP
+input with its transcoder (active features, reconstruction, error); (3) one backward lane per
+target logit; (4) feature lanes in order of their influence on the targets (estimated from the
+rows computed so far), until `max_feature_nodes` features are explored; (5) assemble the Graph:
+rows of explored features and logits, columns of explored features, errors and embeddings, and
+for each row the summed edges from active features that were not explored, so the sum rule
+still closes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tracer.attribution.record import record_forward
+from tracer.attribution.replacement import LocalReplacement
+from tracer.attribution.targets import ResolvedTarget, resolve_targets
+from tracer.graph.graph import Graph
+from tracer.graph.pruning import graph_scores
+from tracer.models.base import PromptInputs, VLMAdapter, get_adapter, prepare_prompt
+
+
+@dataclass
+class AttributionConfig:
+    """Settings; names follow circuit-tracer's where they mean the same."""
+
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    targets: list[str] | None = None  # tokens ("red", "#123") or contrasts ("red - blue")
+    max_feature_nodes: int | None = 7500  # None: explore every active feature
+    batch_size: int = 256
+    exclude_prefix: bool = True  # no feature/error nodes at BOS and the chat-template prefix
+    chat: bool = True  # apply the chat template to a plain prompt
+    offload: str | None = None  # "cpu": keep the edge rows in host memory
+    top_logit_k: int = 10  # promoted / suppressed tokens stored per feature
+    feature_position_activations: bool = True
+    progress: bool = True
+
+
+@dataclass
+class AttributionResult:
+    graph: Graph
+    replacement: LocalReplacement
+    targets: list[ResolvedTarget]
+    timings: dict = field(default_factory=dict)
+
+
+def attribute(model, processor, transcoders, prompt: str, image=None, config: AttributionConfig | None = None,
+              model_ref: str = "", transcoders_ref: str = "", slug: str = "", **overrides) -> Graph:
+    """The attribution graph of the model's next token after prompt (+ image)."""
+    return attribute_full(model, processor, transcoders, prompt, image, config, model_ref, transcoders_ref,
+                          slug, **overrides).graph
+
+
+@torch.no_grad()
+def attribute_full(model, processor, transcoders, prompt: str, image=None, config: AttributionConfig | None = None,
+                   model_ref: str = "", transcoders_ref: str = "", slug: str = "", **overrides) -> AttributionResult:
+    cfg = config or AttributionConfig()
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise TypeError(f"unknown attribution setting {key!r}")
+        setattr(cfg, key, value)
+    adapter = model if isinstance(model, VLMAdapter) else get_adapter(model)
+    if hasattr(transcoders, "check_compatible"):
+        transcoders.check_compatible(adapter)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=3 + adapter.n_layers, desc="forward", disable=not cfg.progress, unit="step")
+
+    prompt_inputs = prepare_prompt(
+        processor, prompt, image, chat=cfg.chat, image_token_id=adapter.image_token_id,
+        tokens_per_image=adapter.tokens_per_image, adapter=adapter,
+    )
+    record = record_forward(adapter, prompt_inputs)
+    bar.update(1)
+    timings["forward"] = time.perf_counter() - t0
+
+    first = prompt_inputs.prefix_length if cfg.exclude_prefix else 0
+    if first >= prompt_inputs.n_positions:
+        first = prompt_inputs.n_positions - 1
+    bar.set_description("encode")
+    rep = LocalReplacement(adapter, record, transcoders, first_position=first, device=adapter.device, progress=bar)
+    timings["encode"] = time.perf_counter() - t0 - timings["forward"]
+
+    targets = resolve_targets(cfg.targets, record.logits, adapter.unembedding, processor.tokenizer,
+                              cfg.max_n_logits, cfg.desired_logit_prob, dtype=rep.dtype)
+    n_logits = len(targets)
+    n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
+    store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
+    n_rows = n_logits + n_explore
+    rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)
+    consts = torch.zeros(n_rows, dtype=rep.dtype, device=store)
+    values = torch.zeros(n_rows, dtype=rep.dtype, device=store)
+    bs = max(1, cfg.batch_size)
+    bar.reset(total=n_rows)
+    bar.set_description("logit lanes")
+
+    directions = torch.stack([t.direction for t in targets]).to(rep.device, rep.dtype)
+    values[:n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)
+    for start in range(0, n_logits, bs):
+        stop = min(n_logits, start + bs)
+        lanes = torch.arange(stop - start, device=rep.device)
+        r, c = rep.backward(stop - start, top=(lanes, rep.logit_injection(directions[start:stop])))
+        rows[start:stop], consts[start:stop] = r.to(store), c.to(store)
+        bar.update(stop - start)
+    timings["logits"] = time.perf_counter() - t0 - timings["forward"] - timings["encode"]
+
+    bar.set_description("features")
+    table = rep.active_table()  # (n_active, 3) on rep.device
+    weights = torch.tensor([max(t.target.probability, 0.0) for t in targets], dtype=rep.dtype, device=store)
+    weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1.0 / n_logits)
+    explored = torch.empty(0, dtype=torch.long, device=store)
+    is_explored = torch.zeros(rep.n_active, dtype=torch.bool, device=store)
+    explore_all = n_explore == rep.n_active
+    # With every feature explored the order does not matter: go top layer first, which keeps
+    # each batch's lanes short. Otherwise pick the most influential unexplored features.
+    all_order = torch.argsort(-table[:, 0].to(store) * rep.n_active - torch.arange(rep.n_active, device=store))
+    while explored.numel() < n_explore:
+        need = min(bs, n_explore - explored.numel())
+        if explore_all:
+            picked = all_order[explored.numel(): explored.numel() + need]
+        else:
+            influence = _feature_influence(rows[: n_logits + explored.numel()], n_logits, explored, weights,
+                                           rep.n_active, rep.n_layers)
+            influence[is_explored] = -1.0
+            picked = torch.topk(influence, need).indices
+        picked_dev = picked.to(rep.device)
+        layers = table[picked_dev, 0]
+        order = torch.argsort(-layers, stable=True)
+        picked, picked_dev, layers = picked[order.to(store)], picked_dev[order], layers[order]
+        injections = {}
+        lane_values = torch.zeros(need, dtype=rep.dtype, device=rep.device)
+        for layer in torch.unique(layers).tolist():
+            lanes = torch.nonzero(layers == layer).flatten()
+            pos = table[picked_dev[lanes], 1]
+            feats = table[picked_dev[lanes], 2]
+            tc = transcoders[layer]
+            enc = tc.encoder_rows(feats.cpu() if tc.lazy_encoder else feats.to(tc.b_enc.device))
+            injections[layer] = (lanes, pos, rep.feature_injection(layer, pos, enc))
+            lane_values[lanes] = rep.feature_target_values(layer, pos, enc)
+        r, c = rep.backward(need, injections=injections)
+        start = n_logits + explored.numel()
+        rows[start:start + need], consts[start:start + need] = r.to(store), c.to(store)
+        values[start:start + need] = lane_values.to(store)
+        explored = torch.cat([explored, picked])
+        is_explored[picked] = True
+        bar.update(need)
+    timings["features"] = time.perf_counter() - t0 - sum(timings.values())
+
+    bar.set_description("assemble")
+    graph = _assemble(rep, adapter, processor, prompt_inputs, targets, rows, consts, values, explored, table, cfg)
+    graph.model = model_ref
+    graph.transcoders = transcoders_ref or str(getattr(transcoders, "source", "") or "")
+    graph.slug = slug
+    graph.scan = graph.transcoders
+    timings["assemble"] = time.perf_counter() - t0 - sum(timings.values())
+    timings["total"] = time.perf_counter() - t0
+    graph.info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+    graph.info["n_active_features"] = rep.n_active
+    graph.info["logits_top"] = _top_tokens(record.logits, processor.tokenizer, 5)
+    bar.close()
+    return AttributionResult(graph, rep, targets, timings)
+
+
+def _feature_influence(rows: torch.Tensor, n_logits: int, explored: torch.Tensor, weights: torch.Tensor,
+                       n_active: int, n_layers: int, chunk: int = 2048) -> torch.Tensor:
+    """Influence of every active feature on the weighted targets, from the rows computed so far.
+
+    Normalised matrix N = |rows| / row sums. Direct influence u = w @ N[logit rows]; explored
+    features pass on what reaches them: x = u[explored] (I + M + M^2 + ...), M = N[feature rows,
+    explored columns]; total = u + x @ N[feature rows]. Only two passes over the big matrix.
+    """
+    row_sums = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    for s in range(0, rows.shape[0], chunk):
+        row_sums[s:s + chunk] = rows[s:s + chunk].abs().sum(1)
+    inv = torch.where(row_sums > 0, 1.0 / row_sums.clamp_min(1e-300), torch.zeros_like(row_sums))
+    u = (weights * inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
+    n_exp = explored.numel()
+    if n_exp == 0:
+        return u
+    feat_rows = rows[n_logits:]
+    M = feat_rows[:, explored].abs() * inv[n_logits:, None]
+    x = u[explored].clone()
+    total = x.clone()
+    for _ in range(n_layers + 1):
+        x = x @ M
+        if not bool(x.abs().sum() > 1e-12 * total.abs().sum()):
+            break
+        total += x
+    scaled = total * inv[n_logits:]
+    out = u.clone()
+    for s in range(0, n_exp, chunk):
+        out += scaled[s:s + chunk] @ feat_rows[s:s + chunk, :n_active].abs()
+    return out
+
+
+def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: PromptInputs,
+              targets: list[ResolvedTarget], rows, consts, values, explored, table, cfg: AttributionConfig) -> Graph:
+    n_logits = len(targets)
+    store = rows.device
+    table_s = table.to(store)
+    # selected features in (layer, position, feature) order
+    sel_np = explored.cpu().numpy()
+    t_np = table.cpu().numpy()
+    sel_sorted = explored[torch.as_tensor(np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0])), device=store)]
+    row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
+    row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
+    row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
+    R = rows[row_index]
+    n_sel = sel_sorted.numel()
+    n_rest = rep.n_columns - rep.n_active  # errors + embeddings
+    # float32 edges, or float64 when the model ran in float64 (exactness checks)
+    edge_dtype = torch.float64 if rep.dtype == torch.float64 else torch.float32
+    adjacency = torch.zeros(n_sel + n_logits, n_sel + n_rest + n_logits, dtype=edge_dtype)
+    adjacency[:, :n_sel] = R[:, sel_sorted].to(edge_dtype).cpu()
+    adjacency[:, n_sel:n_sel + n_rest] = R[:, rep.n_active:].to(edge_dtype).cpu()
+    unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=store)
+    unexplored_mask[sel_sorted] = False
+    unexplored = (R[:, :rep.n_active] * unexplored_mask).sum(1)
+
+    features = table_s[sel_sorted].cpu().numpy().astype(np.int64)
+    acts = rep.active_values().to(store)[sel_sorted].float().cpu().numpy()
+    kept = rep.kept_positions.cpu().numpy()
+    errors = np.array([(l, p) for l in range(rep.n_layers) for p in kept], dtype=np.int64).reshape(-1, 2)
+
+    tokenizer = processor.tokenizer
+    graph = Graph(
+        prompt=prompt.text,
+        input_ids=np.asarray(prompt.input_ids, dtype=np.int64),
+        tokens=list(prompt.tokens),
+        n_layers=rep.n_layers,
+        features=features,
+        activations=acts.astype(np.float32),
+        errors=errors,
+        targets=[t.target for t in targets],
+        adjacency=adjacency.numpy(),
+        values=values[row_index].double().cpu().numpy(),
+        constants=consts[row_index].double().cpu().numpy(),
+        unexplored=unexplored.double().cpu().numpy(),
+        image_positions=np.asarray(prompt.image_positions, dtype=np.int64),
+        image_grid=np.asarray(prompt.image_grid, dtype=np.int64).reshape(-1, 3),
+        tokens_per_side=prompt.tokens_per_side,
+        images=[np.asarray(im.convert("RGB"), dtype=np.uint8) for im in prompt.images],
+        prefix_length=rep.first_position,
+        config={k: v for k, v in asdict(cfg).items() if k != "progress"},
+    )
+    graph.config["dtype"] = str(adapter.dtype).replace("torch.", "")
+    if cfg.feature_position_activations and n_sel:
+        graph.feature_position_activations = _position_activations(rep, features)
+    if cfg.top_logit_k and n_sel:
+        ids_top, val_top, ids_bot, val_bot = _feature_logit_effects(rep, adapter, features, cfg.top_logit_k)
+        graph.top_logit_ids, graph.top_logit_values = ids_top, val_top
+        graph.bottom_logit_ids, graph.bottom_logit_values = ids_bot, val_bot
+        used = set(np.unique(ids_top).tolist()) | set(np.unique(ids_bot).tolist())
+    else:
+        used = set()
+    used |= {t.token_id for t in graph.targets if t.token_id >= 0}
+    used |= set(int(i) for i in graph.input_ids)
+    graph.vocab = {int(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(used)}
+    graph.scores = graph_scores(graph)
+    return graph
+
+
+def _position_activations(rep: LocalReplacement, features: np.ndarray) -> np.ndarray:
+    """Activation of each selected feature (its layer and index) at every position."""
+    out = np.zeros((len(features), rep.n_positions), dtype=np.float32)
+    for layer in np.unique(features[:, 0]):
+        act = rep.active[int(layer)]
+        a_feat = act.features.cpu().numpy()
+        a_pos = act.positions.cpu().numpy()
+        a_val = act.activations.float().cpu().numpy()
+        idx = np.flatnonzero(features[:, 0] == layer)
+        lookup: dict[int, list[int]] = {}
+        for k in idx:
+            lookup.setdefault(int(features[k, 2]), []).append(int(k))
+        for f, p, v in zip(a_feat, a_pos, a_val):
+            for k in lookup.get(int(f), ()):
+                out[k, p] = v
+    return out
+
+
+def _feature_logit_effects(rep: LocalReplacement, adapter: VLMAdapter, features: np.ndarray, k: int, chunk: int = 512):
+    """Tokens each feature's decoder row promotes / suppresses through the direct path:
+    (W_dec[f] * g_post_mlp * g_final) @ W_U^T, positive scale factors (norm scales) dropped."""
+    W_U = adapter.unembedding
+    n = len(features)
+    k = min(k, W_U.shape[0])
+    ids_top = np.zeros((n, k), np.int64)
+    val_top = np.zeros((n, k), np.float32)
+    ids_bot = np.zeros((n, k), np.int64)
+    val_bot = np.zeros((n, k), np.float32)
+    for layer in np.unique(features[:, 0]):
+        idx = np.flatnonzero(features[:, 0] == layer)
+        tc = rep.transcoders[int(layer)]
+        gain = rep.weights[int(layer)].g_post_mlp * rep.g_final
+        for s in range(0, len(idx), chunk):
+            part = idx[s:s + chunk]
+            feats = torch.as_tensor(features[part, 2])
+            dec = tc.decoder_rows(feats if tc.lazy_decoder else feats.to(tc.b_enc.device)).to(rep.device, rep.dtype)
+            effect = (dec * gain) @ W_U.to(rep.dtype).T
+            top = torch.topk(effect, k, dim=1)
+            bot = torch.topk(-effect, k, dim=1)
+            ids_top[part], val_top[part] = top.indices.cpu().numpy(), top.values.float().cpu().numpy()
+            ids_bot[part], val_bot[part] = bot.indices.cpu().numpy(), (-bot.values).float().cpu().numpy()
+    return ids_top, val_top, ids_bot, val_bot
+
+
+def _top_tokens(logits: torch.Tensor, tokenizer, k: int) -> list[dict]:
+    probs = torch.softmax(logits.float(), -1)
+    p, i = torch.topk(probs, k)
+    return [{"token": tokenizer.convert_ids_to_tokens(int(t)), "id": int(t), "p": float(v)} for v, t in zip(p, i)]

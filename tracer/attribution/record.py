@@ -1,0 +1,134 @@
+"""One forward pass of the real model, recording what the local replacement model freezes.
+
+For each layer: the scale (1/rms) of each of the four RMSNorms at every position, the attention
+pattern, the MLP input (`mlp.hook_in`) and raw output (`mlp.hook_out`); plus the embeddings that
+enter the language model (text embeddings already scaled by sqrt(d_model), image soft tokens as
+the projector made them) and the final norm's scale. With these frozen, the residual stream is a
+linear function of the embeddings, the transcoder features and the error terms (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import torch
+
+from tracer.models.base import PromptInputs, VLMAdapter
+
+
+@dataclass
+class LayerRecord:
+    s_in: torch.Tensor  # (P,) 1/rms of the input_layernorm's input
+    s_post_attn: torch.Tensor  # (P,) post_attention_layernorm
+    s_pre_mlp: torch.Tensor  # (P,) pre_feedforward_layernorm
+    s_post_mlp: torch.Tensor  # (P,) post_feedforward_layernorm
+    pattern: torch.Tensor  # (H, P, P) attention pattern, queries x keys
+    mlp_in: torch.Tensor  # (P, d)
+    mlp_out: torch.Tensor  # (P, d)
+
+
+@dataclass
+class ForwardRecord:
+    prompt: PromptInputs
+    embeddings: torch.Tensor  # (P, d) what enters layer 0
+    layers: list[LayerRecord]
+    s_final: torch.Tensor  # (P,)
+    final_hidden: torch.Tensor  # (d,) output of the final norm at the last position
+    logits: torch.Tensor  # (V,) logits at the last position, compute dtype
+    dtype: torch.dtype  # compute dtype of the recorded tensors
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def n_positions(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def rms_scale(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """1/sqrt(mean(x^2) + eps) per position, computed in `dtype`."""
+    x = x.to(dtype)
+    return torch.rsqrt(x.pow(2).mean(-1) + eps)
+
+
+def compute_dtype_for(model_dtype: torch.dtype) -> torch.dtype:
+    """Edges are accumulated in fp32, or fp64 when the model itself runs in fp64."""
+    return torch.float64 if model_dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
+    model = adapter.model
+    dtype = compute_dtype_for(adapter.dtype)
+    n_layers = adapter.n_layers
+    got: dict = {"layers": [dict() for _ in range(n_layers)]}
+    eps = float(adapter.text_config.rms_norm_eps)
+
+    def norm_hook(slot: str, layer: int | None):
+        def hook(module, args, output):
+            scale = rms_scale(args[0][0], getattr(module, "eps", eps), dtype)
+            if layer is None:
+                got[slot] = scale
+                got["final_hidden"] = output[0, -1].to(dtype)
+            else:
+                got["layers"][layer][slot] = scale
+        return hook
+
+    def attn_hook(layer: int):
+        def hook(module, args, output):
+            weights = output[1] if isinstance(output, tuple) else None
+            if weights is None:
+                raise RuntimeError("attention weights were not returned: load the model with attn_implementation='eager'")
+            got["layers"][layer]["pattern"] = weights[0].to(dtype)
+        return hook
+
+    def mlp_hook(layer: int):
+        def hook(module, args, output):
+            got["layers"][layer]["mlp_in"] = args[0][0].to(dtype)
+            got["layers"][layer]["mlp_out"] = output[0].to(dtype)
+        return hook
+
+    def embed_hook(module, args, kwargs):
+        got["embeddings"] = kwargs["inputs_embeds"][0].to(dtype)
+
+    with ExitStack() as stack, eager_attention(adapter):
+        def add(handle):
+            stack.callback(handle.remove)
+
+        add(adapter.language_model.register_forward_pre_hook(embed_hook, with_kwargs=True))
+        for i in range(n_layers):
+            layer = adapter.layer(i)
+            add(layer.input_layernorm.register_forward_hook(norm_hook("s_in", i)))
+            add(layer.post_attention_layernorm.register_forward_hook(norm_hook("s_post_attn", i)))
+            add(layer.pre_feedforward_layernorm.register_forward_hook(norm_hook("s_pre_mlp", i)))
+            add(layer.post_feedforward_layernorm.register_forward_hook(norm_hook("s_post_mlp", i)))
+            add(layer.self_attn.register_forward_hook(attn_hook(i)))
+            add(adapter.mlp(i).register_forward_hook(mlp_hook(i)))
+        add(adapter.final_norm.register_forward_hook(norm_hook("s_final", None)))
+        inputs = {k: v.to(adapter.device) for k, v in prompt.inputs.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(adapter.dtype)
+        out = model(**inputs, use_cache=False, logits_to_keep=1)
+    layers = [LayerRecord(**d) for d in got["layers"]]
+    return ForwardRecord(
+        prompt=prompt, embeddings=got["embeddings"], layers=layers, s_final=got["s_final"],
+        final_hidden=got["final_hidden"], logits=out.logits[0, -1].to(dtype), dtype=dtype,
+    )
+
+
+class eager_attention:
+    """Run with eager attention (the only implementation that returns patterns), then restore."""
+
+    def __init__(self, adapter: VLMAdapter):
+        self.configs = [adapter.model.config, adapter.text_config]
+        self.saved = []
+
+    def __enter__(self):
+        self.saved = [getattr(c, "_attn_implementation", None) for c in self.configs]
+        for c in self.configs:
+            c._attn_implementation = "eager"
+        return self
+
+    def __exit__(self, *exc):
+        for c, value in zip(self.configs, self.saved):
+            c._attn_implementation = value
+        return False

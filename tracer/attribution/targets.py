@@ -1,0 +1,96 @@
+"""What the graph explains: salient logits, chosen tokens, or custom directions.
+
+A target is a vector t in the unembedding space read at the last position: its value is
+t . final_norm(h_last). For a token, t = W_U[token] - mean_v W_U[v] (the logit minus the mean
+logit, as circuit-tracer does); for a contrast "A - B", t = W_U[A] - W_U[B] (the logit
+difference). Softcapping is not applied (Gemma3ForConditionalGeneration does not apply it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tracer.graph.graph import Target
+
+
+class TargetError(ValueError):
+    """A target that cannot be resolved (unknown token, token that is not one id, ...)."""
+
+
+@dataclass
+class ResolvedTarget:
+    target: Target
+    direction: torch.Tensor  # (d_model,) in the compute dtype
+
+
+def resolve_token(tokenizer, text: str) -> int:
+    """A token id from '#123', an exact vocabulary entry, or text that encodes to one token."""
+    text = text.strip() if text.strip() else text
+    if text.startswith("#") and text[1:].isdigit():
+        token_id = int(text[1:])
+        if token_id >= len(tokenizer):
+            raise TargetError(f"token id {token_id} is outside the vocabulary ({len(tokenizer)})")
+        return token_id
+    vocab = tokenizer.get_vocab()
+    if text in vocab:
+        return int(vocab[text])
+    for candidate in (text, " " + text):
+        ids = tokenizer.encode(candidate, add_special_tokens=False)
+        if len(ids) == 1:
+            return int(ids[0])
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    raise TargetError(
+        f"target {text!r} is not a single token (it encodes to {len(ids)} tokens: "
+        f"{tokenizer.convert_ids_to_tokens(ids)}); give one token or '#<id>'"
+    )
+
+
+def parse_target_spec(spec: str) -> tuple[str, str | None]:
+    """'red' -> ('red', None); 'red - blue' -> ('red', 'blue')."""
+    if " - " in spec:
+        a, b = spec.split(" - ", 1)
+        if not a.strip() or not b.strip():
+            raise TargetError(f"a contrast target needs two tokens: {spec!r}")
+        return a.strip(), b.strip()
+    return spec, None
+
+
+def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: torch.Tensor, tokenizer,
+                    max_n_logits: int = 10, desired_logit_prob: float = 0.95,
+                    dtype: torch.dtype = torch.float32) -> list[ResolvedTarget]:
+    """Chosen targets, or the salient logits: the most likely tokens until their probabilities
+    add up to desired_logit_prob, at most max_n_logits of them."""
+    probs = torch.softmax(logits.float(), -1)
+    W_U = unembedding.to(dtype)
+    mean = W_U.mean(0)
+    out: list[ResolvedTarget] = []
+    if specs:
+        for spec in specs:
+            a, b = parse_target_spec(spec)
+            ia = resolve_token(tokenizer, a)
+            label_a = tokenizer.convert_ids_to_tokens(ia)
+            if b is None:
+                out.append(ResolvedTarget(
+                    Target(label=label_a, token_id=ia, probability=float(probs[ia]), kind="token"), W_U[ia] - mean))
+            else:
+                ib = resolve_token(tokenizer, b)
+                label_b = tokenizer.convert_ids_to_tokens(ib)
+                out.append(ResolvedTarget(
+                    Target(label=f"{label_a} - {label_b}", token_id=-1, probability=0.0, kind="direction",
+                           spec={"plus": [ia], "minus": [ib], "labels": [label_a, label_b],
+                                 "probabilities": [float(probs[ia]), float(probs[ib])]}),
+                    W_U[ia] - W_U[ib]))
+        return out
+    if max_n_logits < 1:
+        raise TargetError("max_n_logits must be at least 1")
+    top_p, top_i = torch.sort(probs, descending=True)
+    cum = torch.cumsum(top_p, 0)
+    n = int(torch.searchsorted(cum, torch.tensor(desired_logit_prob)).item()) + 1
+    n = max(1, min(n, max_n_logits))
+    for p, i in zip(top_p[:n].tolist(), top_i[:n].tolist()):
+        out.append(ResolvedTarget(
+            Target(label=tokenizer.convert_ids_to_tokens(i), token_id=int(i), probability=float(p), kind="token"),
+            W_U[i] - mean))
+    return out
