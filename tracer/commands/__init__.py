@@ -1,5 +1,5 @@
 """Subcommands of `python -m tracer`; each module has `register(subparsers)`."""
 
-from tracer.commands import toy
+from tracer.commands import export, toy
 
-COMMANDS = [toy]
+COMMANDS = [toy, export]
