@@ -20,6 +20,8 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An RGB PIL image from a path, bytes, a file object or a PIL image."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
+    if hasattr(source, "__array_interface__"):  # a uint8 (H, W, 3) array, as graphs store images
+        return Image.fromarray(source).convert("RGB")
     name = str(source) if isinstance(source, (str, Path)) else "the uploaded image"
     if isinstance(source, (str, Path)) and not Path(source).exists():
         raise ImageError(f"{name}: no such file")

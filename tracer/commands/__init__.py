@@ -1,5 +1,7 @@
 """Subcommands of `python -m tracer`; each module has `register(subparsers)`."""
 
-from tracer.commands import export, toy
+from tracer.commands import attribute, toy
+from tracer.commands import train_plt, transcoders
+from tracer.commands import export
 
-COMMANDS = [toy, export]
+COMMANDS = [attribute, toy, transcoders, train_plt, export]

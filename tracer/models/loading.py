@@ -8,8 +8,8 @@ import torch
 
 
 def resolve_model_ref(ref: str | Path | None) -> str:
-    """None means the shipped toy VLM; anything else is a local folder or a hub id."""
-    if ref is None:
+    """None (or "toy") means the shipped toy VLM; anything else is a local folder or a hub id."""
+    if ref is None or str(ref) == "toy":
         from tracer.toy.model import default_model_dir
 
         return str(default_model_dir())

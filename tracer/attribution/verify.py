@@ -1,0 +1,160 @@
+"""Prove a saved graph is exact: re-run the model, check edges by perturbation, check the sum rule.
+
+For a sample of sources (features, errors, text-token and image-soft-token embeddings) the
+replacement model is run forward through the Hugging Face modules with that one source doubled
+(tracer.attribution.frozen); the change of every checked target must equal the stored edge
+A[target, source]. The sum rule is checked on every stored target row. Feature activations and
+tokens must match what the graph recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tracer.attribution.frozen import Perturbation, frozen_forward, target_values
+from tracer.attribution.record import record_forward
+from tracer.attribution.replacement import LocalReplacement
+from tracer.graph.graph import Graph
+from tracer.models.base import get_adapter, prepare_prompt
+
+# Relative tolerances by the precision the graph was computed in.
+TOLERANCE = {"float64": 1e-8, "float32": 2e-3, "bfloat16": 5e-2, "float16": 5e-2}
+
+
+class VerificationError(RuntimeError):
+    """The graph does not belong to this model / transcoder set / prompt."""
+
+
+@dataclass
+class VerifyReport:
+    n_sources: int
+    n_targets: int
+    perturbation_max_abs: float
+    perturbation_max_rel: float  # relative to the largest |edge| checked
+    sum_rule_max_abs: float
+    sum_rule_max_rel: float  # relative to max(1, |value|)
+    activation_max_abs: float
+    tolerance: float
+    worst: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (self.perturbation_max_rel <= self.tolerance and self.sum_rule_max_rel <= self.tolerance
+                and self.activation_max_abs <= self.tolerance * 10)
+
+    def format(self) -> str:
+        lines = [
+            f"perturbation identity: {self.n_sources} sources x {self.n_targets} targets, "
+            f"worst |Δ - A| = {self.perturbation_max_abs:.3e} ({self.perturbation_max_rel:.3e} of the largest edge)",
+            f"sum rule: worst residual {self.sum_rule_max_abs:.3e} ({self.sum_rule_max_rel:.3e} relative)",
+            f"feature activations: worst difference {self.activation_max_abs:.3e}",
+        ]
+        if self.worst:
+            lines.append(f"worst edge: {self.worst}")
+        lines.append(f"{'PASS' if self.ok else 'FAIL'} (tolerance {self.tolerance:g} relative)")
+        return "\n".join(lines)
+
+
+def target_directions(graph: Graph, unembedding: torch.Tensor, dtype) -> torch.Tensor:
+    W_U = unembedding.to(dtype)
+    mean = W_U.mean(0)
+    out = []
+    for t in graph.targets:
+        if t.kind == "direction" or t.token_id < 0:
+            plus = t.spec.get("plus", [])
+            minus = t.spec.get("minus", [])
+            vec = W_U[plus].sum(0) - W_U[minus].sum(0)
+        else:
+            vec = W_U[t.token_id] - mean
+        out.append(vec)
+    return torch.stack(out)
+
+
+def sample_sources(graph: Graph, n: int, rng: np.random.Generator) -> list[int]:
+    """Node indices spread over kinds: features, errors, text embeddings, image embeddings."""
+    groups = [np.arange(graph.n_features), graph.error_offset + np.arange(graph.n_errors)]
+    is_img = graph.is_image_position()
+    emb = graph.embedding_offset + np.arange(graph.n_embeddings)
+    groups += [emb[~is_img], emb[is_img]]
+    groups = [g for g in groups if len(g)]
+    per = max(1, n // len(groups))
+    picked: list[int] = []
+    for g in groups:
+        picked += rng.choice(g, size=min(per, len(g)), replace=False).tolist()
+    return sorted(set(picked))
+
+
+@torch.no_grad()
+def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 24, max_feature_targets: int = 300,
+                 seed: int = 0, tolerance: float | None = None) -> VerifyReport:
+    adapter = get_adapter(model)
+    images = list(graph.images)
+    prompt = prepare_prompt(processor, graph.prompt, images or None, chat=False,
+                            image_token_id=adapter.image_token_id, tokens_per_image=adapter.tokens_per_image,
+                            adapter=adapter)
+    if prompt.input_ids != graph.input_ids.tolist():
+        raise VerificationError("the model's processor tokenises the graph's prompt differently: "
+                                "is this the model the graph was computed with?")
+    record = record_forward(adapter, prompt)
+    rep = LocalReplacement(adapter, record, transcoders, first_position=graph.prefix_length, device=adapter.device)
+
+    # feature activations must be those the graph recorded
+    act_err = 0.0
+    for layer in range(graph.n_layers):
+        mine = graph.features[:, 0] == layer
+        if not mine.any():
+            continue
+        a = rep.active[layer]
+        lookup = {(int(p), int(f)): float(v) for p, f, v in zip(a.positions.tolist(), a.features.tolist(),
+                                                                a.activations.tolist())}
+        for (p, f), v in zip(graph.features[mine, 1:].tolist(), graph.activations[mine].tolist()):
+            if (p, f) not in lookup:
+                raise VerificationError(f"feature {f} at layer {layer}, position {p} is in the graph but not active "
+                                        "in this run: wrong transcoders?")
+            act_err = max(act_err, abs(lookup[(p, f)] - v))
+
+    dtype_name = str(graph.config.get("dtype", "float32"))
+    tol = tolerance if tolerance is not None else TOLERANCE.get(dtype_name, 2e-3)
+    residual = graph.sum_rule_residual()
+    sum_abs = float(np.abs(residual).max()) if len(residual) else 0.0
+    sum_rel = float((np.abs(residual) / np.maximum(1.0, np.abs(graph.values))).max()) if len(residual) else 0.0
+
+    rng = np.random.default_rng(seed)
+    directions = target_directions(graph, adapter.unembedding, rep.dtype)
+    feat_rows = np.arange(graph.n_features)
+    if len(feat_rows) > max_feature_targets:
+        feat_rows = np.sort(rng.choice(feat_rows, max_feature_targets, replace=False))
+    feats = torch.as_tensor(graph.features[feat_rows])
+    encoders = [transcoders[int(l)].encoder_rows(torch.tensor([int(f)]))[0] for l, _, f in feats.tolist()]
+    rows = np.concatenate([graph.n_features + np.arange(graph.n_logits), feat_rows])
+    base = target_values(rep, frozen_forward(rep), directions, feats, encoders).cpu().numpy()
+    sources = sample_sources(graph, n_sources, rng)
+    worst_abs, scale, worst = 0.0, 0.0, {}
+    for node in sources:
+        kind = graph.node_kind(node)
+        if kind == "feature":
+            l, p, f = (int(x) for x in graph.features[node])
+            pert = Perturbation(features={(l, p, f): 2.0})
+        elif kind == "error":
+            l, p = (int(x) for x in graph.errors[node - graph.error_offset])
+            pert = Perturbation(errors={(l, p): 2.0})
+        else:
+            pert = Perturbation(embeddings={int(node - graph.embedding_offset): 2.0})
+        changed = target_values(rep, frozen_forward(rep, pert), directions, feats, encoders).cpu().numpy() - base
+        stored = graph.adjacency[rows, node].astype(np.float64)
+        diff = np.abs(changed - stored)
+        scale = max(scale, float(np.abs(stored).max()))
+        k = int(diff.argmax())
+        if diff[k] > worst_abs:
+            worst_abs = float(diff[k])
+            target_node = int(rows[k]) if rows[k] < graph.n_features else graph.logit_offset + int(rows[k]) - graph.n_features
+            worst = {"source": graph.node_label(node), "target": graph.node_label(target_node),
+                     "stored": float(stored[k]), "perturbation": float(changed[k])}
+    return VerifyReport(
+        n_sources=len(sources), n_targets=len(rows), perturbation_max_abs=worst_abs,
+        perturbation_max_rel=worst_abs / max(scale, 1e-30), sum_rule_max_abs=sum_abs, sum_rule_max_rel=sum_rel,
+        activation_max_abs=act_err, tolerance=tol, worst=worst,
+    )

@@ -1,0 +1,136 @@
+"""`python -m tracer attribute` and `python -m tracer verify`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "attribute", help="compute the attribution graph of a prompt (+ image)",
+        description="Compute the attribution graph of the model's next token for an image + text prompt "
+        "(or text only) through its per-layer transcoders, and save it as a .graph.safetensors file "
+        "(and, with --graph_file_dir, as circuit-tracer / Neuronpedia JSON). Defaults: the shipped toy VLM "
+        "and its transcoders. Example: python -m tracer attribute --prompt 'What color is the circle?' "
+        "--image scene.png --out circle.graph.safetensors",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-m", "--model", default=None,
+                   help="HF model id or local folder (default: the shipped toy VLM), e.g. google/gemma-3-4b-it")
+    p.add_argument("-t", "--transcoders", "--transcoder_set", dest="transcoders", default=None,
+                   help="transcoder set: local folder, HF repo 'org/name[@rev]' or hf://... "
+                   "(default: the shipped toy set), e.g. tianhux2/gemma3-4b-it-plt")
+    p.add_argument("--prompt", required=True,
+                   help="the question; the chat template is applied and an image marker added when an image is given")
+    p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
+    p.add_argument("-o", "--out", "--graph_output_path", dest="out", default=None,
+                   help="graph file to write (default: <slug>.graph.safetensors in the current folder)")
+    p.add_argument("--slug", default=None, help="name of the graph (default: from the prompt)")
+    p.add_argument("--graph_file_dir", "--graph-file-dir", default=None,
+                   help="also write pruned Neuronpedia/circuit-tracer JSON + graph-metadata.json here")
+    p.add_argument("--target", action="append", default=None,
+                   help="explain this token's logit instead of the salient logits (repeatable); "
+                   "'A - B' explains the logit difference, '#123' names a token id")
+    p.add_argument("--max_n_logits", "--max-n-logits", type=int, default=10,
+                   help="at most this many salient logits as targets")
+    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=float, default=0.95,
+                   help="salient logits until their probabilities add up to this")
+    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=int, default=7500,
+                   help="explore at most this many features, most influential first (0: all)")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=256, help="backward lanes per batch")
+    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--offload", choices=["cpu"], default=None,
+                   help="keep the edge rows in host memory (less GPU memory, a little slower)")
+    p.add_argument("--lazy-encoder", action="store_true",
+                   help="read transcoder encoders from disk chunk by chunk (for sets larger than memory)")
+    p.add_argument("--node_threshold", "--node-threshold", type=float, default=0.8,
+                   help="pruning of the JSON export: keep features carrying this share of influence")
+    p.add_argument("--edge_threshold", "--edge-threshold", type=float, default=0.98,
+                   help="pruning of the JSON export: keep edges carrying this share of influence")
+    p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
+    p.add_argument("--include-prefix", action="store_true",
+                   help="also make feature nodes at BOS and the chat-template prefix (excluded by default)")
+    p.add_argument("--verify", action="store_true", help="verify the graph after computing it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_attribute)
+
+    v = sub.add_parser(
+        "verify", help="prove a saved graph is exact (perturbation identity and sum rule)",
+        description="Re-run the model on the graph's prompt, run the frozen replacement model forward with "
+        "sampled sources (features, errors, text and image embeddings) doubled, and check that every "
+        "target changes by exactly the stored edge; check the sum rule on every target. Prints the worst "
+        "error; exit status 1 when it is above the tolerance for the graph's dtype.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    v.add_argument("graph", help="a .graph.safetensors file")
+    v.add_argument("-m", "--model", default=None, help="model (default: the one recorded in the graph)")
+    v.add_argument("-t", "--transcoders", default=None, help="transcoders (default: those recorded in the graph)")
+    v.add_argument("--sources", type=int, default=24, help="how many sources to perturb")
+    v.add_argument("--device", default=None)
+    v.add_argument("--dtype", default=None, help="re-run in this dtype (default: the graph's)")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(handler=_verify)
+
+
+def slug_from(prompt: str) -> str:
+    words = re.findall(r"[A-Za-z0-9]+", prompt.lower())
+    return "-".join(words[:8]) or "graph"
+
+
+def _attribute(args) -> int:
+    from tracer.graph import save_graph
+    from tracer.images import ImageError
+    from tracer.session import TracingSession
+
+    slug = args.slug or slug_from(args.prompt)
+    out = Path(args.out) if args.out else Path(f"{slug}.graph.safetensors")
+    image = None
+    if args.image:
+        from tracer.images import open_image
+
+        try:
+            image = open_image(args.image)
+        except ImageError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    session = TracingSession(args.model, args.transcoders, device=args.device, dtype=args.dtype)
+    graph = session.attribute(
+        args.prompt, image, slug=slug,
+        max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, targets=args.target,
+        max_feature_nodes=args.max_feature_nodes or None, batch_size=args.batch_size, offload=args.offload,
+        chat=not args.no_chat, exclude_prefix=not args.include_prefix, progress=not args.quiet,
+    )
+    path = save_graph(graph, out)
+    t = graph.info.get("timings_s", {}).get("total", 0.0)
+    print(f"{path}: {graph.n_features} features, {graph.n_errors} error nodes, {graph.n_positions} positions "
+          f"({len(graph.image_positions)} image), {graph.n_logits} targets "
+          f"[{', '.join(f'{x.label} p={x.probability:.3f}' for x in graph.targets)}] in {t:.2f} s; "
+          f"replacement {graph.scores.get('replacement', 0):.3f}, completeness {graph.scores.get('completeness', 0):.3f}")
+    if args.graph_file_dir:
+        from tracer.graph.neuronpedia import export_neuronpedia
+
+        written = export_neuronpedia(graph, args.graph_file_dir, slug=slug, node_threshold=args.node_threshold,
+                                     edge_threshold=args.edge_threshold)
+        print(f"wrote {written}")
+    if args.verify:
+        report = session.verify(graph)
+        print(report.format())
+        return 0 if report.ok else 1
+    return 0
+
+
+def _verify(args) -> int:
+    from tracer.graph import load_graph
+    from tracer.session import TracingSession
+
+    graph = load_graph(args.graph)
+    dtype = args.dtype or graph.config.get("dtype", "float32")
+    session = TracingSession(args.model or graph.model or None, args.transcoders or graph.transcoders or None,
+                             device=args.device, dtype=dtype)
+    report = session.verify(graph, n_sources=args.sources, seed=args.seed)
+    print(report.format())
+    return 0 if report.ok else 1

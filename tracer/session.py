@@ -1,0 +1,61 @@
+"""A model, its processor and its transcoder set, loaded together: the narrow API that the
+command line and the app use to trace, verify and intervene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tracer.models.base import get_adapter
+from tracer.models.loading import load_vlm, resolve_model_ref
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64, "fp64": torch.float64}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype:
+    if name is None:
+        return torch.float32
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}") from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TracingSession:
+    def __init__(self, model: str | Path | None = None, transcoders: str | Path | None = None, *,
+                 device: str | None = None, dtype: str | torch.dtype | None = None,
+                 lazy_encoder: bool = False, lazy_decoder: bool = True):
+        from tracer.transcoders import load_transcoder_set
+
+        model = None if model in (None, "toy") else model
+        transcoders = None if transcoders in (None, "toy-plt") else transcoders
+        self.device = device or default_device()
+        self.dtype = parse_dtype(dtype)
+        self.model_ref = resolve_model_ref(model) if model is not None else "toy"
+        self.model, self.processor = load_vlm(model, dtype=self.dtype, device=self.device)
+        self.adapter = get_adapter(self.model)
+        # Transcoders compute in the model's precision (float64 runs stay exact).
+        tc_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else None
+        self.transcoders = load_transcoder_set(transcoders, lazy_encoder=lazy_encoder, lazy_decoder=lazy_decoder,
+                                               device=self.device, dtype=tc_dtype, model=self.adapter)
+        self.transcoders_ref = str(transcoders) if transcoders is not None else "toy-plt"
+
+    def attribute(self, prompt: str, image=None, slug: str = "", **settings):
+        from tracer.attribution.attribute import AttributionConfig, attribute
+
+        cfg = AttributionConfig(**settings)
+        return attribute(self.model, self.processor, self.transcoders, prompt, image, cfg,
+                         model_ref=self.model_ref, transcoders_ref=self.transcoders_ref, slug=slug)
+
+    def verify(self, graph, **kwargs):
+        from tracer.attribution.verify import verify_graph
+
+        return verify_graph(graph, self.model, self.processor, self.transcoders, **kwargs)
