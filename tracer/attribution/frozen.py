@@ -133,12 +133,16 @@ def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = No
     return FrozenOutput(captured["final_hidden"], captured["mlp_in"], captured["residual"])
 
 
+@torch.no_grad()
 def target_values(rep: LocalReplacement, out: FrozenOutput, directions: torch.Tensor,
-                  features: torch.Tensor, encoder_rows: list[torch.Tensor]) -> torch.Tensor:
-    """Values of logit-direction targets then feature targets (layer, pos, feature) in one vector."""
+                  features: torch.Tensor, encoder_rows: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """Values of logit-direction targets, then of feature targets W_enc[f] . mlp_in[l, p] for
+    features (n, 3: layer, pos, feature) with their encoder rows (n, d), in one vector."""
     logit_vals = directions.to(rep.device, rep.dtype) @ out.final_hidden
-    feat_vals = [
-        (enc.to(rep.device, rep.dtype) * out.mlp_inputs[int(l)][int(p)]).sum()
-        for (l, p, _), enc in zip(features.tolist(), encoder_rows)
-    ]
-    return torch.cat([logit_vals, torch.stack(feat_vals)]) if feat_vals else logit_vals
+    if len(features) == 0:
+        return logit_vals
+    enc = torch.stack(list(encoder_rows)) if isinstance(encoder_rows, (list, tuple)) else encoder_rows
+    features = torch.as_tensor(features, device=rep.device)
+    inputs = torch.stack(out.mlp_inputs)  # (L, P, d)
+    x = inputs[features[:, 0], features[:, 1]]
+    return torch.cat([logit_vals, (enc.to(rep.device, rep.dtype) * x).sum(-1)])

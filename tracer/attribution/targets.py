@@ -63,7 +63,7 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
     """Chosen targets, or the salient logits: the most likely tokens until their probabilities
     add up to desired_logit_prob, at most max_n_logits of them."""
     probs = torch.softmax(logits.float(), -1)
-    W_U = unembedding.to(dtype)
+    W_U = unembedding.detach().to(dtype)
     mean = W_U.mean(0)
     out: list[ResolvedTarget] = []
     if specs:

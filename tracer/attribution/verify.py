@@ -59,7 +59,7 @@ class VerifyReport:
 
 
 def target_directions(graph: Graph, unembedding: torch.Tensor, dtype) -> torch.Tensor:
-    W_U = unembedding.to(dtype)
+    W_U = unembedding.detach().to(dtype)
     mean = W_U.mean(0)
     out = []
     for t in graph.targets:
