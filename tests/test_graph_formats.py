@@ -270,7 +270,10 @@ def circuit_tracer_classes():
     """Classes named like TransformerLens' and circuit-tracer's, importable only while saving."""
     names = ["transformer_lens", "transformer_lens.HookedTransformerConfig", "circuit_tracer",
              "circuit_tracer.attribution", "circuit_tracer.attribution.targets"]
-    assert not any(n in sys.modules for n in names), "the real packages must not be involved"
+    # the real packages (transformer-lens may be installed as a test extra) are set aside meanwhile
+    saved = {n: m for n, m in sys.modules.items() if n.split(".")[0] in ("transformer_lens", "circuit_tracer")}
+    for n in saved:
+        del sys.modules[n]
     cfg_mod = types.ModuleType("transformer_lens.HookedTransformerConfig")
 
     @dataclasses.dataclass
@@ -304,8 +307,17 @@ def circuit_tracer_classes():
     try:
         yield HookedTransformerConfig, LogitTarget
     finally:
-        for n in names:
+        for n in [n for n in sys.modules if n.split(".")[0] in ("transformer_lens", "circuit_tracer")]:
             sys.modules.pop(n, None)
+        sys.modules.update(saved)
+
+
+def unimportable(monkeypatch, *names):
+    """Make `import name` fail, as if the package were not installed."""
+    for n in [m for m in sys.modules if m.split(".")[0] in names]:
+        monkeypatch.delitem(sys.modules, n)
+    for n in names:
+        monkeypatch.setitem(sys.modules, n, None)
 
 
 def reference_dict(cfg_cls, seed=0, n_pos=5, n_active=9, n_sel=6, n_logits=2):
@@ -350,15 +362,14 @@ def check_reference_graph(g, d):
     assert g.info["cfg"]["d_model"] == D_MODEL
 
 
-def test_reference_pt_written_like_circuit_tracer(tmp_path, circuit_tracer_classes):
+def test_reference_pt_written_like_circuit_tracer(tmp_path, circuit_tracer_classes, monkeypatch):
     cfg_cls, _ = circuit_tracer_classes
     d = reference_dict(cfg_cls)
     path = tmp_path / "graph.pt"
     torch.save(d, path)
-    for n in [m for m in sys.modules if m.startswith(("transformer_lens", "circuit_tracer"))]:
-        sys.modules.pop(n)
+    unimportable(monkeypatch, "transformer_lens", "circuit_tracer")
     with pytest.raises(ImportError):
-        __import__("transformer_lens")
+        __import__("transformer_lens.HookedTransformerConfig")
     raw = read_reference_pt(path)
     assert raw["cfg"].name == "HookedTransformerConfig" and raw["cfg"].get("n_layers") == N_LAYERS
     g = load_reference_pt(path)
@@ -372,7 +383,7 @@ def test_reference_pt_written_like_circuit_tracer(tmp_path, circuit_tracer_class
     np.testing.assert_array_equal(load_graph(tmp_path / "g.graph.safetensors").adjacency, g.adjacency)
 
 
-def test_reference_pt_newer_fields(tmp_path, circuit_tracer_classes):
+def test_reference_pt_newer_fields(tmp_path, circuit_tracer_classes, monkeypatch):
     """Newer circuit-tracer: logit_targets (LogitTarget records), scan_name, vocab_size."""
     cfg_cls, target_cls = circuit_tracer_classes
     d = reference_dict(cfg_cls, seed=1)
@@ -382,7 +393,7 @@ def test_reference_pt_newer_fields(tmp_path, circuit_tracer_classes):
     d["vocab_size"] = 300
     path = tmp_path / "newer.pt"
     torch.save(d, path)
-    sys.modules.pop("circuit_tracer.attribution.targets")
+    unimportable(monkeypatch, "transformer_lens", "circuit_tracer")
     g = load_reference_pt(path)
     check_reference_graph(g, {**d, "scan": d["scan_name"]})
     assert [(t.label, t.token_id) for t in g.targets] == [(" Paris", 42), (" Lyon", 7)]

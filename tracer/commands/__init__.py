@@ -2,6 +2,6 @@
 
 from tracer.commands import attribute, toy
 from tracer.commands import train_plt, transcoders
-from tracer.commands import export
+from tracer.commands import export, features
 
-COMMANDS = [attribute, toy, transcoders, train_plt, export]
+COMMANDS = [attribute, toy, transcoders, train_plt, export, features]

@@ -1,0 +1,77 @@
+"""`python -m tracer features ...`: compute a feature-examples store (top-activating examples)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "features", help="compute every transcoder feature's top-activating examples over a data set",
+        description="Run the model over a data set, encode each layer's MLP input with its transcoder "
+        "(chat-template prefix positions excluded) and keep, for every feature, its top-activating inputs "
+        "(one slot per input). Written in the published activation-stats format "
+        "(circuit-tracer-activation-stats-v1: manifest.json, stats/layer_XX.safetensors, "
+        "inputs/part-XXXXX.parquet) plus the input images under images/, so that the app can show "
+        "thumbnails with the activating image cell marked. See docs/feature_examples.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="model folder or hub id (default: the shipped toy VLM)")
+    p.add_argument("--transcoders", default=None, help="transcoder set folder or hub id (default: the shipped toy set)")
+    p.add_argument("--data", default="toy", help="data set: 'toy' (toy scenes + questions, held-out split), "
+                   "'toy:train', optionally ',type=color' to keep one question type")
+    p.add_argument("--n-examples", "--n_examples", dest="n_examples", type=int, default=600,
+                   help="how many examples (inputs) of the data set to scan")
+    p.add_argument("--per-feature", "--per_feature", dest="per_feature", type=int, default=8,
+                   help="top examples kept per feature")
+    p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="which examples of the toy world")
+    p.add_argument("--start", type=int, default=0, help="index of the first example")
+    p.add_argument("--no-per-position", action="store_true",
+                   help="do not store each example's activations at every position (smaller store)")
+    p.add_argument("--min-fraction", type=float, default=0.0,
+                   help="per-position activations below this share of the example's top value are dropped")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    import torch
+
+    from tracer.features.compute import DataSpecError, compute_feature_examples, parse_data_spec
+    from tracer.models import load_vlm
+    from tracer.transcoders import load_transcoder_set
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n_examples <= 0 or args.per_feature <= 0 or args.batch_size <= 0:
+        print("error: --n-examples, --per-feature and --batch-size must be positive", file=sys.stderr)
+        return 2
+    try:
+        spec = parse_data_spec(args.data)
+    except DataSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    data = f"toy:{spec.split},seed={args.seed},start={args.start}" + (f",type={spec.question_type}"
+                                                                       if spec.question_type else "")
+    dtype = getattr(torch, args.dtype)
+    model, processor = load_vlm(args.model, dtype=dtype, device=args.device)
+    tset = load_transcoder_set(args.transcoders, device=args.device, dtype=dtype, model=model)
+    out = compute_feature_examples(
+        args.out, model, processor, tset, data=data, n_inputs=args.n_examples, n_per_feature=args.per_feature,
+        batch_size=args.batch_size, per_position=not args.no_per_position, progress=not args.no_progress,
+        model_name=args.model or "toy-vlm (shipped)", transcoder_name=args.transcoders or "toy-plt (shipped)",
+        min_fraction=args.min_fraction,
+    )
+    from tracer.features.store import ExampleStore
+
+    store = ExampleStore(out)
+    n = sum(len(store.features(layer)) for layer in store.layers)
+    print(f"wrote {out}: {store.manifest['num_inputs']} inputs, {store.processor_tokens} tokens, "
+          f"{n} features with examples over layers {store.layers}")
+    return 0

@@ -1,0 +1,300 @@
+"""Compute a feature-examples store: run the model over a data set, encode every layer's MLP
+input with its transcoder, keep each feature's top-activating examples.
+
+Positions of the chat-template prefix (and padding) are excluded, as in attribution graphs.
+A second, optional pass re-runs only the inputs that hold a slot and records each slot
+feature's activation at every position of its input (the per-position heatmaps of the app).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from tracer.features.writer import InputRecord, StoreWriter
+
+
+class DataSpecError(ValueError):
+    """A --data value that cannot be used."""
+
+
+@dataclass
+class DataSpec:
+    name: str = "toy"
+    split: str = "heldout"
+    seed: int = 0
+    start: int = 0
+    question_type: str | None = None
+
+    def describe(self) -> dict:
+        return {"name": self.name, "split": self.split, "seed": self.seed, "start": self.start,
+                "question_type": self.question_type}
+
+
+def parse_data_spec(text: str | None, split: str = "heldout", seed: int = 0, start: int = 0) -> DataSpec:
+    """'toy' or 'toy:SPLIT' (SPLIT = heldout | train), with optional ',type=color'."""
+    text = (text or "toy").strip()
+    head, _, opts = text.partition(",")
+    name, _, sp = head.partition(":")
+    if name != "toy":
+        raise DataSpecError(f"unknown data set {name!r}: this version computes examples over the toy world "
+                            "('toy' or 'toy:heldout' / 'toy:train')")
+    spec = DataSpec("toy", sp or split, int(seed), int(start))
+    for opt in filter(None, opts.split(",")):
+        key, _, value = opt.partition("=")
+        if key == "type":
+            spec.question_type = value
+        elif key == "seed":
+            spec.seed = int(value)
+        elif key == "start":
+            spec.start = int(value)
+        else:
+            raise DataSpecError(f"unknown data option {key!r} (known: type, seed, start)")
+    from tracer.toy import world
+
+    if spec.split not in world.SPLITS:
+        raise DataSpecError(f"split must be one of {world.SPLITS}, got {spec.split!r}")
+    if spec.question_type is not None and spec.question_type not in world.QUESTION_TYPES:
+        raise DataSpecError(f"question type must be one of {world.QUESTION_TYPES}")
+    return spec
+
+
+def toy_examples(spec: DataSpec, count: int) -> list:
+    from tracer.toy import world
+
+    return list(world.examples(spec.split, spec.seed, spec.start, count, spec.question_type))
+
+
+class _Stop(Exception):
+    pass
+
+
+class MLPInputs:
+    """Forward hooks that capture each layer's MLP input (the transcoder input, mlp.hook_in)
+    and stop the forward pass after the last layer needed."""
+
+    def __init__(self, adapter, layers: list[int]):
+        self.adapter = adapter
+        self.layers = sorted(layers)
+        self.captured: dict[int, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self):
+        last = self.layers[-1]
+        for layer in self.layers:
+            def hook(module, args, kwargs, layer=layer):
+                x = args[0] if args else next(iter(kwargs.values()))
+                self.captured[layer] = x.detach()
+                if layer == last:
+                    raise _Stop
+
+            self._handles.append(self.adapter.mlp(layer).register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+    def run(self, model, inputs: dict) -> dict[int, torch.Tensor]:
+        self.captured = {}
+        try:
+            with torch.no_grad():
+                model(**inputs)
+        except _Stop:
+            pass
+        missing = [layer for layer in self.layers if layer not in self.captured]
+        if missing:
+            raise RuntimeError(f"the forward pass never reached the MLPs of layers {missing}")
+        return self.captured
+
+
+def transcoder_fingerprint(tset) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(getattr(tset, "config", {}), sort_keys=True, default=str).encode())
+    for layer, tc in sorted(tset.items()) if hasattr(tset, "items") else []:
+        h.update(str((layer, tc.d_transcoder, tc.d_model)).encode())
+        h.update(tc.b_enc.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:
+    for start in range(0, len(items), size):
+        yield start, items[start: start + size]
+
+
+def _prepare(processor, adapter, examples: list):
+    """Batch inputs plus, per example, its ids, mask of retained positions and token types."""
+    from tracer.toy.data import make_batch
+
+    batch = make_batch(processor, examples, with_answers=False)
+    inputs = {k: (v.to(adapter.device) if torch.is_tensor(v) else v) for k, v in batch.inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(adapter.dtype)
+    tok = processor.tokenizer
+    ids = batch.inputs["input_ids"]
+    am = batch.inputs["attention_mask"].bool()
+    tt = batch.inputs.get("token_type_ids")
+    retained = torch.zeros_like(am)
+    per_example = []
+    for b in range(len(examples)):
+        valid = torch.nonzero(am[b], as_tuple=True)[0]
+        row = ids[b, valid].tolist()
+        prefix = adapter.chat_prefix_length(row, tok)
+        retained[b, valid[prefix:]] = True
+        per_example.append((valid, row, prefix, tt[b, valid].tolist() if tt is not None else [0] * len(row)))
+    return inputs, retained, per_example
+
+
+def compute_feature_examples(out: str | Path, model=None, processor=None, transcoders=None, *, data: str = "toy",
+                             n_inputs: int = 600, n_per_feature: int = 8, batch_size: int = 32,
+                             per_position: bool = True, progress: bool = True, model_name: str = "",
+                             transcoder_name: str = "", min_fraction: float = 0.0,
+                             log: Callable[[str], None] | None = None) -> Path:
+    """Compute and write a store at `out`; returns its path.
+
+    model / processor: a loaded VLM (default: the shipped toy VLM); transcoders: a TranscoderSet
+    (default: the shipped toy set). data: see parse_data_spec. n_inputs: examples of the data set
+    to scan. n_per_feature: top examples kept per feature. per_position: also store each slot
+    feature's activation at every position of its input. min_fraction: per-position values below
+    this share of the slot's own value are not stored (0 keeps every non-zero value).
+    """
+    from tqdm.auto import tqdm
+
+    from tracer.models import get_adapter
+
+    if model is None or processor is None:
+        from tracer.models import load_vlm
+
+        model, processor = load_vlm(None)
+        model_name = model_name or "toy-vlm (shipped)"
+    if transcoders is None:
+        from tracer.transcoders import load_transcoder_set
+
+        transcoders = load_transcoder_set(None, lazy_decoder=True)
+        transcoder_name = transcoder_name or "toy-plt (shipped)"
+    adapter = get_adapter(model)
+    layers = [int(layer) for layer in transcoders.layers]
+    spec = parse_data_spec(data)
+    examples = toy_examples(spec, int(n_inputs))
+    tok = processor.tokenizer
+    tpi = int(getattr(adapter, "tokens_per_image", 0) or 0)
+    extra = {
+        "model_name": model_name or str(getattr(model.config, "_name_or_path", "")),
+        "model_revision": None,
+        "transcoder": {"fingerprint": transcoder_fingerprint(transcoders), "name": transcoder_name,
+                       "source": str(getattr(transcoders, "source", "")),
+                       "feature_input_hook": getattr(transcoders, "feature_input_hook", "mlp.hook_in"),
+                       "d_transcoder": {str(layer): int(transcoders[layer].d_transcoder) for layer in layers}},
+        "dataset": {**spec.describe(), "count": len(examples)},
+        "image_token_id": adapter.image_token_id,
+        "tokens_per_image": tpi,
+        "tokens_per_side": int(round(tpi ** 0.5)) if tpi else 0,
+        "excluded_positions": "chat-template prefix (<bos><start_of_turn>user\\n) and padding",
+    }
+    writer = StoreWriter(out, {layer: transcoders[layer].d_transcoder for layer in layers}, n_per_feature,
+                         manifest_extra=extra)
+    try:
+        with MLPInputs(adapter, layers) as hooks:
+            bar = tqdm(total=len(examples), desc="feature examples", unit="input", disable=not progress)
+            for start, chunk in _batches(examples, int(batch_size)):
+                inputs, retained, per_example = _prepare(processor, adapter, chunk)
+                for b, ex in enumerate(chunk):
+                    valid, row, prefix, types = per_example[b]
+                    writer.add_input(InputRecord(
+                        example_id=f"toy/{ex.split}/seed{spec.seed}/{ex.index:06d}",
+                        text=tok.decode(row[:1]) + _prompt_text(ex),
+                        token_ids=row, token_mask=[i >= prefix for i in range(len(row))], token_type_ids=types,
+                        tokens=[tok.decode([t]) for t in row],
+                        images=[ex.image()] if ex.has_image else [],
+                        metadata={"source": "toy", **ex.to_dict(), "seed": spec.seed},
+                    ))
+                captured = hooks.run(model, inputs)
+                _encode_batch(transcoders, captured, retained, start,
+                              lambda layer, i, p, f, v: writer.update(layer, i, p, f, v))
+                bar.update(len(chunk))
+            bar.close()
+            if per_position:
+                _example_activations(writer, transcoders, hooks, model, processor, adapter, examples, layers,
+                                     int(batch_size), progress, min_fraction)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _prompt_text(ex) -> str:
+    from tracer.toy.model import chat_prompt
+
+    return chat_prompt(ex.question, ex.has_image)
+
+
+def _encode_batch(transcoders, captured: dict[int, torch.Tensor], retained: torch.Tensor, start: int, emit) -> None:
+    """Sparse activations of every retained position: emit(layer, input ids, positions, features, values)."""
+    b_idx, p_idx = torch.nonzero(retained, as_tuple=True)
+    for layer, x in captured.items():
+        rows = x[b_idx, p_idx]
+        r, f, v = transcoders[layer].encode_sparse(rows)
+        r, f, v = r.cpu(), f.cpu(), v.detach().float().cpu()
+        emit(layer, b_idx[r] + start, p_idx[r], f, v)
+
+
+def _example_activations(writer: StoreWriter, transcoders, hooks: MLPInputs, model, processor, adapter, examples,
+                         layers, batch_size, progress, min_fraction) -> None:
+    from tqdm.auto import tqdm
+
+    tables = {layer: writer.slot_table(layer) for layer in layers}
+    d = {layer: int(transcoders[layer].d_transcoder) for layer in layers}
+    keys, needed = {}, set()
+    for layer, t in tables.items():
+        k = t["input_ids"].astype(np.int64) * d[layer] + np.repeat(t["feature_ids"].astype(np.int64), t["slot_counts"])
+        order = np.argsort(k, kind="stable")
+        keys[layer] = (k[order], order)
+        needed.update(int(i) for i in np.unique(t["input_ids"]))
+    found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {layer: [] for layer in layers}
+    ids = sorted(needed)
+
+    def collect(layer, inp, pos, feat, val):
+        k_sorted, order = keys[layer]
+        if not len(k_sorted):
+            return
+        key = inp.numpy().astype(np.int64) * d[layer] + feat.numpy().astype(np.int64)
+        j = np.minimum(np.searchsorted(k_sorted, key), len(k_sorted) - 1)
+        hit = k_sorted[j] == key
+        found[layer].append((order[j[hit]], pos.numpy()[hit], val.numpy()[hit]))
+
+    bar = tqdm(total=len(ids), desc="per-position activations", unit="input", disable=not progress)
+    for start in range(0, len(ids), batch_size):
+        chunk_ids = ids[start: start + batch_size]
+        chunk = [examples[i] for i in chunk_ids]
+        inputs, retained, _ = _prepare(processor, adapter, chunk)
+        captured = hooks.run(model, inputs)
+        id_map = torch.tensor(chunk_ids, dtype=torch.int64)
+
+        _encode_batch(transcoders, captured, retained, 0,
+                      lambda layer, local, pos, feat, val: collect(layer, id_map[local], pos, feat, val))
+        bar.update(len(chunk))
+    bar.close()
+    for layer in layers:
+        n_slots = len(tables[layer]["top_values"])
+        parts = found[layer]
+        slot = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        pos = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        val = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+        if min_fraction > 0 and len(slot):
+            keep = val >= min_fraction * tables[layer]["top_values"][slot]
+            slot, pos, val = slot[keep], pos[keep], val[keep]
+        order = np.lexsort((pos, slot))
+        slot, pos, val = slot[order], pos[order], val[order]
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(slot, minlength=n_slots))]).astype(np.int64)
+        writer.set_example_activations(layer, offsets, pos, val)
+
+
+__all__ = ["DataSpec", "DataSpecError", "MLPInputs", "compute_feature_examples", "parse_data_spec"]
