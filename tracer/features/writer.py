@@ -223,6 +223,7 @@ class StoreWriter:
             else:
                 manifest[key] = value
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _normal_permissions(tmp)
         # swap into place: keep the old store until the new one is complete
         old = None
         if self.out.exists():
@@ -237,6 +238,18 @@ class StoreWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp makes a private (0700) folder and safetensors writes 0600 files: give the store
+    the usual permissions (what the umask allows)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        try:
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        except OSError:
+            pass
 
 
 __all__ = ["InputRecord", "StoreWriter"]
