@@ -94,7 +94,7 @@ def test_node_fields_follow_circuit_tracer():
     assert f["feature"] == cantor(layer, feat) and f["layer"] == str(layer) and f["ctx_idx"] == pos
     assert f["feature_type"] == "cross layer transcoder" and f["jsNodeId"] == f"{layer}_{feat}-0"
     assert f["activation"] == pytest.approx(float(g.activations[0]))
-    assert f["reverse_ctx_idx"] == n_pos - 1 - pos
+    assert f["reverse_ctx_idx"] == 0
     assert 0 < f["influence"] <= 1  # circuit-tracer's cumulative influence share
     errors = [n for n in data["nodes"] if n["feature_type"] == "mlp reconstruction error"]
     assert errors and all(n["node_id"].split("_")[1] == "-1" and n["feature"] == -1 for n in errors)

@@ -408,7 +408,7 @@ def _node(node_id: str, feature: int, layer: str, ctx_idx: int, feature_type: st
         "token_prob": 0.0,
         "is_target_logit": False,
         "run_idx": 0,
-        "reverse_ctx_idx": int(n_pos - 1 - ctx_idx),
+        "reverse_ctx_idx": 0,  # what circuit-tracer writes (its jsNodeIds use it too)
         "jsNodeId": js,
         "clerp": "",
         "influence": influence,
