@@ -40,6 +40,7 @@ class AttributionConfig:
     exclude_prefix: bool = True  # no feature/error nodes at BOS and the chat-template prefix
     chat: bool = True  # apply the chat template to a plain prompt
     offload: str | None = None  # "cpu": keep the edge rows in host memory
+    tf32: bool = False  # allow TF32 matmuls on GPUs (faster; inputs rounded to 10-bit mantissas)
     top_logit_k: int = 10  # promoted / suppressed tokens stored per feature
     feature_position_activations: bool = True
     progress: bool = True
@@ -53,7 +54,7 @@ class AttributionResult:
     timings: dict = field(default_factory=dict)
 
 
-def attribute(model, processor, transcoders, prompt: str, image=None, config: AttributionConfig | None = None,
+def attribute(model, processor, transcoders, prompt: str | PromptInputs, image=None, config: AttributionConfig | None = None,
               model_ref: str = "", transcoders_ref: str = "", slug: str = "", **overrides) -> Graph:
     """The attribution graph of the model's next token after prompt (+ image)."""
     return attribute_full(model, processor, transcoders, prompt, image, config, model_ref, transcoders_ref,
@@ -61,7 +62,7 @@ def attribute(model, processor, transcoders, prompt: str, image=None, config: At
 
 
 @torch.no_grad()
-def attribute_full(model, processor, transcoders, prompt: str, image=None, config: AttributionConfig | None = None,
+def attribute_full(model, processor, transcoders, prompt: str | PromptInputs, image=None, config: AttributionConfig | None = None,
                    model_ref: str = "", transcoders_ref: str = "", slug: str = "", **overrides) -> AttributionResult:
     cfg = config or AttributionConfig()
     for key, value in overrides.items():
@@ -69,16 +70,29 @@ def attribute_full(model, processor, transcoders, prompt: str, image=None, confi
             raise TypeError(f"unknown attribution setting {key!r}")
         setattr(cfg, key, value)
     adapter = model if isinstance(model, VLMAdapter) else get_adapter(model)
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
+    try:
+        return _attribute(adapter, processor, transcoders, prompt, image, cfg, model_ref, transcoders_ref, slug)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous_tf32
+
+
+def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: AttributionConfig,
+               model_ref: str, transcoders_ref: str, slug: str) -> AttributionResult:
     if hasattr(transcoders, "check_compatible"):
         transcoders.check_compatible(adapter)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     bar = tqdm(total=3 + adapter.n_layers, desc="forward", disable=not cfg.progress, unit="step")
 
-    prompt_inputs = prepare_prompt(
-        processor, prompt, image, chat=cfg.chat, image_token_id=adapter.image_token_id,
-        tokens_per_image=adapter.tokens_per_image, adapter=adapter,
-    )
+    if isinstance(prompt, PromptInputs):  # already tokenised
+        prompt_inputs = prompt
+    else:
+        prompt_inputs = prepare_prompt(
+            processor, prompt, image, chat=cfg.chat, image_token_id=adapter.image_token_id,
+            tokens_per_image=adapter.tokens_per_image, adapter=adapter,
+        )
     record = record_forward(adapter, prompt_inputs)
     bar.update(1)
     timings["forward"] = time.perf_counter() - t0
@@ -170,14 +184,20 @@ def attribute_full(model, processor, transcoders, prompt: str, image=None, confi
     return AttributionResult(graph, rep, targets, timings)
 
 
+def _row_chunk(n_columns: int, elements: int = 1 << 26) -> int:
+    """Rows per chunk so that a chunk of the edge matrix stays under `elements` entries."""
+    return max(1, elements // max(1, n_columns))
+
+
 def _feature_influence(rows: torch.Tensor, n_logits: int, explored: torch.Tensor, weights: torch.Tensor,
-                       n_active: int, n_layers: int, chunk: int = 2048) -> torch.Tensor:
+                       n_active: int, n_layers: int) -> torch.Tensor:
     """Influence of every active feature on the weighted targets, from the rows computed so far.
 
     Normalised matrix N = |rows| / row sums. Direct influence u = w @ N[logit rows]; explored
     features pass on what reaches them: x = u[explored] (I + M + M^2 + ...), M = N[feature rows,
     explored columns]; total = u + x @ N[feature rows]. Only two passes over the big matrix.
     """
+    chunk = _row_chunk(rows.shape[1])
     row_sums = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
     for s in range(0, rows.shape[0], chunk):
         row_sums[s:s + chunk] = rows[s:s + chunk].abs().sum(1)
@@ -214,17 +234,21 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
     row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
     row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
-    R = rows[row_index]
     n_sel = sel_sorted.numel()
     n_rest = rep.n_columns - rep.n_active  # errors + embeddings
     # float32 edges, or float64 when the model ran in float64 (exactness checks)
     edge_dtype = torch.float64 if rep.dtype == torch.float64 else torch.float32
     adjacency = torch.zeros(n_sel + n_logits, n_sel + n_rest + n_logits, dtype=edge_dtype)
-    adjacency[:, :n_sel] = R[:, sel_sorted].to(edge_dtype).cpu()
-    adjacency[:, n_sel:n_sel + n_rest] = R[:, rep.n_active:].to(edge_dtype).cpu()
     unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=store)
     unexplored_mask[sel_sorted] = False
-    unexplored = (R[:, :rep.n_active] * unexplored_mask).sum(1)
+    unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=store)
+    step = _row_chunk(rows.shape[1])  # rows can be many GB: never copy them whole
+    for s in range(0, len(row_index), step):
+        R = rows[row_index[s:s + step]]
+        adjacency[s:s + step, :n_sel] = R[:, sel_sorted].to(edge_dtype).cpu()
+        adjacency[s:s + step, n_sel:n_sel + n_rest] = R[:, rep.n_active:].to(edge_dtype).cpu()
+        unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
+        del R
 
     features = table_s[sel_sorted].cpu().numpy().astype(np.int64)
     acts = rep.active_values().to(store)[sel_sorted].float().cpu().numpy()
@@ -290,7 +314,7 @@ def _position_activations(rep: LocalReplacement, features: np.ndarray) -> np.nda
 def _feature_logit_effects(rep: LocalReplacement, adapter: VLMAdapter, features: np.ndarray, k: int, chunk: int = 512):
     """Tokens each feature's decoder row promotes / suppresses through the direct path:
     (W_dec[f] * g_post_mlp * g_final) @ W_U^T, positive scale factors (norm scales) dropped."""
-    W_U = adapter.unembedding
+    W_U = adapter.unembedding.detach()  # in the model's dtype: a float32 copy of a big vocabulary costs GBs
     n = len(features)
     k = min(k, W_U.shape[0])
     ids_top = np.zeros((n, k), np.int64)
@@ -305,7 +329,7 @@ def _feature_logit_effects(rep: LocalReplacement, adapter: VLMAdapter, features:
             part = idx[s:s + chunk]
             feats = torch.as_tensor(features[part, 2])
             dec = tc.decoder_rows(feats if tc.lazy_decoder else feats.to(tc.b_enc.device)).to(rep.device, rep.dtype)
-            effect = (dec * gain) @ W_U.to(rep.dtype).T
+            effect = ((dec * gain).to(W_U.dtype) @ W_U.T).float()
             top = torch.topk(effect, k, dim=1)
             bot = torch.topk(-effect, k, dim=1)
             ids_top[part], val_top[part] = top.indices.cpu().numpy(), top.values.float().cpu().numpy()

@@ -64,6 +64,23 @@ class ActiveFeatures:
         return int(self.positions.numel())
 
 
+def encode_sparse_on(tc, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transcoder's sparse encoding of x, computed on `device`.
+
+    A transcoder kept in host memory (too big for the GPU next to the model) is streamed: its
+    encoder goes to the device for this one layer and is dropped afterwards. The activation
+    function is the transcoder's own module, so activity is decided exactly as everywhere else.
+    """
+    if tc.lazy_encoder or tc.b_enc.device == torch.device(device):
+        rows, feats, vals = tc.encode_sparse(x.to(tc.b_enc.device))
+        return rows.to(device), feats.to(device), vals.to(device)
+    W = tc.W_enc.detach().to(device, non_blocking=True)
+    b = tc.b_enc.detach().to(device)
+    pre = torch.nn.functional.linear(x.to(device, W.dtype), W, b)
+    del W
+    return tc.activation.sparse(pre)
+
+
 def _gain(norm) -> torch.Tensor:
     return 1.0 + norm.weight.detach()
 
@@ -132,8 +149,7 @@ class LocalReplacement:
         P, d = self.n_positions, self.d_model
         to = dict(device=self.device, dtype=self.dtype)
         x = rec.mlp_in[self.first_position:]
-        tc_device = tc.b_enc.device
-        rows, feats, vals = tc.encode_sparse(x.to(tc_device))
+        rows, feats, vals = encode_sparse_on(tc, x, self.device)
         positions = rows.to(self.device) + self.first_position
         feats = feats.to(self.device)
         vals = vals.to(**to)
@@ -143,7 +159,7 @@ class LocalReplacement:
         starts = torch.cumsum(counts, 0) - counts
         slots = torch.arange(positions.numel(), device=self.device) - starts[positions]
         kmax = int(counts.max().item()) if positions.numel() else 0
-        dec = tc.decoder_rows(feats.cpu() if tc.lazy_decoder else feats.to(tc_device)).to(**to)
+        dec = tc.decoder_rows(feats.cpu() if tc.lazy_decoder else feats.to(tc.b_enc.device)).to(**to)
         sources = dec * vals[:, None]
         padded = torch.zeros(P, max(kmax, 1), d, **to)
         if positions.numel():

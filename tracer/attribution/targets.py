@@ -63,8 +63,9 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
     """Chosen targets, or the salient logits: the most likely tokens until their probabilities
     add up to desired_logit_prob, at most max_n_logits of them."""
     probs = torch.softmax(logits.float(), -1)
-    W_U = unembedding.detach().to(dtype)
-    mean = W_U.mean(0)
+    W_U = unembedding.detach()
+    # mean in at least float32, without a full-precision copy of a big vocabulary
+    mean = W_U.mean(0, dtype=torch.promote_types(W_U.dtype, torch.float32)).to(dtype)
     out: list[ResolvedTarget] = []
     if specs:
         for spec in specs:
@@ -73,7 +74,7 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
             label_a = tokenizer.convert_ids_to_tokens(ia)
             if b is None:
                 out.append(ResolvedTarget(
-                    Target(label=label_a, token_id=ia, probability=float(probs[ia]), kind="token"), W_U[ia] - mean))
+                    Target(label=label_a, token_id=ia, probability=float(probs[ia]), kind="token"), W_U[ia].to(dtype) - mean))
             else:
                 ib = resolve_token(tokenizer, b)
                 label_b = tokenizer.convert_ids_to_tokens(ib)
@@ -81,7 +82,7 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
                     Target(label=f"{label_a} - {label_b}", token_id=-1, probability=0.0, kind="direction",
                            spec={"plus": [ia], "minus": [ib], "labels": [label_a, label_b],
                                  "probabilities": [float(probs[ia]), float(probs[ib])]}),
-                    W_U[ia] - W_U[ib]))
+                    W_U[ia].to(dtype) - W_U[ib].to(dtype)))
         return out
     if max_n_logits < 1:
         raise TargetError("max_n_logits must be at least 1")
@@ -92,5 +93,5 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
     for p, i in zip(top_p[:n].tolist(), top_i[:n].tolist()):
         out.append(ResolvedTarget(
             Target(label=tokenizer.convert_ids_to_tokens(i), token_id=int(i), probability=float(p), kind="token"),
-            W_U[i] - mean))
+            W_U[i].to(dtype) - mean))
     return out
