@@ -88,7 +88,7 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
         raise TargetError("max_n_logits must be at least 1")
     top_p, top_i = torch.sort(probs, descending=True)
     cum = torch.cumsum(top_p, 0)
-    n = int(torch.searchsorted(cum, torch.tensor(desired_logit_prob)).item()) + 1
+    n = int(torch.searchsorted(cum, torch.tensor(desired_logit_prob, dtype=cum.dtype, device=cum.device)).item()) + 1
     n = max(1, min(n, max_n_logits))
     for p, i in zip(top_p[:n].tolist(), top_i[:n].tolist()):
         out.append(ResolvedTarget(
