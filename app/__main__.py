@@ -1,0 +1,55 @@
+"""python -m app: serve the graph explorer."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from app.view.budget import MAX_EDGES, MAX_NODES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description=("Explore attribution graphs of vision-language models in the browser. Serves a Dash app "
+                     "that lists the graph files in a folder (*.graph.safetensors, and circuit-tracer / "
+                     "Neuronpedia JSON and reference .pt graphs where supported) and opens one. Needs no model, "
+                     "no GPU and no network: every script and style is served locally."),
+        epilog="Labels, pins, hidden nodes and supernodes are saved next to each graph as "
+               "<graph file>.annotations.json. See docs/app.md.",
+    )
+    parser.add_argument("--graphs", metavar="DIR", default=None,
+                        help="folder with graph files (default: the repository's sample_graphs/)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it "
+                             "to the network, with no authentication)")
+    parser.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
+    parser.add_argument("--debug", action="store_true",
+                        help="Dash debug mode: in-browser error pane, hot reload of code and assets")
+    parser.add_argument("--examples", metavar="PATH", default=None,
+                        help="feature-examples store for top-activating examples (default: DIR/feature_examples "
+                             "if it exists)")
+    parser.add_argument("--max-nodes", type=int, default=MAX_NODES,
+                        help=f"display budget: most nodes drawn at once (default {MAX_NODES})")
+    parser.add_argument("--max-edges", type=int, default=MAX_EDGES,
+                        help=f"display budget: most edges drawn at once (default {MAX_EDGES})")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from app.factory import create_app, default_graphs_dir
+
+    graphs = Path(args.graphs) if args.graphs else default_graphs_dir()
+    if not graphs.is_dir():
+        print(f"error: graphs folder {graphs} does not exist", file=sys.stderr)
+        return 2
+    app = create_app(graphs, examples=args.examples, max_nodes=args.max_nodes, max_edges=args.max_edges)
+    print(f"Serving graphs from {graphs.resolve()} at http://{args.host}:{args.port}/", flush=True)
+    app.run(host=args.host, port=args.port, debug=args.debug, dev_tools_disable_version_check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+/* vlm-circuits explorer: client-side callbacks and cytoscape tuning (served locally by Dash). */
+(function () {
+  "use strict";
+  var GRAPH_ID = "attribution-graph";
+  var lastSignature = null;
+
+  function idSelector(key) {
+    return "#" + key;  // node keys are [A-Za-z0-9_] only (app/view/keys.py)
+  }
+
+  window.dash_clientside = Object.assign({}, window.dash_clientside, {
+    vlmc: {
+      hoverInfo: function (data) {
+        if (!data || data.kind === "axis" || data.kind === "block") {
+          return window.dash_clientside.no_update;
+        }
+        var text = data.label || data.id;
+        if (data.influence !== undefined && data.influence !== null && data.kind !== "logit") {
+          text += "  ·  influence " + Number(data.influence).toPrecision(3);
+        }
+        return text;
+      },
+
+      stylesheet: function (selection, region, imageHover, base) {
+        /* restyling thousands of elements costs time: only hand cytoscape a new stylesheet
+           when the highlight actually changed */
+        var point0 = imageHover && imageHover.points && imageHover.points[0];
+        var signature = JSON.stringify([selection, region, point0 ? point0.customdata : null, base ? base.length : 0]);
+        var nothing = !selection && !region && !(point0 && point0.customdata);
+        if (signature === lastSignature || (lastSignature === null && nothing)) {
+          lastSignature = signature;
+          return window.dash_clientside.no_update;
+        }
+        lastSignature = signature;
+        var style = (base || []).slice();
+        var hasSel = selection && selection.nodes && selection.nodes.length > 0;
+        var hasRegion = region && region.nodes && region.nodes.length > 0;
+        if (hasSel || hasRegion) {
+          style.push({selector: "node, edge", style: {opacity: 0.15}});
+          style.push({selector: "node[kind = \"axis\"], node[kind = \"block\"]", style: {opacity: 1}});
+        }
+        if (hasRegion) {
+          style.push({selector: region.nodes.map(idSelector).join(", "),
+                      style: {opacity: 1, "border-color": "#00a8d6", "border-width": 3}});
+          style.push({selector: region.edges_from.map(function (k) { return 'edge[source = "' + k + '"]'; }).join(", "),
+                      style: {opacity: 0.75}});
+        }
+        if (hasSel) {
+          style.push({selector: selection.nodes.map(idSelector).join(", "), style: {opacity: 1}});
+          if (selection.edges && selection.edges.length) {
+            style.push({selector: selection.edges.map(idSelector).join(", "),
+                        style: {opacity: 1, "z-index": 20, "line-style": "solid"}});
+          }
+          if (selection.selected) {
+            style.push({selector: idSelector(selection.selected),
+                        style: {opacity: 1, "border-width": 5, "border-color": "#111"}});
+          }
+        }
+        var point = imageHover && imageHover.points && imageHover.points[0];
+        if (point && typeof point.customdata === "string" && point.customdata) {
+          style.push({selector: idSelector(point.customdata),
+                      style: {opacity: 1, "border-width": 6, "border-color": "#ff00c8", "overlay-color": "#ff00c8",
+                              "overlay-opacity": 0.35, "overlay-padding": 8, "z-index": 30}});
+        }
+        return style;
+      }
+    }
+  });
+
+  /* Faster panning on big views: draw edges only when the viewport is still, and pan/zoom a
+     cached texture (cytoscape renderer options that dash-cytoscape does not expose). */
+  function tune() {
+    var el = document.getElementById(GRAPH_ID);
+    var cy = el && el._cyreg && el._cyreg.cy;
+    if (!cy || cy.__vlmcTuned) { return; }
+    var renderer = cy.renderer && cy.renderer();
+    if (renderer) {
+      renderer.hideEdgesOnViewport = true;
+      renderer.textureOnViewport = true;
+      cy.__vlmcTuned = true;
+    }
+  }
+  setInterval(tune, 500);
+})();

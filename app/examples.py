@@ -1,0 +1,152 @@
+"""Top-activating examples of a feature, from a feature-examples store if there is one.
+
+The store (tracer.features.store.ExampleStore, in the published activation-stats format) is
+optional: without it, or without an entry for a feature, the details panel says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+
+STORE_FOLDER = "feature_examples"
+
+
+def find_store(graphs_dir: Path, explicit: str | Path | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    candidate = Path(graphs_dir) / STORE_FOLDER
+    return candidate if candidate.exists() else None
+
+
+def _get(example, name, default=None):
+    if isinstance(example, dict):
+        return example.get(name, default)
+    return getattr(example, name, default)
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _as_array(image) -> np.ndarray | None:
+    from PIL import Image
+
+    if image is None:
+        return None
+    if isinstance(image, np.ndarray):
+        return image
+    if hasattr(image, "numpy"):
+        return np.asarray(image.numpy())
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, (bytes, bytearray)):
+        return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+    if isinstance(image, (str, Path)) and Path(image).is_file():
+        return np.asarray(Image.open(image).convert("RGB"))
+    return None
+
+
+def thumbnail(image, cell=None, grid: int | tuple | None = None, size: int = 96) -> str | None:
+    """PNG data URI of a thumbnail with the activating grid cell outlined."""
+    from PIL import Image, ImageDraw
+
+    array = _as_array(image)
+    if array is None:
+        return None
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, -1)
+    img = Image.fromarray(np.asarray(array[..., :3], dtype=np.uint8)).convert("RGB")
+    scale = size / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.NEAREST)
+    if cell is not None and grid:
+        rows, cols = (grid, grid) if isinstance(grid, int) else tuple(grid)
+        row, col = (int(v) for v in list(cell)[-2:])
+        h, w = img.height / rows, img.width / cols
+        ImageDraw.Draw(img).rectangle([col * w, row * h, (col + 1) * w - 1, (row + 1) * h - 1], outline=(255, 0, 255), width=2)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+IMAGE_TOKENS = {"<image_soft_token>", "<image>", "<|image_pad|>"}
+
+
+def token_window(tokens: list[str], active: int | None, radius: int = 10) -> list[tuple[str, bool]]:
+    """Tokens around the active position, each image's soft tokens collapsed into one chip."""
+    out: list[tuple[str, bool]] = []
+    active_at = None
+    for i, tok in enumerate(tokens):
+        tok = str(tok)
+        if tok in IMAGE_TOKENS:
+            if out and out[-1][0] == "[image]" and (i - 1) < len(tokens) and str(tokens[i - 1]) in IMAGE_TOKENS:
+                if i == active:
+                    out[-1] = ("[image]", True)
+                    active_at = len(out) - 1
+                continue
+            out.append(("[image]", i == active))
+        else:
+            out.append((tok, i == active))
+        if i == active:
+            active_at = len(out) - 1
+    if active_at is None:
+        return out[: 2 * radius]
+    return out[max(0, active_at - radius): active_at + radius + 1]
+
+
+class FeatureExamples:
+    def __init__(self, path: Path | None, store=None):
+        self.path = path
+        self.store = store
+        self.note = ""
+        if store is not None:
+            return
+        if path is None:
+            self.note = ("No feature-examples store: compute one with `python -m tracer features ...` and put it in "
+                         f"the graphs folder as {STORE_FOLDER}/ (or pass --examples PATH).")
+            return
+        try:
+            from tracer.features.store import ExampleStore
+        except ImportError:
+            self.note = "Feature examples need tracer.features.store, which this installation does not have."
+            return
+        try:
+            self.store = ExampleStore(path)
+        except Exception as err:  # a broken store: say so, keep the app running
+            self.note = f"Cannot open the feature-examples store at {path}: {type(err).__name__}: {err}"
+
+    def top(self, layer: int, feature: int, k: int = 6, grid: int | tuple | None = None) -> tuple[list[dict], str]:
+        """([{value, tokens: [(text, is_active)], text, thumb}], note)"""
+        if self.store is None:
+            return [], self.note
+        try:
+            raw = list(self.store.top_examples(int(layer), int(feature), k))
+        except Exception as err:
+            return [], f"No examples for layer {layer} feature {feature} ({type(err).__name__}: {err})"
+        count = None
+        try:
+            count = self.store.firing_count(int(layer), int(feature))
+        except Exception:
+            pass
+        out = []
+        for ex in raw:
+            tokens = _get(ex, "tokens") or []
+            active = _get(ex, "token_position")
+            example_grid = _get(ex, "tokens_per_side") or _get(ex, "grid") or grid
+            out.append({
+                "value": float(_get(ex, "value", 0.0) or 0.0),
+                "text": str(_get(ex, "text", "") or ""),
+                "tokens": token_window(list(tokens), active),
+                "thumb": thumbnail(_get(ex, "image"), _get(ex, "image_cell"), example_grid),
+            })
+        note = "" if out else f"The store has no examples for layer {layer} feature {feature}."
+        if count is not None:
+            note = (note + " " if note else "") + f"Fires on {count} tokens of the data set."
+        return out, note

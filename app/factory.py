@@ -1,0 +1,36 @@
+"""create_app(graphs_dir): the Dash app, with no model and nothing heavy loaded at import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dash import Dash
+
+from app.callbacks import register_all
+from app.panels.page import page
+from app.state import AppState
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def default_graphs_dir() -> Path:
+    """The repository's sample_graphs/ (next to the app package: a source checkout or an
+    editable install); else ./sample_graphs."""
+    here = Path(__file__).resolve().parent.parent / "sample_graphs"
+    return here if here.is_dir() else Path.cwd() / "sample_graphs"
+
+
+def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None = None,
+               max_nodes: int | None = None, max_edges: int | None = None) -> Dash:
+    graphs_dir = Path(graphs_dir) if graphs_dir else default_graphs_dir()
+    state = AppState(graphs_dir, examples=examples, max_nodes=max_nodes, max_edges=max_edges)
+    app = Dash(__name__, title="VLM circuits", assets_folder=str(ASSETS), serve_locally=True,
+               update_title=None)
+    app.state = state  # for tests and embedding
+
+    def layout():  # a function: every page load lists the folder afresh
+        return page(state.store.names(), None, str(graphs_dir))
+
+    app.layout = layout
+    register_all(app, state)
+    return app

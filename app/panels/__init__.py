@@ -1,0 +1,1 @@
+"""Dash layout, one module per panel."""

@@ -1,0 +1,30 @@
+"""The whole page: stores and panels."""
+
+from dash import dcc, html
+
+from app import ids
+from app.panels.controls import controls
+from app.panels.details import details_panel
+from app.panels.graph import graph_panel
+from app.panels.header import header
+from app.panels.image import image_panel
+from app.view.build import base_stylesheet
+
+
+def page(names: list[str], value: str | None, folder: str) -> html.Div:
+    return html.Div(className="app", children=[
+        dcc.Location(id=ids.URL, refresh=False),
+        dcc.Store(id=ids.STORE_GRAPH, data={"name": None}),
+        dcc.Store(id=ids.STORE_ANNOT_REV, data=0),
+        dcc.Store(id=ids.STORE_SELECTED, data=None),
+        dcc.Store(id=ids.STORE_REGION, data=None),
+        dcc.Store(id=ids.STORE_HL_SELECTION, data=None),
+        dcc.Store(id=ids.STORE_HL_REGION, data=None),
+        dcc.Store(id=ids.STORE_BASE_STYLE, data=base_stylesheet()),
+        dcc.Store(id=ids.STORE_FIGURE_KEY, data=None),
+        header(names, value, folder),
+        html.Main(className="main", children=[
+            html.Section(className="left", children=[controls(), graph_panel()]),
+            html.Aside(className="right", children=[image_panel(), details_panel()]),
+        ]),
+    ])

@@ -1,0 +1,75 @@
+"""Server-side state shared by the callbacks: the graph store, the examples store, and the
+current view of a graph (recomputed only when its inputs change)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.annotations import Annotations, AnnotationsError, annotations_path, load_annotations
+from app.examples import FeatureExamples, find_store
+from app.graph_store import GraphStore
+from app.view.build import PINNED, PRUNED, DisplayView, build_view
+from app.view.session import GraphSession
+
+DEFAULT_NODE_THRESHOLD = 0.8
+DEFAULT_EDGE_THRESHOLD = 0.98
+
+
+@dataclass
+class Current:
+    session: GraphSession
+    annotations: Annotations
+    annotations_error: str
+    view: DisplayView
+
+
+class AppState:
+    def __init__(self, graphs_dir: str | Path, examples: str | Path | None = None,
+                 max_nodes: int | None = None, max_edges: int | None = None):
+        self.graphs_dir = Path(graphs_dir)
+        self.store = GraphStore(self.graphs_dir, max_nodes=max_nodes, max_edges=max_edges)
+        self._examples_path = examples
+        self._examples: FeatureExamples | None = None
+        self._views: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def examples(self) -> FeatureExamples:
+        if self._examples is None:  # opened lazily: nothing heavy at import or start
+            self._examples = FeatureExamples(find_store(self.graphs_dir, self._examples_path))
+        return self._examples
+
+    def annotations(self, session: GraphSession) -> tuple[Annotations, str]:
+        try:
+            return load_annotations(session.path), ""
+        except AnnotationsError as err:
+            return Annotations(), f"Annotations ignored: {err}"
+
+    def current(self, name: str, node_threshold=None, edge_threshold=None, mode: str | None = PRUNED) -> Current:
+        """The view for these inputs (GraphNotFound / GraphFormatError from the store)."""
+        session = self.store.session(name)
+        nt = DEFAULT_NODE_THRESHOLD if node_threshold is None else float(node_threshold)
+        et = DEFAULT_EDGE_THRESHOLD if edge_threshold is None else float(edge_threshold)
+        mode = PINNED if mode == PINNED else PRUNED
+        path = annotations_path(session.path)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+        except OSError:
+            stamp = 0
+        key = (id(session), round(nt, 4), round(et, 4), mode, stamp)
+        with self._lock:
+            if key in self._views:
+                self._views.move_to_end(key)
+                return self._views[key]
+        annotations, error = self.annotations(session)
+        view = build_view(session, annotations, nt, et, mode)
+        current = Current(session, annotations, error, view)
+        with self._lock:
+            self._views[key] = current
+            while len(self._views) > 8:
+                self._views.popitem(last=False)
+        return current

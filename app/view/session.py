@@ -1,0 +1,143 @@
+"""A loaded graph with what the explorer computes once per graph (and a few cached views)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from tracer.graph import Graph
+from tracer.graph.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from tracer.graph.pruning import graph_scores
+
+from app.view.budget import MAX_EDGES, MAX_NODES, BudgetView, Pruner
+from app.view.keys import node_keys, row_nodes
+
+
+class GraphSession:
+    def __init__(self, graph: Graph, name: str, path: Path | None = None,
+                 max_nodes: int = MAX_NODES, max_edges: int = MAX_EDGES):
+        self.graph = graph
+        self.name = name
+        self.path = path
+        self.max_nodes = max_nodes
+        self.max_edges = max_edges
+        self.keys = node_keys(graph)
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.kinds = graph.node_kinds()
+        self.layers = graph.node_layers()
+        self.positions = graph.node_positions()
+        self.rows = row_nodes(graph)
+        self.image_mask = graph.is_image_position()
+        self._budgets: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ once per graph
+    @cached_property
+    def pruner(self) -> Pruner:
+        return Pruner(self.graph)
+
+    @property
+    def influence(self) -> np.ndarray:
+        return self.pruner.influence
+
+    @cached_property
+    def scores(self) -> dict[str, float]:
+        stored = self.graph.scores or {}
+        if "replacement" in stored and "completeness" in stored:
+            return {"replacement": float(stored["replacement"]), "completeness": float(stored["completeness"])}
+        return graph_scores(self.graph)
+
+    @cached_property
+    def cell_of_position(self) -> dict[int, tuple[int, int, int]]:
+        g = self.graph
+        return {int(p): (int(i), int(r), int(c)) for p, (i, r, c) in zip(g.image_positions, g.image_grid)}
+
+    @cached_property
+    def position_of_cell(self) -> dict[tuple[int, int, int], int]:
+        return {cell: pos for pos, cell in self.cell_of_position.items()}
+
+    def grid_shape(self, image: int) -> tuple[int, int]:
+        cells = [c for c in self.cell_of_position.values() if c[0] == image]
+        if not cells:
+            return (0, 0)
+        return (max(c[1] for c in cells) + 1, max(c[2] for c in cells) + 1)
+
+    @cached_property
+    def patch_colours(self) -> dict[int, str]:
+        """Mean colour of the image pixels under each image soft token (position -> '#rrggbb')."""
+        out: dict[int, str] = {}
+        for pos, (image, row, col) in self.cell_of_position.items():
+            if image >= len(self.graph.images):
+                continue
+            img = np.asarray(self.graph.images[image])
+            rows, cols = self.grid_shape(image)
+            h, w = img.shape[0] / rows, img.shape[1] / cols
+            patch = img[int(row * h): int((row + 1) * h) or None, int(col * w): int((col + 1) * w) or None]
+            if patch.size == 0:
+                continue
+            rgb = patch.reshape(-1, patch.shape[-1])[:, :3].mean(0) if patch.ndim == 3 else np.repeat(patch.mean(), 3)
+            out[pos] = "#%02x%02x%02x" % tuple(int(v) for v in np.clip(rgb, 0, 255))
+        return out
+
+    # ------------------------------------------------------------------ labels
+    def default_label(self, index: int) -> str:
+        g = self.graph
+        kind = self.kinds[index]
+        if kind == FEATURE:
+            layer, pos, feat = g.features[index]
+            return f"L{layer} #{feat} @{pos} {self.token_text(pos)}"
+        if kind == ERROR:
+            layer, pos = g.errors[index - g.error_offset]
+            return f"error L{layer} @{pos} {self.token_text(pos)}"
+        if kind == EMBEDDING:
+            pos = index - g.embedding_offset
+            if pos in self.cell_of_position:
+                image, row, col = self.cell_of_position[pos]
+                return f"image{image} patch ({row},{col}) @{pos}"
+            return f"{self.token_text(pos)} @{pos}"
+        target = g.targets[index - g.logit_offset]
+        return f"logit {target.label!r} (p={target.probability:.3f})"
+
+    def token_text(self, pos: int) -> str:
+        pos = int(pos)
+        if pos in self.cell_of_position:
+            _, row, col = self.cell_of_position[pos]
+            return f"[img {row},{col}]"
+        tok = self.graph.tokens[pos] if 0 <= pos < len(self.graph.tokens) else "?"
+        return repr(tok)[1:-1] if tok.strip() != tok or not tok else tok
+
+    def token_string(self, token_id: int) -> str:
+        vocab = self.graph.vocab or {}
+        return vocab.get(int(token_id), f"#{int(token_id)}")
+
+    # ------------------------------------------------------------------ image cells
+    def cell_nodes(self, image: int, cells) -> np.ndarray:
+        """Embedding node indices of grid cells (row, col) of one image."""
+        out = []
+        for row, col in cells:
+            pos = self.position_of_cell.get((int(image), int(row), int(col)))
+            if pos is not None:
+                out.append(self.graph.embedding_offset + pos)
+        return np.array(sorted(set(out)), dtype=np.int64)
+
+    # ------------------------------------------------------------------ pruning (cached)
+    def budget(self, node_threshold: float, edge_threshold: float) -> BudgetView:
+        key = (round(float(node_threshold), 4), round(float(edge_threshold), 4))
+        with self._lock:
+            if key in self._budgets:
+                self._budgets.move_to_end(key)
+                return self._budgets[key]
+        nt, et = (float(np.clip(v, 0.0, 1.0)) for v in key)
+        view = self.pruner.prune(nt, et, self.max_nodes, self.max_edges)
+        with self._lock:
+            self._budgets[key] = view
+            while len(self._budgets) > 6:
+                self._budgets.popitem(last=False)
+        return view
+
+
+KIND_CLASS = {FEATURE: "feature", ERROR: "error", LOGIT: "logit"}

@@ -1,0 +1,122 @@
+"""Browser tests: the explorer served from this process, driven by headless Chromium (Playwright).
+
+Recipe: ../shared/recipes/dash_ui.md (Debian's /usr/bin/chromium, never `playwright install`).
+Every test fails on a page error or a console error.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for graph_factory
+
+
+def pytest_collection_modifyitems(config, items):
+    if Path(CHROMIUM).exists():
+        return
+    skip = pytest.mark.skip(reason=f"{CHROMIUM} is missing: apt-get install -y chromium (CI installs it)")
+    for item in items:
+        if "browser" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_graphs(folder: Path) -> dict[str, str]:
+    """Synthetic graphs for the browser tests (never written into sample_graphs/)."""
+    from graph_factory import make_graph
+
+    from tracer.graph import save_graph
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {}
+    # The main test graph: an 8x8 image grid (64 soft tokens), 4 layers, a few hundred nodes.
+    names["image"] = save_graph(make_graph(seed=3, n_layers=4, n_pos=81, n_features=260, n_logits=3, image_side=8),
+                                folder / "a_image.graph.safetensors").name
+    names["text"] = save_graph(make_graph(seed=4, n_layers=3, n_features=40, with_image=False),
+                               folder / "b_text.graph.safetensors").name
+    (folder / "c_broken.graph.safetensors").write_bytes(b"\x00\x01 this is not a safetensors file" * 4)
+    names["broken"] = "c_broken.graph.safetensors"
+    # Big: thousands of features, pruned to a display of about 1,000 nodes.
+    names["big"] = save_graph(sparse_big_graph(), folder / "d_big.graph.safetensors").name
+    return names
+
+
+def sparse_big_graph(seed: int = 5, per_row: int = 8):
+    """~3,000 features with a few inputs each (make_graph's rows are dense), so that pruning at
+    the usual thresholds keeps views of 500 to 1,000 nodes."""
+    import numpy as np
+    from graph_factory import make_graph
+
+    g = make_graph(seed=seed, n_layers=4, n_pos=81, n_features=3600, n_logits=5, image_side=8)
+    rng = np.random.default_rng(seed)
+    sparse = np.zeros_like(g.adjacency)
+    for r in range(g.adjacency.shape[0]):
+        nz = np.flatnonzero(g.adjacency[r])
+        keep = rng.choice(nz, min(len(nz), per_row if r < g.n_features else 200), replace=False) if len(nz) else nz
+        sparse[r, keep] = g.adjacency[r, keep]
+    g.adjacency = sparse
+    g.values = sparse.astype(np.float64).sum(1) + g.constants + g.unexplored
+    return g
+
+
+class Server:
+    def __init__(self, app):
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.app = app
+        self.httpd = make_server("127.0.0.1", 0, app.server, threaded=True)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def graphs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("graphs")
+    return folder, write_graphs(folder)
+
+
+@pytest.fixture(scope="session")
+def server(graphs):
+    from app.factory import create_app
+
+    folder, _ = graphs
+    srv = Server(create_app(folder, max_nodes=1000, max_edges=5000))
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1500, "height": 950}, accept_downloads=True)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda err: errors.append(f"pageerror: {err}"))
+    pg.on("console", lambda msg: errors.append(f"console.{msg.type}: {msg.text}") if msg.type == "error" else None)
+    pg.set_default_timeout(20_000)
+    yield pg
+    context.close()
+    assert not errors, "browser errors:\n" + "\n".join(errors)

@@ -1,0 +1,248 @@
+"""The explorer's computations (no browser): layout, pruning to a display budget, region
+circuits, the displayed view, selection highlights, node details."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graph_factory import make_graph
+
+from tracer.graph import Graph, Target
+from tracer.graph.pruning import influence_from, prune
+
+from app.annotations import Annotations
+from app.view.budget import Pruner, prune_to_budget
+from app.view.build import PINNED, PRUNED, build_view, selection_highlight
+from app.view.details import feature_position_activations, image_heat, node_details
+from app.view.keys import node_keys
+from app.view.positions import compute_positions
+from app.view.region import region_circuit
+from app.view.session import GraphSession
+
+
+@pytest.fixture(scope="module")
+def image_graph():
+    return make_graph(seed=3, n_layers=4, n_pos=81, n_features=260, n_logits=3, image_side=8)
+
+
+@pytest.fixture(scope="module")
+def session(image_graph):
+    return GraphSession(image_graph, "img.graph.safetensors", None)
+
+
+# ---------------------------------------------------------------------------------- layout
+def test_layout_levels_and_columns(image_graph):
+    g = image_graph
+    idx = np.arange(g.n_nodes)
+    xy = compute_positions(g, idx).xy
+    y = xy[:, 1]
+    layers = g.node_layers()
+    # embeddings at the bottom (largest y: cytoscape's y grows downwards), logits on top
+    assert y[g.embedding_offset: g.logit_offset].min() > y[: g.logit_offset][layers[: g.logit_offset] >= 0].max()
+    assert y[g.logit_offset:].max() < y[: g.logit_offset].min()
+    # each layer in its own band, bands ordered by layer
+    bands = [y[: g.embedding_offset][layers[: g.embedding_offset] == l] for l in range(g.n_layers)]
+    for lower, upper in zip(bands, bands[1:]):
+        assert lower.min() > upper.max()
+    # x follows token position: each embedding left of the next one
+    emb_x = xy[g.embedding_offset: g.logit_offset, 0]
+    assert np.all(np.diff(emb_x) > 0)
+    # every node of a position sits in that position's column, between its neighbours' columns
+    pos = g.node_positions()
+    for k in range(g.n_errors):
+        i = g.error_offset + k
+        p = pos[i]
+        left = emb_x[p - 1] if p > 0 else -np.inf
+        right = emb_x[p + 1] if p + 1 < g.n_positions else np.inf
+        assert left < xy[i, 0] < right
+
+
+def test_layout_image_block_has_gaps(image_graph):
+    g = image_graph
+    placement = compute_positions(g, np.arange(g.n_nodes))
+    emb_x = placement.xy[g.embedding_offset: g.logit_offset, 0]
+    steps = np.diff(emb_x)
+    first, last = int(g.image_positions[0]), int(g.image_positions[-1])
+    inside = steps[first: last]  # between consecutive image soft tokens
+    assert steps[first - 1] > inside.max()  # a gap before the image block...
+    assert steps[last] > inside.max()  # ...and after it
+    assert len(placement.image_blocks) == 1
+    image, x0, x1 = placement.image_blocks[0]
+    assert image == 0 and x0 < emb_x[first] < emb_x[last] < x1
+
+
+def test_layout_no_overlaps_in_a_cell():
+    g = make_graph(seed=9, n_layers=2, n_pos=12, n_features=200, n_logits=2, image_side=2)
+    xy = compute_positions(g, np.arange(g.n_nodes)).xy
+    rounded = {(round(x, 3), round(y, 3)) for x, y in xy}
+    assert len(rounded) == g.n_nodes
+
+
+def test_layout_of_a_subset_is_compact(image_graph):
+    g = image_graph
+    few = np.array([0, 1, g.embedding_offset + 5, g.logit_offset])
+    xy = compute_positions(g, few).xy
+    assert xy.shape == (4, 2) and np.isfinite(xy).all()
+
+
+# ---------------------------------------------------------------------------------- pruning
+@pytest.mark.parametrize("nt,et", [(0.5, 0.9), (0.8, 0.98), (0.95, 0.99), (1.0, 1.0)])
+def test_pruner_matches_tracer_prune(image_graph, nt, et):
+    ours = Pruner(image_graph).prune(nt, et)
+    ref = prune(image_graph, nt, et)
+    assert np.array_equal(ours.node_mask, ref.node_mask)
+    assert np.array_equal(ours.edge_mask, ref.edge_mask)
+    assert not ours.truncated
+
+
+def test_prune_to_budget_limits_nodes_and_edges():
+    g = make_graph(seed=5, n_layers=4, n_pos=81, n_features=1500, n_logits=4, image_side=8)
+    for max_nodes, max_edges in [(1000, 5000), (300, 1200), (60, 200)]:
+        view = prune_to_budget(g, 1.0, 1.0, max_nodes, max_edges)
+        assert view.n_nodes <= max_nodes and view.n_edges <= max_edges
+        assert view.truncated
+        assert view.node_mask[g.logit_offset:].all()  # logits always stay
+        em = view.edge_mask
+        rows = np.concatenate([np.arange(g.n_features), g.logit_offset + np.arange(g.n_logits)])
+        assert not (em & ~view.node_mask[None, :]).any()  # no edge to or from a dropped node
+        assert not (em & ~view.node_mask[rows][:, None]).any()
+        # every kept feature has an input and an output, every kept error / embedding an output
+        has_out = em.any(0)
+        has_in = np.zeros(g.n_nodes, bool)
+        has_in[rows] = em.any(1)
+        kept = np.flatnonzero(view.node_mask)
+        kinds = g.node_kinds()
+        for i in kept:
+            if kinds[i] == "feature":
+                assert has_in[i] and has_out[i]
+            elif kinds[i] in ("error", "embedding"):
+                assert has_out[i]
+    # the most influential features survive a tight budget
+    small = prune_to_budget(g, 1.0, 1.0, 60, 200)
+    big = prune_to_budget(g, 1.0, 1.0, 1000, 5000)
+    assert small.n_nodes < big.n_nodes
+    inf = small.node_influence[: g.n_features]
+    kept_f = np.flatnonzero(small.node_mask[: g.n_features])
+    assert inf[kept_f].mean() > inf[np.flatnonzero(big.node_mask[: g.n_features])].mean()
+
+
+def test_lower_node_threshold_keeps_fewer_nodes(session):
+    counts = [session.budget(t, 0.98).n_nodes for t in (0.2, 0.5, 0.8)]
+    assert counts[0] < counts[1] <= counts[2]
+
+
+# ---------------------------------------------------------------------------------- region circuit
+def chain_graph() -> Graph:
+    """2x1 image grid: cell (0,0) feeds feature a (layer 0), cell (0,1) feeds feature b; a and b
+    feed the logit with weights 3 and 1. Positions: 0 <bos>, 1..2 image, 3 text."""
+    tokens = ["<bos>", "<image_soft_token>", "<image_soft_token>", "?"]
+    features = np.array([[0, 1, 7], [0, 2, 8]])
+    errors = np.zeros((0, 2), np.int64)
+    n_nodes = 2 + 0 + 4 + 1
+    adjacency = np.zeros((3, n_nodes), np.float32)
+    adjacency[0, 2 + 1] = 2.0  # E1 -> a
+    adjacency[1, 2 + 2] = 5.0  # E2 -> b
+    adjacency[2, 0] = 3.0  # a -> logit
+    adjacency[2, 1] = 1.0  # b -> logit
+    g = Graph(prompt="".join(tokens), input_ids=np.arange(4), tokens=tokens, n_layers=1, features=features,
+              activations=np.array([1.0, 1.0], np.float32), errors=errors, targets=[Target("yes", 5, 0.9)],
+              adjacency=adjacency, values=adjacency.sum(1).astype(np.float64), constants=np.zeros(3),
+              unexplored=np.zeros(3), image_positions=np.array([1, 2]), image_grid=np.array([[0, 0, 0], [0, 0, 1]]),
+              tokens_per_side=2, images=[np.zeros((8, 16, 3), np.uint8)])
+    g.validate()
+    return g
+
+
+def test_region_circuit_on_a_hand_made_graph():
+    g = chain_graph()
+    s = GraphSession(g, "chain.graph.safetensors")
+    view = build_view(s, Annotations(), 1.0, 1.0)
+    assert set(view.display_of.values()) == {"F_0_7_1", "F_0_8_2", "E_1", "E_2", "L_0"}
+    left = region_circuit(s, view, 0, [(0, 0)])
+    assert set(left["nodes"]) == {"E_1", "F_0_7_1", "L_0"}
+    assert left["logits"][0]["share_view"] == pytest.approx(0.75)  # 3 / (3 + 1)
+    assert left["logits"][0]["share_full"] == pytest.approx(0.75)
+    right = region_circuit(s, view, 0, [(0, 1)])
+    assert set(right["nodes"]) == {"E_2", "F_0_8_2", "L_0"}
+    assert right["logits"][0]["share_view"] == pytest.approx(0.25)
+    both = region_circuit(s, view, 0, [(0, 0), (0, 1)])
+    assert both["logits"][0]["share_view"] == pytest.approx(1.0)
+    assert region_circuit(s, view, 0, [(5, 5)])["nodes"] == []  # outside the grid
+
+
+def test_region_circuit_matches_influence_from(session):
+    view = build_view(session, Annotations(), 0.8, 0.98)
+    cells = [(2, 3), (2, 4), (3, 3)]
+    got = region_circuit(session, view, 0, cells)
+    sources = session.cell_nodes(0, cells)
+    ref = influence_from(session.graph, sources, view.edge_mask)
+    shown = np.zeros(session.graph.n_nodes, bool)
+    shown[view.node_indices] = True
+    assert set(got["nodes"]) == {session.keys[i] for i in np.flatnonzero(ref["reachable"] & shown)}
+    assert [r["share_view"] for r in got["logits"]] == pytest.approx(list(ref["logit_share"]))
+    assert all(0.0 <= r["share_view"] <= 1.0 + 1e-9 for r in got["logits"])
+
+
+# ---------------------------------------------------------------------------------- the view
+def test_view_elements(session):
+    view = build_view(session, Annotations(), 0.8, 0.98)
+    nodes = [e for e in view.elements if "source" not in e["data"] and e["data"]["kind"] not in ("axis", "block")]
+    edges = [e for e in view.elements if "source" in e["data"]]
+    assert len(nodes) == view.n_nodes and len(edges) == view.n_edges
+    ids = {e["data"]["id"] for e in nodes}
+    assert all(e["data"]["source"] in ids and e["data"]["target"] in ids for e in edges)
+    assert all("label" in e["data"] for e in view.elements if "source" not in e["data"])  # cytoscape warns otherwise
+    kinds = {e["data"]["kind"] for e in nodes}
+    assert {"feature", "error", "image", "text", "logit"} <= kinds
+    colours = {e["data"]["color"] for e in edges}
+    assert colours <= {"#2f6fbf", "#d0453a"} and len(colours) == 2  # by sign
+    widths = [e["data"]["width"] for e in edges]
+    assert min(widths) >= 0.6 and max(widths) == pytest.approx(5.0)
+    # image patches take the mean colour of their pixels
+    img = [e for e in nodes if e["data"]["kind"] == "image"]
+    assert all(e["data"]["color"].startswith("#") and len(e["data"]["color"]) == 7 for e in img)
+
+
+def test_view_hidden_pinned_supernodes(session):
+    base = build_view(session, Annotations(), 0.8, 0.98)
+    feats = [k for k in (session.keys[i] for i in base.node_indices) if k.startswith("F_")][:4]
+    a = Annotations(labels={feats[0]: "my label"}, hidden=[feats[1]], pinned=[feats[0], feats[2]],
+                    supernodes=[{"id": "S_1", "label": "group", "members": [feats[2], feats[3]]}])
+    view = build_view(session, a, 0.8, 0.98)
+    shown = {e["data"]["id"]: e["data"] for e in view.elements}
+    assert feats[1] not in shown and view.n_hidden == 1
+    assert shown[feats[0]]["label"] == "my label" and shown[feats[0]].get("pinned")
+    assert feats[2] not in shown and feats[3] not in shown and shown["S_1"]["kind"] == "supernode"
+    assert view.n_nodes == base.n_nodes - 1 - 1  # one hidden, two merged into one
+    assert all(e[0] != e[1] for e in view.edges)  # no self loops from merging
+    pinned = build_view(session, a, 0.8, 0.98, PINNED)
+    assert {e["data"]["id"] for e in pinned.elements if e["data"]["kind"] not in ("axis", "block")
+            and "source" not in e["data"]} == {feats[0], "S_1"}
+    hl = selection_highlight(view, feats[0])
+    assert hl["selected"] == feats[0] and feats[0] in hl["nodes"] and len(hl["nodes"]) <= 11
+
+
+def test_node_details(session):
+    a = Annotations(labels={})
+    view = build_view(session, a, 0.8, 0.98)
+    key = next(session.keys[i] for i in view.node_indices if session.keys[i].startswith("F_"))
+    d = node_details(session, key, a)
+    g = session.graph
+    i = session.index[key]
+    assert d["kind"] == "feature" and d["activation"] == pytest.approx(float(g.activations[i]))
+    assert len(d["promoted"]) == 5 and len(d["suppressed"]) == 5
+    assert d["inputs"] and abs(d["inputs"][0]["weight"]) == pytest.approx(np.abs(g.adjacency[i]).max())
+    acts = feature_position_activations(session, i)
+    heat = image_heat(session, acts, 0)
+    assert heat.shape == (8, 8)
+    assert heat[0, 0] == pytest.approx(acts[int(g.image_positions[0])])
+    logit = node_details(session, "L_0", a)
+    assert logit["kind"] == "logit" and logit["probability"] == pytest.approx(g.targets[0].probability)
+    assert node_details(session, "F_99_99_99", a) is None
+
+
+def test_keys_are_unique_and_selector_safe(image_graph):
+    keys = node_keys(image_graph)
+    assert len(set(keys)) == len(keys)
+    assert all(k.replace("_", "").isalnum() for k in keys)
