@@ -22,6 +22,9 @@ def default_graphs_dir() -> Path:
 
 def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None = None,
                max_nodes: int | None = None, max_edges: int | None = None) -> Dash:
+    import dash_cytoscape
+
+    dash_cytoscape.load_extra_layouts()  # the bundle with cytoscape-svg (SVG export); served locally
     graphs_dir = Path(graphs_dir) if graphs_dir else default_graphs_dir()
     state = AppState(graphs_dir, examples=examples, max_nodes=max_nodes, max_edges=max_edges)
     app = Dash(__name__, title="VLM circuits", assets_folder=str(ASSETS), serve_locally=True,

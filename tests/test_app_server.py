@@ -64,7 +64,8 @@ def test_forged_names_do_not_escape_the_folder(client, name):
     assert data["response"][ids.STORE_GRAPH]["data"]["name"] is None
     assert "is not a graph in the graphs folder" in json.dumps(data["response"][ids.STATUS]["children"])
     # the render callback refuses it too
-    out = f"..{ids.CYTO}.elements...{ids.COUNTS}.children...{ids.SCORES}.children...{ids.BUDGET_NOTE}.children.."
+    out = (f"..{ids.CYTO}.elements...{ids.COUNTS}.children...{ids.SCORES}.children...{ids.BUDGET_NOTE}.children"
+           f"...{ids.CYTO}.layout..")
     status, data = call(client, out, [
         {"id": ids.STORE_GRAPH, "property": "data", "value": {"name": name}},
         {"id": ids.NODE_SLIDER, "property": "value", "value": 0.8},

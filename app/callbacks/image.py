@@ -65,8 +65,12 @@ def register(app, state) -> None:
         if index is not None and session.kinds[index] == "feature":
             acts = feature_position_activations(session, index)
             heat = image_heat(session, acts, image)
-            note = [html.B("Heatmap: "), f"activation of {session.default_label(index)} at each image position "
-                    f"(max {heat.max():.3g}). ", HELP]
+            if heat.max() > 0:
+                note = [html.B("Heatmap: "), f"activation of {session.default_label(index)} at each image position "
+                        f"(max {heat.max():.3g}). ", HELP]
+            else:
+                note = [html.B(session.default_label(index)), " is not active at any position of this image. ", HELP]
+                heat = None
         cells = _region_cells(region, image)
         if shown == figure_key:  # the figure already shows this image: send only what changed
             patch = Patch()

@@ -13,8 +13,11 @@ def graph_panel() -> html.Div:
                  children="Hover a node for its label; click to select; shift+click or shift+drag to select several."),
         cyto.Cytoscape(
             id=ids.CYTO, className="cyto", elements=[], stylesheet=base_stylesheet(),
-            layout={"name": "preset", "fit": True, "padding": 30},
-            minZoom=0.05, maxZoom=4, boxSelectionEnabled=True,
+            # 'preset': positions come from the server. The layout (a fit) re-runs only when the
+            # callback changes this prop (a new graph or view mode), not after each slider step:
+            # autoRefreshLayout would re-run it 100 ms after every change and redraw twice.
+            layout={"name": "preset", "fit": True, "padding": 30}, autoRefreshLayout=False,
+            minZoom=0.02, maxZoom=4, boxSelectionEnabled=True,
             style={"width": "100%", "height": "100%"},
         ),
         html.Div(className="actions", children=[

@@ -123,3 +123,21 @@ def settle(page) -> None:
     """Dash idle, then two animation frames (cytoscape has drawn)."""
     page.wait_for_function(IDLE_JS, polling="raf")
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+def select_nodes(page, keys: list[str]) -> None:
+    """Select nodes in cytoscape (as shift+click would) and wait until Dash has the selection
+    (dash-cytoscape reports selectedNodeData after a 100 ms debounce)."""
+    page.evaluate(f"(keys) => {{ const cy = {CY}; cy.elements().unselect(); keys.forEach(k => cy.getElementById(k).select()); }}",
+                  keys)
+    page.wait_for_function("""(keys) => {
+        const find = (n) => {
+            if (!n || typeof n !== 'object') return null;
+            if (n.props && n.props.id === '%s') return n.props;
+            for (const k in n) { const r = find(n[k]); if (r) return r; }
+            return null;
+        };
+        const props = find(window.store.getState().layout);
+        const sel = ((props && props.selectedNodeData) || []).map(d => d.id).sort();
+        return JSON.stringify(sel) === JSON.stringify(keys.slice().sort());
+    }""" % ids.CYTO, arg=keys)

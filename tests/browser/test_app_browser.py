@@ -14,7 +14,7 @@ from app.annotations import annotations_path
 from tracer.graph.neuronpedia import validate_graph_json
 
 from browser_helpers import (CY, cell_center, click_node, count_renders, edge_count, figure_data, node_count, open_app,
-                     settle, style_of, text_of, wait_idle, wait_nodes)
+                     select_nodes, settle, style_of, text_of, wait_idle, wait_nodes)
 
 pytestmark = pytest.mark.browser
 
@@ -143,7 +143,9 @@ def test_click_feature_shows_details_and_heatmap(page, server, graphs):
                  "Strongest outputs"):
         assert word in details, word
     assert "Activation over the prompt" in text_of(page, ids.TOKEN_STRIP)
-    assert "No feature-examples store" in text_of(page, ids.EXAMPLES)
+    assert "Top-activating examples" in text_of(page, ids.EXAMPLES)
+    assert page.locator(f"#{ids.EXAMPLES} img.thumb").count() == 3  # thumbnails from the store
+    assert page.locator(f"#{ids.EXAMPLES} .tok.active").count() == 3  # the activating token or [image]
     assert "Heatmap" in text_of(page, ids.IMAGE_NOTE)
     assert figure_data(page, ids.IMAGE_FIGURE, "gd.data[1].showscale") is True
     assert figure_data(page, ids.IMAGE_FIGURE, "Math.max(...gd.data[1].z.flat())") > 0
@@ -184,8 +186,7 @@ def test_pin_hide_group(page, server, graphs, clean_annotations):
     feats = page.evaluate(f"""() => {CY}.nodes().filter(n => n.data('kind') === 'feature')
         .sort((a, b) => b.data('influence') - a.data('influence')).slice(0, 4).map(n => n.id())""")
     # select two features (as shift+click would) and group them
-    page.evaluate(f"(keys) => {{ const cy = {CY}; cy.elements().unselect(); keys.forEach(k => cy.getElementById(k).select()); }}",
-                  feats[:2])
+    select_nodes(page, feats[:2])
     page.locator(f"#{ids.GROUP_LABEL}").fill("colour")
     page.locator(f"#{ids.GROUP_BUTTON}").click()
     page.wait_for_function(f"() => {CY}.nodes().filter(n => n.data('kind') === 'supernode').length === 1")
@@ -193,8 +194,7 @@ def test_pin_hide_group(page, server, graphs, clean_annotations):
     assert node_count(page) == n0 - 1
     assert page.evaluate(f"() => {CY}.nodes().filter(n => n.data('kind') === 'supernode')[0].data('display')") == "colour"
     # pin two other features, then the pinned subgraph shows just them
-    page.evaluate(f"(keys) => {{ const cy = {CY}; cy.elements().unselect(); keys.forEach(k => cy.getElementById(k).select()); }}",
-                  feats[2:])
+    select_nodes(page, feats[2:])
     page.locator(f"#{ids.PIN_BUTTON}").click()
     page.wait_for_function(f"() => document.getElementById('{ids.ACTION_MESSAGE}').innerText.includes('2 pinned')")
     page.locator(f"#{ids.VIEW_MODE} input[value=pinned]").check()
@@ -202,7 +202,7 @@ def test_pin_hide_group(page, server, graphs, clean_annotations):
     page.locator(f"#{ids.VIEW_MODE} input[value=pruned]").check()
     wait_nodes(page, lambda n: n == n0 - 1)
     # hide one
-    page.evaluate(f"(k) => {{ const cy = {CY}; cy.elements().unselect(); cy.getElementById(k).select(); }}", feats[3])
+    select_nodes(page, [feats[3]])
     page.locator(f"#{ids.HIDE_BUTTON}").click()
     wait_nodes(page, lambda n: n == n0 - 2)
     page.locator(f"#{ids.UNHIDE_ALL_BUTTON}").click()
@@ -249,6 +249,13 @@ def test_exports(page, server, graphs, clean_annotations, tmp_path):
     path = tmp_path / "view.png"
     info.value.save_as(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with page.expect_download() as info:
+        page.locator(f"#{ids.EXPORT_SVG}").click()
+    path = tmp_path / "view.svg"
+    info.value.save_as(path)
+    svg = ET.parse(path).getroot()
+    assert svg.tag.endswith("svg")
 
 
 def test_malformed_graph_gives_a_message(page, server, graphs):
