@@ -203,3 +203,18 @@ def test_token_window():
     toks = ["a"] * 30 + ["x"] + ["b"] * 30
     window = token_window(toks, 30, radius=3)
     assert window == [("a", False)] * 3 + [("x", True)] + [("b", False)] * 3
+
+
+def test_viewer_json_graphs_open_in_the_explorer(folder):
+    """A graph exported as Neuronpedia JSON is listed, opened and drawn like our own files."""
+    store = GraphStore(folder)
+    session = store.session("good.graph.safetensors")
+    view = build_view(session, Annotations(), 0.8, 0.98)
+    text = export_neuronpedia(session, view.node_indices, view.edge_mask, Annotations(), slug="good-view")
+    (folder / "good-view.json").write_text(text)
+    assert "good-view.json" in list_graph_files(folder)
+    imported = store.session("good-view.json")
+    again = build_view(imported, Annotations(), 0.8, 0.98)
+    assert again.n_nodes > 0 and again.n_edges > 0
+    assert np.isfinite(list(imported.scores.values())).all()
+    assert len(imported.graph.images) == 1 and imported.graph.tokens_per_side == session.graph.tokens_per_side

@@ -13,7 +13,7 @@ from tracer.graph.pruning import influence_from, prune
 
 from app.annotations import Annotations
 from app.view.budget import Pruner, prune_to_budget
-from app.view.build import PINNED, PRUNED, build_view, selection_highlight
+from app.view.build import PINNED, build_view, selection_highlight
 from app.view.details import feature_position_activations, image_heat, node_details
 from app.view.keys import node_keys
 from app.view.positions import compute_positions
@@ -246,3 +246,23 @@ def test_keys_are_unique_and_selector_safe(image_graph):
     keys = node_keys(image_graph)
     assert len(set(keys)) == len(keys)
     assert all(k.replace("_", "").isalnum() for k in keys)
+
+
+def test_image_figure_geometry():
+    """Clicks map to grid cells exactly, also for a non-square image and grid."""
+    from app.panels.image_figure import base_figure, cell_from_xy, cells_in_box
+
+    g = chain_graph()  # one 8 x 16 pixel image, a 1 x 2 grid of 8 x 8 pixel cells
+    g.image_grid = np.array([[0, 0, 0], [0, 0, 1]])
+    s = GraphSession(g, "chain.graph.safetensors")
+    assert s.grid_shape(0) == (1, 2)
+    assert cell_from_xy(s, 0, 3.5, 3.5) == (0, 0)  # the centre of cell (0, 0)
+    assert cell_from_xy(s, 0, 7.4, 0.0) == (0, 0) and cell_from_xy(s, 0, 7.6, 0.0) == (0, 1)
+    assert cell_from_xy(s, 0, 20.0, 0.0) is None
+    assert cells_in_box(s, 0, [0, 15], [0, 7]) == [(0, 0), (0, 1)]
+    fig = base_figure(s, 0, heat=np.array([[0.0, 2.0]]), cells=[(0, 1)])
+    heat = fig.data[1]
+    assert heat.x0 == pytest.approx(3.5) and heat.dx == pytest.approx(8.0)
+    assert list(map(list, heat.customdata)) == [["E_1", "E_2"]]
+    rects = [sh for sh in fig.layout.shapes if sh.type == "rect"]
+    assert len(rects) == 1 and rects[0].x0 == pytest.approx(7.5) and rects[0].x1 == pytest.approx(15.5)

@@ -10,7 +10,15 @@
 
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     vlmc: {
-      hoverInfo: function (data) {
+      hoverInfo: function (data, imageHover) {
+        var ctx = window.dash_clientside.callback_context;
+        var fromImage = ctx && ctx.triggered && ctx.triggered.length &&
+          ctx.triggered[0].prop_id.indexOf("hoverData") >= 0;
+        if (fromImage) {
+          var p = imageHover && imageHover.points && imageHover.points[0];
+          if (!p) { return window.dash_clientside.no_update; }
+          return "image " + (p.text || "").replace(/<br>/g, " · ") + "  ·  embedding node " + (p.customdata || "?");
+        }
         if (!data || data.kind === "axis" || data.kind === "block") {
           return window.dash_clientside.no_update;
         }

@@ -12,7 +12,7 @@ def register(app, state) -> None:
     app.clientside_callback(
         ClientsideFunction(namespace="vlmc", function_name="hoverInfo"),
         Output(ids.HOVER_INFO, "children"),
-        Input(ids.CYTO, "mouseoverNodeData"),
+        Input(ids.CYTO, "mouseoverNodeData"), Input(ids.IMAGE_FIGURE, "hoverData"),
     )
     app.clientside_callback(
         ClientsideFunction(namespace="vlmc", function_name="stylesheet"),

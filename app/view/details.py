@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tracer.graph.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from tracer.graph.graph import EMBEDDING, FEATURE, LOGIT
 
 from app.annotations import Annotations
 from app.view.session import GraphSession
@@ -89,8 +89,6 @@ def node_details(session: GraphSession, key: str, annotations: Annotations) -> d
     elif kind == EMBEDDING:
         pos = index - g.embedding_offset
         d.update(token_id=int(g.input_ids[pos]), cell=session.cell_of_position.get(pos))
-    elif kind == ERROR:
-        pass
     return d
 
 
@@ -99,5 +97,3 @@ def _top_tokens(session: GraphSession, ids, values, index: int) -> list[tuple[st
         return []
     return [(session.token_string(t), float(v)) for t, v in zip(np.asarray(ids[index]).tolist(), np.asarray(values[index]).tolist())]
 
-
-__all__ = ["node_details", "strongest_edges", "feature_position_activations", "image_heat", "EMBEDDING", "ERROR"]

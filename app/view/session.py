@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from tracer.graph import Graph
-from tracer.graph.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from tracer.graph.graph import EMBEDDING, ERROR, FEATURE
 from tracer.graph.pruning import graph_scores
 
 from app.view.budget import MAX_EDGES, MAX_NODES, BudgetView, Pruner
@@ -34,11 +34,18 @@ class GraphSession:
         self.image_mask = graph.is_image_position()
         self._budgets: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._init_lock = threading.Lock()
+        self._pruner: Pruner | None = None
 
     # ------------------------------------------------------------------ once per graph
-    @cached_property
+    @property
     def pruner(self) -> Pruner:
-        return Pruner(self.graph)
+        """Computed once (influence of every node: the slow part of opening a big graph)."""
+        if self._pruner is None:
+            with self._init_lock:
+                if self._pruner is None:
+                    self._pruner = Pruner(self.graph)
+        return self._pruner
 
     @property
     def influence(self) -> np.ndarray:
@@ -47,7 +54,7 @@ class GraphSession:
     @cached_property
     def scores(self) -> dict[str, float]:
         stored = self.graph.scores or {}
-        if "replacement" in stored and "completeness" in stored:
+        if all(isinstance(stored.get(k), (int, float)) and np.isfinite(stored[k]) for k in ("replacement", "completeness")):
             return {"replacement": float(stored["replacement"]), "completeness": float(stored["completeness"])}
         return graph_scores(self.graph)
 
@@ -139,5 +146,3 @@ class GraphSession:
                 self._budgets.popitem(last=False)
         return view
 
-
-KIND_CLASS = {FEATURE: "feature", ERROR: "error", LOGIT: "logit"}

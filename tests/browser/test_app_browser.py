@@ -14,7 +14,7 @@ from app.annotations import annotations_path
 from tracer.graph.neuronpedia import validate_graph_json
 
 from browser_helpers import (CY, cell_center, click_node, count_renders, edge_count, figure_data, node_count, open_app,
-                     select_nodes, settle, style_of, text_of, wait_idle, wait_nodes)
+                     select_nodes, settle, text_of, wait_idle, wait_nodes)
 
 pytestmark = pytest.mark.browser
 
@@ -102,6 +102,7 @@ def test_click_image_cell_highlights_region_circuit(page, server, graphs):
     p = cell_center(page, row, col)
     page.mouse.move(p["x"], p["y"])  # hover highlights the embedding node
     page.wait_for_function(f"() => {CY}.getElementById('{key}').style('border-color') === 'rgb(255,0,200)'")
+    page.wait_for_function(f"() => document.getElementById('{ids.HOVER_INFO}').innerText.includes('{key}')")
     page.mouse.click(p["x"], p["y"])
     page.wait_for_selector(f"#{ids.REGION_INFO} table.shares")
     wait_idle(page)
