@@ -77,16 +77,52 @@
 
   /* Faster panning on big views: draw edges only when the viewport is still, and pan/zoom a
      cached texture (cytoscape renderer options that dash-cytoscape does not expose). */
+  function tooltip(el) {
+    var tip = document.getElementById("cy-tooltip");
+    if (!tip) {
+      tip = document.createElement("div");
+      tip.id = "cy-tooltip";
+      tip.className = "cy-tooltip";
+      el.parentNode.appendChild(tip);
+    }
+    return tip;
+  }
+
+  function fmt(x) {
+    return (x === undefined || x === null) ? "" : Number(x).toPrecision(3);
+  }
+
   function tune() {
     var el = document.getElementById(GRAPH_ID);
     var cy = el && el._cyreg && el._cyreg.cy;
     if (!cy || cy.__vlmcTuned) { return; }
     var renderer = cy.renderer && cy.renderer();
-    if (renderer) {
-      renderer.hideEdgesOnViewport = true;
-      renderer.textureOnViewport = true;
-      cy.__vlmcTuned = true;
-    }
+    if (!renderer) { return; }
+    renderer.hideEdgesOnViewport = true;
+    renderer.textureOnViewport = true;
+    cy.__vlmcTuned = true;
+    /* a tooltip next to the pointer: node label, or an edge's endpoints and weight */
+    var show = function (evt, text) {
+      var tip = tooltip(el);
+      var box = el.getBoundingClientRect(), parent = el.parentNode.getBoundingClientRect();
+      var p = evt.renderedPosition || {x: 0, y: 0};
+      tip.textContent = text;
+      tip.style.left = (box.left - parent.left + p.x + 14) + "px";
+      tip.style.top = (box.top - parent.top + p.y + 14) + "px";
+      tip.style.display = "block";
+    };
+    var hide = function () { tooltip(el).style.display = "none"; };
+    cy.on("mouseover", "node", function (evt) {
+      var d = evt.target.data();
+      if (d.kind === "axis" || d.kind === "block") { return; }
+      show(evt, d.label + (d.kind !== "logit" && d.influence !== undefined ? "  ·  influence " + fmt(d.influence) : ""));
+    });
+    cy.on("mouseover", "edge", function (evt) {
+      var e = evt.target;
+      show(evt, e.source().data("label") + "  →  " + e.target().data("label") + "  ·  weight " + fmt(e.data("weight")));
+    });
+    cy.on("mouseout", "node, edge", hide);
+    cy.on("viewport tapstart", hide);
   }
   setInterval(tune, 500);
 })();

@@ -137,6 +137,11 @@ def test_click_feature_shows_details_and_heatmap(page, server, graphs):
     open_app(page, server.url, names["image"])
     key = strongest_feature(page)
     click_node(page, key)
+    # hovering shows the node's label next to the pointer and in the line above the graph
+    label = page.evaluate(f"() => {CY}.getElementById('{key}').data('label')")
+    page.wait_for_function(f"() => document.getElementById('cy-tooltip') && "
+                           f"document.getElementById('cy-tooltip').textContent.startsWith({json.dumps(label)})")
+    assert text_of(page, ids.HOVER_INFO).startswith(label)
     page.wait_for_function(f"() => document.getElementById('{ids.DETAILS_TITLE}').innerText.includes('feature')")
     wait_idle(page)
     details = text_of(page, ids.DETAILS)
