@@ -63,6 +63,21 @@ def register(sub) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=_sample)
 
+    graphs = toy_sub.add_parser(
+        "sample-graphs", help="compute the sample graphs the app opens offline",
+        description="Pick held-out examples of every question type (plus a text-only one) that the model "
+        "answers correctly, compute their attribution graphs with the toy VLM and its transcoders, and "
+        "save them with their ground truth (answer, evidence objects, soft-token positions) in graph.info.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    graphs.add_argument("--out", default="sample_graphs")
+    graphs.add_argument("--model", default=None, help="model (default: the shipped toy VLM)")
+    graphs.add_argument("--transcoders", default=None, help="transcoders (default: the shipped toy set)")
+    graphs.add_argument("--per-type", type=int, default=1)
+    graphs.add_argument("--max-feature-nodes", type=int, default=400,
+                        help="features per graph (keeps the files small enough for git)")
+    graphs.set_defaults(handler=_sample_graphs)
+
 
 def _train(args) -> int:
     from tracer.toy.train import TrainConfig, train
@@ -104,4 +119,14 @@ def _sample(args) -> int:
                 record["image"] = name
             f.write(json.dumps(record) + "\n")
     print(f"wrote {args.n} examples to {out}")
+    return 0
+
+
+def _sample_graphs(args) -> int:
+    from tracer.session import TracingSession
+    from tracer.toy.samples import make_sample_graphs
+
+    session = TracingSession(args.model, args.transcoders, device="cpu")
+    for path in make_sample_graphs(session, args.out, args.per_type, args.max_feature_nodes):
+        print(path)
     return 0

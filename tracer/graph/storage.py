@@ -83,6 +83,9 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; graphs are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
