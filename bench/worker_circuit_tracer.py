@@ -1,0 +1,150 @@
+"""One circuit-tracer 0.5.0 run, in its own process and virtualenv (bench/.venv-ct).
+
+    bench/.venv-ct/bin/python bench/worker_circuit_tracer.py SPEC.json
+
+Started by compare_circuit_tracer.py; does not import `tracer` (that needs transformers 5).
+SPEC.json names the model folder, the transcoder folder, the token ids, the excluded prefix
+length and the attribution settings; the worker writes `result.json` (times, memory) and,
+when asked, `graph.npz` (the adjacency and its node lists) into spec["out_dir"].
+
+What is bridged here, and why (see docs/benchmarks.md):
+
+- circuit-tracer has no `mlp.hook_out` (raw MLP output) for Gemma3: its `hook_mlp_out` is the
+  output of post_feedforward_layernorm. We add `mlp.hook_out` -> `<layers[i]>.mlp` output to
+  its nnsight mapping table (a dictionary entry; no circuit-tracer code is changed).
+- The toy model folder was written by transformers 5, whose tokenizer_config.json names a
+  tokenizer class that transformers 4.57 lacks; we build the same tokenizer from
+  tokenizer.json and hand circuit-tracer the loaded HF model (as its own `from_config` does).
+- circuit-tracer zeroes positions 0 (0-3 for gemma-3 "-it" names); we set its
+  `zero_positions` to our excluded chat-template prefix so both drop the same positions.
+- Transcoder sets load through its own `load_transcoder_set` (config.yaml is read here since
+  it only reads config.yaml from the hub); `top_k` is ignored there, so the benchmark hands
+  both tools a ReLU or JumpReLU set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(spec_path: str) -> None:
+    spec = json.load(open(spec_path))
+    out_dir = spec["out_dir"]
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(int(spec["threads"]))
+    import dataclasses
+
+    import yaml
+    from circuit_tracer.attribution.attribute import attribute
+    from circuit_tracer.replacement_model.replacement_model_nnsight import NNSightReplacementModel
+    from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+    from circuit_tracer.utils import tl_nnsight_mapping
+    from transformers import AutoConfig, AutoModelForImageTextToText, PreTrainedTokenizerFast
+    t_import = time.perf_counter() - t0
+
+    # --- bridge: the raw MLP output (mlp.hook_out) for Gemma3 ---------------------------------
+    for arch in ("Gemma3ForConditionalGeneration", "Gemma3ForCausalLM"):
+        mapping = tl_nnsight_mapping._REGISTRY[arch]
+        hooks = dict(mapping.feature_hook_mapping)
+        hooks.setdefault("mlp.hook_out", (mapping.pre_logit_location + ".layers[{layer}].mlp", "output"))
+        tl_nnsight_mapping._REGISTRY[arch] = dataclasses.replace(mapping, feature_hook_mapping=hooks)
+
+    t1 = time.perf_counter()
+    folder = spec["transcoders"]
+    config = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
+    names = config["transcoders"]
+    layers = config.get("layers") or list(range(len(names)))
+    paths = {int(layer): os.path.join(folder, name) for layer, name in zip(layers, names)}
+    transcoders = load_transcoder_set(
+        paths, scan=str(folder), feature_input_hook=config["feature_input_hook"],
+        feature_output_hook=config["feature_output_hook"], device=torch.device("cpu"), dtype=torch.float32,
+        lazy_encoder=bool(spec["lazy_encoder"]), lazy_decoder=bool(spec["lazy_decoder"]),
+    )
+    model_dir = spec["model"]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=os.path.join(model_dir, "tokenizer.json"), bos_token="<bos>", eos_token="<eos>",
+        pad_token="<pad>", unk_token="<unk>",
+    )
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    hf_config._attn_implementation = "eager"
+    hf_model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager")
+    hf_model.eval()
+    model = NNSightReplacementModel(hf_model, tokenizer=tokenizer, dispatch=True)
+    model._hf_config = hf_model.config
+    model._configure_replacement_model(transcoders)
+    model.zero_positions = slice(0, int(spec["prefix_length"]))
+    t_load = time.perf_counter() - t1
+    rss_loaded, peak_loaded = rss_mb(), peak_mb()
+
+    ids = torch.tensor(spec["input_ids"], dtype=torch.long)
+    times, cpu = [], []
+    graph = None
+    for _ in range(int(spec["repeats"])):
+        graph = None
+        t, c = time.perf_counter(), time.process_time()
+        graph = attribute(
+            ids, model, max_n_logits=int(spec["max_n_logits"]), desired_logit_prob=float(spec["desired_logit_prob"]),
+            batch_size=int(spec["batch_size"]), max_feature_nodes=spec["max_feature_nodes"], verbose=False,
+        )
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    peak_end = peak_mb()
+
+    n_pos = int(graph.n_pos)
+    result = {
+        "tool": "circuit-tracer",
+        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
+                     "circuit_tracer": _version("circuit-tracer"), "nnsight": _version("nnsight")},
+        "threads": torch.get_num_threads(),
+        "import_s": t_import, "load_s": t_load, "attribution_s": times, "attribution_cpu_s": cpu,
+        "rss_after_load_mb": rss_loaded, "peak_after_load_mb": peak_loaded, "peak_rss_mb": peak_end,
+        "n_active_features": int(graph.active_features.shape[0]),
+        "n_selected_features": int(graph.selected_features.numel()),
+        "n_logits": len(graph.logit_targets), "n_positions": n_pos,
+        "input_ids": [int(i) for i in graph.input_tokens.tolist()],
+        "logit_token_ids": [int(t.vocab_idx) for t in graph.logit_targets],
+    }
+    if spec.get("save_graph"):
+        import numpy as np
+
+        np.savez(
+            os.path.join(out_dir, "graph.npz"),
+            adjacency=graph.adjacency_matrix.float().numpy(),
+            active_features=graph.active_features.long().numpy(),
+            selected_features=graph.selected_features.long().numpy(),
+            activation_values=graph.activation_values.float().numpy(),
+            logit_token_ids=np.array(result["logit_token_ids"], dtype=np.int64),
+            logit_probabilities=graph.logit_probabilities.float().numpy(),
+            n_layers=np.int64(graph.cfg.n_layers), n_positions=np.int64(n_pos),
+        )
+    json.dump(result, open(os.path.join(out_dir, "result.json"), "w"), indent=1)
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
