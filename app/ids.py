@@ -43,6 +43,7 @@ IMAGE_SELECT = "image-select"
 IMAGE_FIGURE = "image-figure"
 IMAGE_NOTE = "image-note"
 CLEAR_REGION = "clear-region"
+TRUTH_REGION = "truth-region"  # select the toy ground-truth region (graphs with info["toy"])
 REGION_INFO = "region-info"
 
 # details panel

@@ -266,3 +266,17 @@ def test_image_figure_geometry():
     assert list(map(list, heat.customdata)) == [["E_1", "E_2"]]
     rects = [sh for sh in fig.layout.shapes if sh.type == "rect"]
     assert len(rects) == 1 and rects[0].x0 == pytest.approx(7.5) and rects[0].x1 == pytest.approx(15.5)
+
+
+def test_toy_ground_truth(image_graph):
+    from app.panels.image_figure import truth_shapes
+
+    g = make_graph(seed=3, n_layers=2, n_pos=81, n_features=30, n_logits=2, image_side=8)
+    g.info["toy"] = {"question": "What color is the circle?", "answer": "red", "evidence": ["red circle"],
+                     "evidence_tokens": [9, 10], "evidence_positions": [int(g.image_positions[9]), int(g.image_positions[10])]}
+    s = GraphSession(g, "toy.graph.safetensors")
+    assert s.ground_truth["cells"] == [(1, 1), (1, 2)] and s.ground_truth["answer"] == "red"
+    assert len(truth_shapes(s, 0)) == 2
+    del g.info["toy"]["evidence_positions"]
+    assert GraphSession(g, "toy2").ground_truth["cells"] == [(1, 1), (1, 2)]  # from the grid indices
+    assert GraphSession(image_graph, "x").ground_truth is None

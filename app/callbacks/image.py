@@ -9,8 +9,7 @@ from tracer.graph import GraphFormatError
 
 from app import ids
 from app.graph_store import GraphNotFound
-from app.panels.image_figure import (base_figure, cell_from_xy, cells_in_box, empty_figure, grid_shapes,
-                                     heat_hover, region_shapes)
+from app.panels.image_figure import all_shapes, base_figure, cell_from_xy, cells_in_box, empty_figure, heat_hover
 from app.view.details import feature_position_activations, image_heat
 from app.view.region import region_circuit
 
@@ -37,13 +36,16 @@ def _region_cells(region, image):
 def register(app, state) -> None:
     @app.callback(
         Output(ids.IMAGE_SELECT, "options"), Output(ids.IMAGE_SELECT, "value"), Output(ids.IMAGE_SELECT, "style"),
+        Output(ids.TRUTH_REGION, "style"),
         Input(ids.STORE_GRAPH, "data"),
     )
     def images(graph):
         session = _session(state, graph)
         n = len(session.graph.images) if session else 0
+        truth = session is not None and bool(session.ground_truth and session.ground_truth["cells"])
         return ([{"label": f"image {k}", "value": k} for k in range(n)], 0,
-                {"display": "block" if n > 1 else "none", "width": "110px"})
+                {"display": "block" if n > 1 else "none", "width": "110px"},
+                {"display": "inline-block" if truth else "none"})
 
     @app.callback(
         Output(ids.IMAGE_FIGURE, "figure"), Output(ids.IMAGE_NOTE, "children"), Output(ids.IMAGE_FIGURE, "style"),
@@ -71,6 +73,12 @@ def register(app, state) -> None:
             else:
                 note = [html.B(session.default_label(index)), " is not active at any position of this image. ", HELP]
                 heat = None
+        truth = session.ground_truth
+        if truth and image == 0:
+            what = ", ".join(truth["evidence"]) or "the objects the answer depends on"
+            note = [html.Div([html.B("Toy question: "), f"{truth['question']} → {truth['answer']}. ",
+                              f"Dotted: the cells under {what}." if truth["cells"] else ""]),
+                    html.Div(note)]
         cells = _region_cells(region, image)
         if shown == figure_key:  # the figure already shows this image: send only what changed
             patch = Patch()
@@ -80,24 +88,27 @@ def register(app, state) -> None:
             patch["data"][1]["zmax"] = float(max(abs(heat).max(), 1e-9)) if heat is not None else 1.0
             patch["data"][1]["showscale"] = heat is not None
             patch["data"][1]["text"] = heat_hover(session, image, heat)
-            patch["layout"]["shapes"] = grid_shapes(session, image) + region_shapes(session, image, cells)
+            patch["layout"]["shapes"] = all_shapes(session, image, cells)
             return patch, note, {"display": "block"}, figure_key
         return base_figure(session, image, heat, cells), note, {"display": "block"}, figure_key
 
     @app.callback(
         Output(ids.STORE_REGION, "data"),
         Input(ids.IMAGE_FIGURE, "clickData"), Input(ids.IMAGE_FIGURE, "selectedData"),
-        Input(ids.CLEAR_REGION, "n_clicks"), Input(ids.STORE_GRAPH, "data"),
+        Input(ids.CLEAR_REGION, "n_clicks"), Input(ids.TRUTH_REGION, "n_clicks"), Input(ids.STORE_GRAPH, "data"),
         State(ids.IMAGE_SELECT, "value"), State(ids.STORE_GRAPH, "data"),
         prevent_initial_call=True,
     )
-    def select_region(click, selected, _clear, _graph, image, graph):
+    def select_region(click, selected, _clear, _truth, _graph, image, graph):
         trigger = ctx.triggered_id
         if trigger in (ids.CLEAR_REGION, ids.STORE_GRAPH):
             return None
         session = _session(state, graph)
         if session is None or not session.graph.images:
             return no_update
+        if trigger == ids.TRUTH_REGION:
+            truth = session.ground_truth
+            return {"image": 0, "cells": [list(c) for c in truth["cells"]]} if truth and truth["cells"] else no_update
         image = int(image or 0)
         if ctx.triggered and ctx.triggered[0]["prop_id"].endswith("clickData"):
             if not click or not click.get("points"):

@@ -58,6 +58,21 @@ def region_shapes(session: GraphSession, image: int, cells) -> list[dict]:
              "line": {"color": REGION_COLOUR, "width": 3}, "layer": "above", "name": "region"} for r, c in cells]
 
 
+def truth_shapes(session: GraphSession, image: int) -> list[dict]:
+    """Dashed outlines of the toy ground-truth cells (image 0 only)."""
+    truth = session.ground_truth
+    if not truth or image != 0:
+        return []
+    _, _, ch, cw = grid_geometry(session, image)
+    return [{"type": "rect", "x0": c * cw - 0.5 + 1, "x1": (c + 1) * cw - 1.5, "y0": r * ch - 0.5 + 1,
+             "y1": (r + 1) * ch - 1.5, "line": {"color": "#ffffff", "width": 2, "dash": "dot"}, "layer": "above",
+             "name": "truth"} for r, c in truth["cells"]]
+
+
+def all_shapes(session: GraphSession, image: int, cells) -> list[dict]:
+    return grid_shapes(session, image) + truth_shapes(session, image) + region_shapes(session, image, cells)
+
+
 def cell_keys(session: GraphSession, image: int) -> list[list[str]]:
     rows, cols = session.grid_shape(image)
     keys = [["" for _ in range(cols)] for _ in range(rows)]
@@ -98,7 +113,7 @@ def base_figure(session: GraphSession, image: int, heat: np.ndarray | None = Non
         margin={"l": 4, "r": 4, "t": 4, "b": 4}, height=330, dragmode="select", clickmode="event",
         xaxis={"visible": False, "range": [-0.5, img.shape[1] - 0.5], "constrain": "domain"},
         yaxis={"visible": False, "range": [img.shape[0] - 0.5, -0.5], "scaleanchor": "x", "constrain": "domain"},
-        shapes=grid_shapes(session, image) + region_shapes(session, image, cells),
+        shapes=all_shapes(session, image, cells),
         plot_bgcolor="white", paper_bgcolor="white", uirevision=f"{session.name}:{image}",
         newselection={"line": {"color": REGION_COLOUR, "width": 2, "dash": "dot"}}, activeselection={"opacity": 0.1},
     )

@@ -90,6 +90,25 @@ class GraphSession:
             out[pos] = "#%02x%02x%02x" % tuple(int(v) for v in np.clip(rgb, 0, 255))
         return out
 
+    @cached_property
+    def ground_truth(self) -> dict | None:
+        """Toy graphs record what the answer depends on (graph.info["toy"], see
+        tracer.toy.samples): the question, the answer and the evidence cells of image 0."""
+        toy = (self.graph.info or {}).get("toy")
+        if not isinstance(toy, dict):
+            return None
+        cells = []
+        positions = toy.get("evidence_positions") or []
+        for pos in positions:
+            cell = self.cell_of_position.get(int(pos))
+            if cell is not None:
+                cells.append((cell[1], cell[2]))
+        if not positions:
+            side = self.graph.tokens_per_side
+            cells = [divmod(int(t), side) for t in toy.get("evidence_tokens") or []] if side else []
+        return {"question": str(toy.get("question", "")), "answer": str(toy.get("answer", "")),
+                "evidence": [str(e) for e in toy.get("evidence") or []], "cells": sorted(set(cells))}
+
     # ------------------------------------------------------------------ labels
     def default_label(self, index: int) -> str:
         g = self.graph

@@ -39,8 +39,11 @@ def write_graphs(folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = {}
     # The main test graph: an 8x8 image grid (64 soft tokens), 4 layers, a few hundred nodes.
-    names["image"] = save_graph(sparse_graph(seed=3, n_features=260, n_logits=3, per_row=6),
-                                folder / "a_image.graph.safetensors").name
+    image_graph = sparse_graph(seed=3, n_features=260, n_logits=3, per_row=6)
+    image_graph.info["toy"] = {"question": "What color is the circle?", "answer": "red", "evidence": ["red circle"],
+                               "evidence_tokens": [18, 19, 26, 27],
+                               "evidence_positions": [int(image_graph.image_positions[t]) for t in (18, 19, 26, 27)]}
+    names["image"] = save_graph(image_graph, folder / "a_image.graph.safetensors").name
     names["text"] = save_graph(make_graph(seed=4, n_layers=3, n_features=40, with_image=False),
                                folder / "b_text.graph.safetensors").name
     (folder / "c_broken.graph.safetensors").write_bytes(b"\x00\x01 this is not a safetensors file" * 4)

@@ -115,7 +115,7 @@ def test_click_image_cell_highlights_region_circuit(page, server, graphs):
     assert lit > 1  # the region and what it reaches
     dimmed = page.evaluate(f"() => {CY}.nodes().filter(n => n.data('kind') === 'text' && Number(n.style('opacity')) < 0.5).length")
     assert dimmed > 0  # text embeddings are not reachable from an image cell
-    shapes = figure_data(page, ids.IMAGE_FIGURE, "gd.layout.shapes.filter(s => s.type === 'rect').length")
+    shapes = figure_data(page, ids.IMAGE_FIGURE, "gd.layout.shapes.filter(s => s.name === 'region').length")
     assert shapes == 1
 
     # drag a rectangle over 3x3 cells
@@ -127,7 +127,13 @@ def test_click_image_cell_highlights_region_circuit(page, server, graphs):
     page.mouse.up()
     page.wait_for_function(f"() => document.getElementById('{ids.REGION_INFO}').innerText.includes('9 cells')")
     wait_idle(page)
-    assert figure_data(page, ids.IMAGE_FIGURE, "gd.layout.shapes.filter(s => s.type === 'rect').length") == 9
+    assert figure_data(page, ids.IMAGE_FIGURE, "gd.layout.shapes.filter(s => s.name === 'region').length") == 9
+    # the toy ground truth: dotted cells, and a button that selects them as the region
+    assert "What color is the circle? → red" in text_of(page, ids.IMAGE_NOTE)
+    assert figure_data(page, ids.IMAGE_FIGURE, "gd.layout.shapes.filter(s => s.line.dash === 'dot').length") == 4
+    page.locator(f"#{ids.TRUTH_REGION}").click()
+    page.wait_for_function(f"() => document.getElementById('{ids.REGION_INFO}').innerText.includes('4 cells (rows 2–3, cols 2–3)')")
+    wait_idle(page)
     page.locator(f"#{ids.CLEAR_REGION}").click()
     page.wait_for_function(f"() => document.getElementById('{ids.REGION_INFO}').innerText === ''")
 
