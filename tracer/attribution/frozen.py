@@ -11,8 +11,9 @@ real model's logits.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -34,6 +35,71 @@ def _register() -> None:
     from transformers import AttentionInterface
 
     AttentionInterface.register(_FROZEN_ATTENTION, _frozen_attention)
+
+
+def _text_attention_configs(adapter) -> list:
+    """The configs whose `_attn_implementation` the language model's attention layers read
+    (the vision tower's config is not among them)."""
+    found = (adapter.text_config, adapter.language_model.config,
+             *(adapter.layer(i).self_attn.config for i in range(adapter.n_layers)))
+    return list({id(c): c for c in found}.values())
+
+
+@contextmanager
+def frozen_attention_patterns(adapter, patterns: Sequence[torch.Tensor]):
+    """Inside the block every attention layer of the language model uses the given pattern
+    (one (H, Q, K) tensor per layer, queries x keys, e.g. `record.layers[l].pattern`) instead of
+    computing one: only the value/output path stays live. The vision tower is untouched, so a
+    whole-model forward (pixel_values included) may run inside. The sequence (batch 1) must be
+    the one the patterns belong to; the attention mask is ignored.
+    """
+    _register()
+    top = adapter.model.config
+    configs = _text_attention_configs(adapter)
+    saved = [getattr(c, "_attn_implementation", None) for c in configs]
+    saved_top = top.__dict__.get("_attn_implementation_internal")
+    for i, pattern in enumerate(patterns):
+        _patterns[i] = pattern
+    try:
+        for c in configs:
+            c._attn_implementation = _FROZEN_ATTENTION
+        # not through the property: its setter would recurse into the vision tower's config
+        top.__dict__["_attn_implementation_internal"] = _FROZEN_ATTENTION
+        yield
+    finally:
+        top.__dict__["_attn_implementation_internal"] = saved_top
+        for c, value in zip(configs, saved):
+            c._attn_implementation = value
+        _patterns.clear()
+
+
+def frozen_norm_hook(scale: torch.Tensor, dtype: torch.dtype):
+    """A forward hook that turns a Gemma RMSNorm into a fixed diagonal scaling:
+    out = x * scale[position] * (1 + weight), computed in `dtype`, cast back to the output dtype."""
+    def hook(module, args, output):
+        x = args[0]
+        return (x.to(dtype) * scale.to(x.device, dtype)[None, :, None]
+                * (1.0 + module.weight.to(dtype))).to(output.dtype)
+    return hook
+
+
+@contextmanager
+def frozen_norms(adapter, record, dtype: torch.dtype | None = None, final: bool = True):
+    """Inside the block every RMSNorm of the language model (the four of each layer, and the
+    final norm unless final=False) multiplies by the scale (1/rms) recorded in `record` (a
+    ForwardRecord) instead of computing it: each norm becomes a fixed diagonal scaling."""
+    dtype = dtype or record.dtype
+    with ExitStack() as stack:
+        for i in range(adapter.n_layers):
+            layer = adapter.layer(i)
+            lr = record.layers[i]
+            for norm, scale in ((layer.input_layernorm, lr.s_in), (layer.post_attention_layernorm, lr.s_post_attn),
+                                (layer.pre_feedforward_layernorm, lr.s_pre_mlp),
+                                (layer.post_feedforward_layernorm, lr.s_post_mlp)):
+                stack.callback(norm.register_forward_hook(frozen_norm_hook(scale, dtype)).remove)
+        if final:
+            stack.callback(adapter.final_norm.register_forward_hook(frozen_norm_hook(record.s_final, dtype)).remove)
+        yield
 
 
 @dataclass
@@ -64,13 +130,6 @@ def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = No
     for pos, scale in pert.embeddings.items():
         emb[pos] = emb[pos] * scale
     captured: dict = {"mlp_in": [None] * rep.n_layers}
-
-    def frozen_norm(scale: torch.Tensor):
-        def hook(module, args, output):
-            x = args[0]
-            return (x.to(rep.dtype) * scale.to(x.device, rep.dtype)[None, :, None]
-                    * (1.0 + module.weight.to(rep.dtype))).to(output.dtype)
-        return hook
 
     def mlp_replacement(layer: int):
         act = rep.active[layer]
@@ -107,29 +166,14 @@ def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = No
         captured["final_hidden"] = output[0, -1].to(rep.dtype)
         captured["residual"] = args[0][0].to(rep.dtype)
 
-    configs = {id(c): c for c in (adapter.model.config, adapter.text_config, adapter.language_model.config,
-                                  adapter.layer(0).self_attn.config)}
-    saved = {k: getattr(c, "_attn_implementation", None) for k, c in configs.items()}
     with ExitStack() as stack:
+        stack.enter_context(frozen_norms(adapter, record, rep.dtype))
         for i in range(rep.n_layers):
-            layer = adapter.layer(i)
-            lr = record.layers[i]
-            _patterns[i] = lr.pattern
-            for norm, scale in ((layer.input_layernorm, lr.s_in), (layer.post_attention_layernorm, lr.s_post_attn),
-                                (layer.pre_feedforward_layernorm, lr.s_pre_mlp),
-                                (layer.post_feedforward_layernorm, lr.s_post_mlp)):
-                stack.callback(norm.register_forward_hook(frozen_norm(scale)).remove)
             stack.callback(adapter.mlp(i).register_forward_hook(mlp_replacement(i)).remove)
-        stack.callback(adapter.final_norm.register_forward_hook(frozen_norm(record.s_final)).remove)
+        # registered after the frozen final norm's hook, so it reads the frozen output
         stack.callback(adapter.final_norm.register_forward_hook(final_hook).remove)
-        for c in configs.values():
-            c._attn_implementation = _FROZEN_ATTENTION
-        try:
-            adapter.language_model(inputs_embeds=emb.unsqueeze(0), use_cache=False)
-        finally:
-            for k, c in configs.items():
-                c._attn_implementation = saved[k]
-            _patterns.clear()
+        stack.enter_context(frozen_attention_patterns(adapter, [lr.pattern for lr in record.layers]))
+        adapter.language_model(inputs_embeds=emb.unsqueeze(0), use_cache=False)
     return FrozenOutput(captured["final_hidden"], captured["mlp_in"], captured["residual"])
 
 

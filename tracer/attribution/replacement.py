@@ -27,6 +27,7 @@ nodes: their whole MLP output is a constant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -220,12 +221,21 @@ class LocalReplacement:
     @torch.no_grad()
     def backward(self, n_lanes: int, top: tuple[torch.Tensor, torch.Tensor] | None = None,
                  injections: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+                 head_mask: torch.Tensor | None = None,
+                 on_layer: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edges of n_lanes targets to every source: (rows (n_lanes, n_columns), constants (n_lanes,)).
 
         top: (lane indices, vectors (n, d)) injected at the last position after the last layer
         (logit targets). injections[l]: (lane indices, positions, vectors) injected at layer l's
         MLP input (feature targets of layer l).
+        head_mask: optional (n_lanes, n_layers, n_heads) factors on each attention head's output,
+            per lane (0 removes the head from that lane's frozen linear model, 1 keeps it).
+        on_layer: optional callback, called once per layer (top layer first) as
+            on_layer(layer, G_mid, G_in): the gradients (n_lanes, P, d) of each lane's target with
+            respect to the residual stream after layer `layer`'s attention block (where attention
+            writes, before the MLP) and with respect to the residual entering the layer. The
+            tensors are not modified afterwards; keep references, no copy needed.
         """
         injections = injections or {}
         P, d = self.n_positions, self.d_model
@@ -261,15 +271,21 @@ class LocalReplacement:
                 G_mid = G + ((G_mlp * keep[:, None]) @ self.skip[layer]) * s_pre
             if layer in injections:
                 lanes, pos, vecs = injections[layer]
+                if on_layer is not None and G_mid is G:
+                    G_mid = G.clone()  # G went to on_layer of the layer above
                 G_mid[lanes, pos] += vecs.to(**to)  # G is not used again, so aliasing is harmless
             G_o = G_mid * (rec.s_post_attn.to(**to)[:, None] * w.g_post_attn)
             if w.b_O is not None:
                 const += G_o.sum(1) @ w.b_O
             G_z = (G_o @ w.W_O).view(n_lanes, P, w.n_heads, w.head_dim)
+            if head_mask is not None:
+                G_z = G_z * head_mask[:, layer].to(**to)[:, None, :, None]
             G_v = torch.einsum("hqk,bqhe->bkhe", rec.pattern.to(**to), G_z)
             G_v = G_v.view(n_lanes, P, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).reshape(n_lanes, P, -1)
             if w.b_V is not None:
                 const += G_v.sum(1) @ w.b_V
             G = G_mid + (G_v @ w.W_V) * (rec.s_in.to(**to)[:, None] * w.g_in)
+            if on_layer is not None:
+                on_layer(layer, G_mid, G)
         rows[:, self.embedding_columns] = torch.einsum("bpd,pd->bp", G, self.embeddings)
         return rows, const

@@ -1,0 +1,243 @@
+"""Vision attention maps: for each image soft token, where in the image its information comes from.
+
+Gemma3's image soft tokens are made by the SigLIP vision tower (a ViT over a P x P grid of
+patches), average pooling of k x k patches into one soft token (P = k * tokens_per_side), an
+RMSNorm and a projection. Two maps per soft token, both on the *patch* grid (P x P):
+
+* **Attention rollout** (Abnar & Zuidema 2020) over the last N vision layers: each layer's eager
+  attention pattern, averaged over heads, with the identity mixed in for the residual stream,
+  A'_l = (1 - alpha) * mean_h A_l + alpha * I, and R = A'_L @ A'_{L-1} @ ... @ A'_{L-N+1}. Row
+  i of R says how much output patch i draws on each input patch. A soft token averages its k x k
+  patches, so its map is the mean of their rows. Each map sums to 1.
+* **Hidden-state similarity**: the cosine similarity between the soft token's pooled vision
+  vector (the mean of its k x k patches' final hidden states, what the projector pools) and
+  every patch's hidden state at a chosen vision layer (default: the final one).
+
+`upsample` maps a patch-grid array to image pixels for overlays. The processor resizes the whole
+image to the vision tower's input size, so the patch grid covers the whole original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tracer.interventions.common import as_bundle, prompt_inputs
+from tracer.models.base import PromptInputs, load_image
+
+
+def vision_parts(model):
+    """(vision_tower, multi_modal_projector) of a Gemma3-style VLM."""
+    inner = getattr(model, "model", model)
+    tower = getattr(inner, "vision_tower", None)
+    projector = getattr(inner, "multi_modal_projector", None)
+    if tower is None or projector is None:
+        raise NotImplementedError(f"{type(model).__name__}: no vision_tower / multi_modal_projector found")
+    return tower, projector
+
+
+def _encoder_layers(tower):
+    enc = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
+    if enc is None:
+        raise NotImplementedError(f"{type(tower).__name__}: no encoder layers found")
+    return list(enc.layers)
+
+
+@dataclass
+class VisionAttentionMaps:
+    """Per image and soft token, maps on the patch grid.
+
+    rollout, similarity: (n_images, n_tokens, P, P) float32, soft tokens in row-major order
+    (token t is cell (t // tokens_per_side, t % tokens_per_side)), patches likewise.
+    """
+
+    rollout: np.ndarray
+    similarity: np.ndarray
+    patches_per_side: int
+    tokens_per_side: int
+    kernel: int  # patches per soft token along each side
+    input_size: tuple[int, int]  # (H, W) of the vision tower's input
+    rollout_layers: list[int] = field(default_factory=list)
+    identity_weight: float = 0.5
+    similarity_layer: int = -1
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (H, W) per image
+
+    @property
+    def n_images(self) -> int:
+        return int(self.rollout.shape[0])
+
+    def token_index(self, row: int, col: int) -> int:
+        if not (0 <= row < self.tokens_per_side and 0 <= col < self.tokens_per_side):
+            raise IndexError(f"cell ({row}, {col}) outside the {self.tokens_per_side}x{self.tokens_per_side} grid")
+        return row * self.tokens_per_side + col
+
+    def for_cell(self, image: int, row: int, col: int, kind: str = "rollout") -> np.ndarray:
+        """(P, P) map of one soft token; kind "rollout" or "similarity"."""
+        maps = {"rollout": self.rollout, "similarity": self.similarity}[kind]
+        return maps[image, self.token_index(row, col)]
+
+    def for_position(self, prompt: PromptInputs, position: int, kind: str = "rollout") -> np.ndarray:
+        """(P, P) map of the soft token at a sequence position of `prompt`."""
+        positions = list(prompt.image_positions)
+        if position not in positions:
+            raise ValueError(f"position {position} is not an image soft token")
+        image, row, col = prompt.image_grid[positions.index(position)]
+        return self.for_cell(image, row, col, kind)
+
+    def token_cell_box(self, row: int, col: int) -> tuple[int, int, int, int]:
+        """The soft token's own patches on the patch grid: (row0, col0, row1, col1), exclusive end."""
+        k = self.kernel
+        return row * k, col * k, (row + 1) * k, (col + 1) * k
+
+    def save_npz(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(
+            path, rollout=self.rollout, similarity=self.similarity,
+            meta=np.array([self.patches_per_side, self.tokens_per_side, self.kernel, *self.input_size,
+                           self.similarity_layer], dtype=np.int64),
+            rollout_layers=np.asarray(self.rollout_layers, np.int64), identity_weight=np.float64(self.identity_weight),
+            image_sizes=np.asarray(self.image_sizes, np.int64).reshape(-1, 2),
+        )
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def load_npz(cls, path: str | Path) -> "VisionAttentionMaps":
+        with np.load(path, allow_pickle=False) as z:
+            m = z["meta"].tolist()
+            return cls(z["rollout"], z["similarity"], m[0], m[1], m[2], (m[3], m[4]),
+                       z["rollout_layers"].tolist(), float(z["identity_weight"]), m[5],
+                       [tuple(s) for s in z["image_sizes"].tolist()])
+
+
+def upsample(grid_map: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
+    """A (P, P) patch-grid map resized to image pixels (H, W) for an overlay; mode "nearest"
+    (blocky, one value per patch) or "bilinear"."""
+    t = torch.as_tensor(np.asarray(grid_map, dtype=np.float32))[None, None]
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in size), mode=mode, **kwargs)
+    return out[0, 0].numpy()
+
+
+def _pixel_values(bundle, image_or_prompt) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    if isinstance(image_or_prompt, PromptInputs):
+        pv = image_or_prompt.inputs.get("pixel_values")
+        if pv is None:
+            raise ValueError("the prompt has no image")
+        return pv, [(im.height, im.width) for im in image_or_prompt.images]
+    images = image_or_prompt if isinstance(image_or_prompt, (list, tuple)) else [image_or_prompt]
+    images = [load_image(im) for im in images]
+    ip = getattr(bundle.processor, "image_processor", None)
+    if ip is None:
+        pi = prompt_inputs(bundle, "", images)
+        return pi.inputs["pixel_values"], [(im.height, im.width) for im in images]
+    return ip(images=images, return_tensors="pt")["pixel_values"], [(im.height, im.width) for im in images]
+
+
+@torch.no_grad()
+def vision_attention_maps(session, image_or_prompt, last_layers: int | None = None, identity_weight: float = 0.5,
+                          similarity_layer: int = -1) -> VisionAttentionMaps:
+    """Rollout and similarity maps for every soft token of every image.
+
+    session: TracingSession / Bundle / (model, processor).
+    image_or_prompt: an image (path or PIL), a list of images, or PromptInputs (its pixel values).
+    last_layers: roll out over this many last vision layers (default: all of them).
+    identity_weight: alpha, the weight of the identity (residual) mixed into each layer's pattern.
+    similarity_layer: the vision hidden state compared with the pooled soft-token vector:
+        -1 = the final (post-layernorm) output the projector reads, 0 = the patch embeddings,
+        i in 1..n_layers = the output of encoder layer i - 1.
+    """
+    bundle = as_bundle(session)
+    model = bundle.model
+    tower, projector = vision_parts(model)
+    layers = _encoder_layers(tower)
+    n_layers = len(layers)
+    last_layers = n_layers if last_layers is None else int(last_layers)
+    if not 1 <= last_layers <= n_layers:
+        raise ValueError(f"last_layers must be in 1..{n_layers}")
+    pixel_values, sizes = _pixel_values(bundle, image_or_prompt)
+    param = next(tower.parameters())
+    pixel_values = pixel_values.to(param.device, param.dtype)
+    rolled = list(range(n_layers - last_layers, n_layers))
+    patterns: dict[int, torch.Tensor] = {}
+    hidden: dict[int, torch.Tensor] = {}
+    handles = []
+
+    def attn_hook(i):
+        def hook(module, args, output):
+            w = output[1] if isinstance(output, tuple) else None
+            if w is None:
+                raise RuntimeError("the vision tower returned no attention weights (eager attention needed)")
+            patterns[i] = w.detach()
+        return hook
+
+    def layer_hook(i):
+        def hook(module, args, output):
+            hidden[i + 1] = (output[0] if isinstance(output, tuple) else output).detach()
+            if i == 0:
+                hidden[0] = args[0].detach()
+        return hook
+
+    cfg = tower.config
+    saved = cfg._attn_implementation
+    cfg._attn_implementation = "eager"
+    try:
+        for i in rolled:
+            handles.append(layers[i].self_attn.register_forward_hook(attn_hook(i)))
+        for i, layer in enumerate(layers):
+            handles.append(layer.register_forward_hook(layer_hook(i)))
+        out = tower(pixel_values=pixel_values)
+    finally:
+        cfg._attn_implementation = saved
+        for h in handles:
+            h.remove()
+    final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, N, D)
+    B, N, D = final.shape
+    P = int(projector.patches_per_image)
+    k = int(projector.kernel_size)
+    side = int(projector.tokens_per_side)
+    if P * P != N:
+        raise ValueError(f"vision tower output has {N} patches, expected {P}x{P}")
+    # float64 where cheap (exact maps on small towers), float32 for big patch grids
+    cdt = torch.float64 if N <= 1024 else torch.float32
+    eye = torch.eye(N, dtype=cdt, device=final.device)
+    pool = _pooling_matrix(P, k, side, device=final.device).to(cdt)  # (T, N): soft token t averages its patches
+    # rollout rows of the soft tokens: pool @ R with R = A'_last @ ... @ A'_first, last layer first
+    M = pool.expand(B, -1, -1)
+    for i in reversed(rolled):
+        A = patterns[i].to(cdt).mean(1)  # heads averaged, (B, N, N)
+        A = (1.0 - identity_weight) * A + identity_weight * eye
+        A = A / A.sum(-1, keepdim=True)
+        M = M @ A
+    rollout = M  # (B, T, N)
+    vec = pool @ final.to(cdt)  # (B, T, D): the pooled vectors the projector normalises
+    if similarity_layer == -1:
+        ref = final
+    elif 0 <= similarity_layer <= n_layers:
+        ref = hidden[similarity_layer]
+    else:
+        raise ValueError(f"similarity_layer must be -1 (final output) or 0..{n_layers}")
+    ref = ref.to(cdt)
+    sim = torch.nn.functional.normalize(vec, dim=-1) @ torch.nn.functional.normalize(ref, dim=-1).transpose(1, 2)
+    T = side * side
+    return VisionAttentionMaps(
+        rollout=rollout.view(B, T, P, P).float().cpu().numpy(),
+        similarity=sim.view(B, T, P, P).float().cpu().numpy(),
+        patches_per_side=P, tokens_per_side=side, kernel=k, input_size=tuple(pixel_values.shape[-2:]),
+        rollout_layers=rolled, identity_weight=float(identity_weight), similarity_layer=int(similarity_layer),
+        image_sizes=sizes,
+    )
+
+
+def _pooling_matrix(P: int, k: int, side: int, device=None) -> torch.Tensor:
+    """(side*side, P*P) float64: row t averages the k x k patches of soft token t (AvgPool2d(k, k))."""
+    token = (np.arange(P)[:, None] // k) * side + (np.arange(P)[None, :] // k)  # soft token of each patch
+    token[(np.arange(P) >= side * k)[:, None] | (np.arange(P) >= side * k)[None, :]] = -1  # pooling drops a remainder
+    M = np.zeros((side * side, P * P))
+    flat = token.ravel()
+    inside = flat >= 0
+    M[flat[inside], np.flatnonzero(inside)] = 1.0 / (k * k)
+    return torch.from_numpy(M).to(device)
