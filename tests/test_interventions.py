@@ -4,6 +4,9 @@ The identity test runs in float64 under `float64_norms()` with a random TopK tra
 has a linear skip: with attention and norms frozen and every other MLP output frozen (direct
 effects only), ablating a feature node moves every logit target by exactly minus that node's
 edge into the target in the attribution graph.
+
+The red -> other colour steering test needs trained transcoders: the shipped toy set
+(tracer/data/toy-plt), or any set named by the environment variable TRACER_TEST_TOY_PLT.
 """
 
 from __future__ import annotations
