@@ -19,6 +19,9 @@ attribution calls with the original and with the prototype, interleaved. The cha
    the image (bidirectional attention there).
 4. Rows are written straight into the caller's buffer, not into a temporary.
 
+A third variant also leaves the replacement / completeness scores out of the call (as if they
+were computed lazily, when first read or when the graph is saved), to show their share.
+
 Prototype limits: no attention / skip biases (Gemma3 has none) and no transcoder skip.
 """
 
@@ -145,6 +148,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from tracer.attribution import attribute as attr_mod
     from tracer.attribution import replacement
     from tracer.models.base import prepare_prompt
     from tracer.session import TracingSession
@@ -165,11 +169,17 @@ def main(argv=None) -> int:
                 spent[0] += time.perf_counter() - t
         return wrapper
 
-    def run(backward):
+    scores = attr_mod.graph_scores
+
+    def run(backward, with_scores=True):
         replacement.LocalReplacement.backward = timed(backward)
+        attr_mod.graph_scores = scores if with_scores else (lambda graph: {})
         spent[0] = 0.0
         t = time.perf_counter()
-        g = session.attribute(text, None, **kw)
+        try:
+            g = session.attribute(text, None, **kw)
+        finally:
+            attr_mod.graph_scores = scores
         return time.perf_counter() - t, g, spent[0]
 
     _, g0, _ = run(original)
@@ -178,15 +188,17 @@ def main(argv=None) -> int:
     rel = abs(a0 - a1).max() / abs(a0).max()
     crel = abs(g0.constants - g1.constants).max() / max(abs(g0.constants).max(), 1e-30)
     print(f"prototype vs original: adjacency max rel diff {rel:.2e}, constants {crel:.2e}")
-    times = {"original": [], "prototype": []}
-    back = {"original": [], "prototype": []}
+    variants = (("original", original, True), ("prototype", fast_backward, True),
+                ("prototype, no scores", fast_backward, False))
+    times = {name: [] for name, _, _ in variants}
+    back = {name: [] for name, _, _ in variants}
     for _ in range(args.calls):
-        for name, fn in (("original", original), ("prototype", fast_backward)):
-            total, _, b = run(fn)
+        for name, fn, with_scores in variants:
+            total, _, b = run(fn, with_scores)
             times[name].append(total)
             back[name].append(b)
     for name, ts in times.items():
-        print(f"{name:10s} attribution call median {statistics.median(ts):.3f} s, of which backward "
+        print(f"{name:21s} attribution call median {statistics.median(ts):.3f} s, of which backward "
               f"{statistics.median(back[name]):.3f} s  (calls: {', '.join(f'{t:.3f}' for t in ts)})")
     replacement.LocalReplacement.backward = original
     return 0

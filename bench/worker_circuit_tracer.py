@@ -15,6 +15,9 @@ What is bridged here, and why (see docs/benchmarks.md):
 - The toy model folder was written by transformers 5, whose tokenizer_config.json names a
   tokenizer class that transformers 4.57 lacks; we build the same tokenizer from
   tokenizer.json and hand circuit-tracer the loaded HF model (as its own `from_config` does).
+  transformers 4.57 does not recognise the vision tower's weight names of that file (the tower
+  is left randomly initialised): irrelevant for a text-only prompt; every language-model
+  weight must load, which is checked.
 - circuit-tracer zeroes positions 0 (0-3 for gemma-3 "-it" names); we set its
   `zero_positions` to our excluded chat-template prefix so both drop the same positions.
 - Transcoder sets load through its own `load_transcoder_set` (config.yaml is read here since
@@ -86,9 +89,17 @@ def main(spec_path: str) -> None:
     )
     hf_config = AutoConfig.from_pretrained(model_dir)
     hf_config._attn_implementation = "eager"
-    hf_model = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager")
+    hf_model, loading = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
     hf_model.eval()
+    # transformers 4.57 names the SigLIP tower's weights differently from the transformers 5 file,
+    # so the vision tower loads with fresh weights: harmless for a text-only prompt, but nothing
+    # else may be missing.
+    bad = [k for k in list(loading.get("missing_keys", [])) + list(loading.get("unexpected_keys", []))
+           if "vision_tower" not in k]
+    if bad:
+        raise SystemExit(f"model weights that transformers {__import__('transformers').__version__} could not "
+                         f"place: {bad[:10]}")
     model = NNSightReplacementModel(hf_model, tokenizer=tokenizer, dispatch=True)
     model._hf_config = hf_model.config
     model._configure_replacement_model(transcoders)
