@@ -164,8 +164,9 @@ def prepare_inputs(args, work: Path) -> dict:
         compare_dir = save_transcoder_set(
             TranscoderSet(layers, config={k2: v for k2, v in tset.config.items() if k2 not in ("top_k",)}),
             work / f"compare-{mode}", num_model_layers=adapter.n_layers)
-        desc["thresholds"] = thresholds
-        desc["calibrated_on"] = "the benchmark prompt's kept positions: k features per position on average"
+        if mode == "jumprelu":
+            desc["thresholds"] = thresholds
+            desc["calibrated_on"] = "the benchmark prompt's kept positions: k features per position on average"
     info = {
         "model": str(model_dir),
         "transcoders": str(compare_dir),
