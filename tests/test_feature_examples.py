@@ -265,3 +265,26 @@ def test_cli_features(tmp_path, toy_vlm, monkeypatch, capsys):
     assert 1 <= len(exs) <= 2 and exs[0].activations_per_position is None
     assert store.manifest["dataset"]["count"] == 8
     assert main(["features", "--data", "nope", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_shipped_sample_store_matches_shipped_transcoders():
+    """sample_graphs/feature_examples was computed with the shipped toy transcoders; if those are
+    retrained, recompute it (command in docs/feature_examples.md)."""
+    from pathlib import Path
+
+    from tracer.features.compute import transcoder_fingerprint
+    from tracer.transcoders import default_transcoders_dir, load_transcoder_set
+
+    root = Path(__file__).resolve().parents[1] / "sample_graphs" / "feature_examples"
+    if not root.exists():
+        pytest.skip("no sample feature-examples store")
+    store = ExampleStore(root)
+    assert store.layers == [0, 1, 2, 3] and store.manifest["num_inputs"] == 600
+    f = int(store.features(2)[0])
+    ex = store.top_examples(2, f, k=8)
+    assert 1 <= len(ex) <= 8 and ex[0].value == pytest.approx(store.max_activation(2, f))
+    if not (Path(default_transcoders_dir()) / "config.yaml").exists():
+        pytest.skip("the shipped toy transcoders are not there")
+    assert store.manifest["transcoder"]["fingerprint"] == transcoder_fingerprint(load_transcoder_set(None)), (
+        "sample_graphs/feature_examples is stale: recompute it with `python -m tracer features --data toy "
+        "--n-examples 600 --per-feature 8 --out sample_graphs/feature_examples`")

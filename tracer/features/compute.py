@@ -190,7 +190,7 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
         "model_name": model_name or str(getattr(model.config, "_name_or_path", "")),
         "model_revision": None,
         "transcoder": {"fingerprint": transcoder_fingerprint(transcoders), "name": transcoder_name,
-                       "source": str(getattr(transcoders, "source", "")),
+                       "source": _portable(getattr(transcoders, "source", "")),
                        "feature_input_hook": getattr(transcoders, "feature_input_hook", "mlp.hook_in"),
                        "d_transcoder": {str(layer): int(transcoders[layer].d_transcoder) for layer in layers}},
         "dataset": {**spec.describe(), "count": len(examples)},
@@ -228,6 +228,20 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
     except BaseException:
         writer.abort()
         raise
+
+
+def _portable(source) -> str:
+    """A transcoder source as written in the manifest: paths inside this package relative to it
+    (no machine-specific absolute paths for the shipped set)."""
+    text = str(source or "")
+    try:
+        package = Path(__file__).resolve().parents[1]
+        path = Path(text).resolve()
+        if text and package in path.parents:
+            return str(Path("tracer") / path.relative_to(package))
+    except (OSError, ValueError):
+        pass
+    return text
 
 
 def _prompt_text(ex) -> str:
