@@ -247,7 +247,8 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
         R = rows[row_index[s:s + step]]
         adjacency[s:s + step, :n_sel] = R[:, sel_sorted].to(edge_dtype).cpu()
         adjacency[s:s + step, n_sel:n_sel + n_rest] = R[:, rep.n_active:].to(edge_dtype).cpu()
-        unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
+        if n_sel < rep.n_active:
+            unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
         del R
 
     features = table_s[sel_sorted].cpu().numpy().astype(np.int64)

@@ -65,6 +65,20 @@ class ActiveFeatures:
         return int(self.positions.numel())
 
 
+@dataclass
+class FoldedLayer:
+    """A layer's frozen map, norm scales folded in (see LocalReplacement._fold)."""
+
+    pattern_t: torch.Tensor  # (H, K, Q): pattern[h, q, k] * s_post_attn[q] * s_in[k], transposed
+    W_O: torch.Tensor  # g_post_attn[:, None] * W_O
+    W_V: torch.Tensor  # W_V * g_in[None, :]
+    mlp_scale: torch.Tensor  # (P, 1, d): s_post_mlp[p] * g_post_mlp
+    s_in: torch.Tensor
+    s_post_attn: torch.Tensor
+    skip: torch.Tensor | None  # g_post_mlp[:, None] * W_skip * g_pre_mlp[None, :]
+    skip_scale: torch.Tensor | None  # (P, 1, 1): s_post_mlp[p] * s_pre_mlp[p] at kept positions, else 0
+
+
 def encode_sparse_on(tc, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The transcoder's sparse encoding of x, computed on `device`.
 
@@ -107,7 +121,9 @@ class LocalReplacement:
         self.g_final = _gain(adapter.final_norm).to(self.device, self.dtype)
         self.embeddings = record.embeddings.to(self.device)
         self.active: list[ActiveFeatures] = []
+        self.writes: list[torch.Tensor] = []  # (P, kmax + 2, d) per layer, see _encode_layer
         self.errors: list[torch.Tensor] = []  # (P, d) per layer, zero at excluded positions
+        self.folded: list[FoldedLayer] = []
         self.b_dec: list[torch.Tensor] = []
         self.skip: list[torch.Tensor | None] = []
         for layer in range(self.n_layers):
@@ -162,9 +178,6 @@ class LocalReplacement:
         kmax = int(counts.max().item()) if positions.numel() else 0
         dec = tc.decoder_rows(feats.cpu() if tc.lazy_decoder else feats.to(tc.b_enc.device)).to(**to)
         sources = dec * vals[:, None]
-        padded = torch.zeros(P, max(kmax, 1), d, **to)
-        if positions.numel():
-            padded[positions, slots] = sources
         b_dec = tc.b_dec.detach().to(**to)
         recon = torch.zeros(P, d, **to)
         if positions.numel():
@@ -173,11 +186,46 @@ class LocalReplacement:
         W_skip = tc.W_skip.detach().to(**to) if tc.W_skip is not None else None
         if W_skip is not None:
             recon = recon + rec.mlp_in.to(**to) @ W_skip.T
-        error = (rec.mlp_out.to(**to) - recon) * self.keep[:, None]
-        self.active.append(ActiveFeatures(positions, feats, vals, slots, padded))
-        self.errors.append(error)
+        mlp_out = rec.mlp_out.to(**to)
+        # Everything this layer's MLP writes, per position, in one tensor so that the backward pass
+        # gets feature edges, error edges and constant terms from a single batched product:
+        # slots [0, kmax): activation x decoder row of each active feature; slot kmax: the error;
+        # slot kmax+1: what is constant (b_dec at kept positions, the whole MLP output at excluded ones).
+        k = max(kmax, 1)
+        writes = torch.zeros(P, k + 2, d, **to)
+        if positions.numel():
+            writes[positions, slots] = sources
+        writes[:, k] = (mlp_out - recon) * self.keep[:, None]
+        writes[:, k + 1] = torch.where(self.keep[:, None], b_dec.expand(P, d), mlp_out)
+        self.active.append(ActiveFeatures(positions, feats, vals, slots, writes[:, :k]))
+        self.writes.append(writes)
+        self.errors.append(writes[:, k])
         self.b_dec.append(b_dec)
         self.skip.append(W_skip)
+        self.folded.append(self._fold(layer, W_skip))
+
+    def _fold(self, layer: int, W_skip: torch.Tensor | None) -> "FoldedLayer":
+        """The layer's frozen linear map with norm scales and gains folded into its matrices, so the
+        backward pass does no per-position elementwise scaling of its [positions, lanes, d] gradient."""
+        rec, w = self.record.layers[layer], self.weights[layer]
+        to = dict(device=self.device, dtype=self.dtype)
+        s_in, s_pa = rec.s_in.to(**to), rec.s_post_attn.to(**to)
+        s_pre, s_pm = rec.s_pre_mlp.to(**to), rec.s_post_mlp.to(**to)
+        pattern = rec.pattern.to(**to)  # (H, Q, K)
+        folded_pattern = pattern * s_pa[None, :, None] * s_in[None, None, :]
+        skip = skip_scale = None
+        if W_skip is not None:
+            skip = w.g_post_mlp[:, None] * W_skip * w.g_pre_mlp[None, :]
+            # from the MLP input (inside pre_feedforward_layernorm) to its output (inside
+            # post_feedforward_layernorm); cut at excluded positions, whose MLP output is constant
+            skip_scale = (s_pm * s_pre * self.keep.to(self.dtype))[:, None, None]
+        return FoldedLayer(
+            pattern_t=folded_pattern.transpose(1, 2).contiguous(),  # (H, K, Q)
+            W_O=w.g_post_attn[:, None] * w.W_O,
+            W_V=w.W_V * w.g_in[None, :],
+            mlp_scale=(s_pm[:, None] * w.g_post_mlp[None, :])[:, None, :],  # (P, 1, d)
+            s_in=s_in, s_post_attn=s_pa, skip=skip, skip_scale=skip_scale,
+        )
 
     # ------------------------------------------------------------------ node indexing
     def feature_columns(self, layer: int) -> slice:
@@ -236,56 +284,54 @@ class LocalReplacement:
             respect to the residual stream after layer `layer`'s attention block (where attention
             writes, before the MLP) and with respect to the residual entering the layer. The
             tensors are not modified afterwards; keep references, no copy needed.
+
+        The gradient is kept position-major, G[p, lane, :], so that the per-position products
+        (feature/error/constant edges, attention) need no transposed copies.
         """
         injections = injections or {}
         P, d = self.n_positions, self.d_model
         to = dict(device=self.device, dtype=self.dtype)
-        G = torch.zeros(n_lanes, P, d, **to)
+        G = torch.zeros(P, n_lanes, d, **to)
         if top is not None:
             lanes, vecs = top
-            G[lanes, P - 1] = vecs.to(**to)
+            G[P - 1, lanes] = vecs.to(**to)
             start = self.n_layers - 1
         else:
             start = max(injections) if injections else -1
         rows = torch.zeros(n_lanes, self.n_columns, **to)
         const = torch.zeros(n_lanes, **to)
-        keep = self.keep
-        excl = ~keep
+        first = self.first_position
         for layer in range(start, -1, -1):
-            rec = self.record.layers[layer]
+            f = self.folded[layer]
             w = self.weights[layer]
-            G_mlp = G * (rec.s_post_mlp.to(**to)[:, None] * w.g_post_mlp)
             act = self.active[layer]
+            G_mlp = G * f.mlp_scale  # gradient at the raw MLP output, (P, lanes, d)
+            # feature edges, error edges and constants of this layer in one product
+            per_slot = torch.bmm(G_mlp, self.writes[layer].transpose(1, 2))  # (P, lanes, kmax + 2)
+            k = per_slot.shape[2] - 2
             if act.n:
-                # [P, lanes, d] @ [P, d, kmax] -> [P, lanes, kmax], read at each feature's (pos, slot)
-                per_pos = torch.bmm(G_mlp.transpose(0, 1), act.padded_sources.transpose(1, 2))
-                rows[:, self.feature_columns(layer)] = per_pos[act.positions, :, act.slots].T
-            kept = self.kept_positions
-            rows[:, self.error_columns(layer)] = torch.einsum("bpd,pd->bp", G_mlp[:, kept], self.errors[layer][kept])
-            const += G_mlp[:, kept].sum(1) @ self.b_dec[layer]
-            if bool(excl.any()):
-                const += torch.einsum("bpd,pd->b", G_mlp[:, excl], rec.mlp_out.to(**to)[excl])
-            s_pre = rec.s_pre_mlp.to(**to)[:, None] * w.g_pre_mlp
+                rows[:, self.feature_columns(layer)] = per_slot[act.positions, :, act.slots].T
+            rows[:, self.error_columns(layer)] = per_slot[first:, :, k].T
+            const += per_slot[:, :, k + 1].sum(0)
             G_mid = G
-            if self.skip[layer] is not None:
-                G_mid = G + ((G_mlp * keep[:, None]) @ self.skip[layer]) * s_pre
+            if f.skip is not None:
+                G_mid = G + (G @ f.skip) * f.skip_scale
             if layer in injections:
                 lanes, pos, vecs = injections[layer]
-                if on_layer is not None and G_mid is G:
-                    G_mid = G.clone()  # G went to on_layer of the layer above
-                G_mid[lanes, pos] += vecs.to(**to)  # G is not used again, so aliasing is harmless
-            G_o = G_mid * (rec.s_post_attn.to(**to)[:, None] * w.g_post_attn)
-            if w.b_O is not None:
-                const += G_o.sum(1) @ w.b_O
-            G_z = (G_o @ w.W_O).view(n_lanes, P, w.n_heads, w.head_dim)
+                if G_mid is G:
+                    G_mid = G.clone() if on_layer is not None else G  # G may have gone to on_layer above
+                G_mid[pos, lanes] += vecs.to(**to)
+            Z = (G_mid @ f.W_O).view(P, n_lanes, w.n_heads, w.head_dim)
             if head_mask is not None:
-                G_z = G_z * head_mask[:, layer].to(**to)[:, None, :, None]
-            G_v = torch.einsum("hqk,bqhe->bkhe", rec.pattern.to(**to), G_z)
-            G_v = G_v.view(n_lanes, P, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).reshape(n_lanes, P, -1)
-            if w.b_V is not None:
-                const += G_v.sum(1) @ w.b_V
-            G = G_mid + (G_v @ w.W_V) * (rec.s_in.to(**to)[:, None] * w.g_in)
+                Z = Z * head_mask[:, layer].to(**to)[None, :, :, None]
+            if w.b_O is not None:
+                const += (G_mid * f.s_post_attn[:, None, None]).sum(0) @ (w.g_post_attn * w.b_O)
+            G_v = torch.einsum("hkq,qbhe->kbhe", f.pattern_t, Z)
+            G_v = G_v.reshape(P, n_lanes, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).reshape(P, n_lanes, -1)
+            if w.b_V is not None:  # the pattern carries s_in[k]; the bias gradient must not
+                const += (G_v / f.s_in[:, None, None]).sum(0) @ w.b_V
+            G = G_mid + G_v @ f.W_V
             if on_layer is not None:
-                on_layer(layer, G_mid, G)
-        rows[:, self.embedding_columns] = torch.einsum("bpd,pd->bp", G, self.embeddings)
+                on_layer(layer, G_mid.transpose(0, 1), G.transpose(0, 1))
+        rows[:, self.embedding_columns] = torch.einsum("pbd,pd->bp", G, self.embeddings)
         return rows, const

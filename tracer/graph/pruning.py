@@ -27,8 +27,9 @@ from tracer.graph.graph import Graph
 
 
 def normalized_rows(graph: Graph) -> np.ndarray:
-    """|adjacency| with each target row summed to 1 (zero rows stay zero), float64."""
-    a = np.abs(graph.adjacency.astype(np.float64))
+    """|adjacency| with each target row summed to 1 (zero rows stay zero), in the adjacency's
+    precision (float32 for ordinary graphs: no float64 copy of a large matrix)."""
+    a = np.abs(graph.adjacency)
     sums = a.sum(1, keepdims=True)
     return np.divide(a, sums, out=np.zeros_like(a), where=sums > 0)
 
