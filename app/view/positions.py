@@ -3,7 +3,7 @@
 x: one column per token position, in prompt order, with each image's soft tokens as their own
 block (a gap before and after, drawn with a shaded background); columns without any displayed
 node take no room. A column is as wide as its busiest layer needs (nodes of one layer at one
-position sit side by side, wrapping into sub-rows past `WRAP`).
+position sit side by side, wrapping into sub-rows: at least `WRAP` across, more for busy cells).
 y: one band per level: embeddings at the bottom, then layer 0 ... n_layers-1, logits on top.
 """
 
@@ -69,9 +69,14 @@ def compute_positions(graph: Graph, indices: np.ndarray, influence: np.ndarray |
         if is_logit[k]:
             continue
         cells.setdefault((int(levels[k]), int(positions[k])), []).append(int(k))
+    # a busy position (attribution graphs often have most features at the last position) gets
+    # a wide column rather than a tall stack: about 3 nodes across per row of the stack
+    wrap_per_pos: dict[int, int] = {}
+    for (level, pos), members in cells.items():
+        wrap_per_pos[pos] = max(wrap_per_pos.get(pos, WRAP), int(np.ceil(np.sqrt(3 * len(members)))))
     slots_per_pos: dict[int, int] = {}
     for (level, pos), members in cells.items():
-        slots_per_pos[pos] = max(slots_per_pos.get(pos, 1), min(len(members), WRAP))
+        slots_per_pos[pos] = max(slots_per_pos.get(pos, 1), min(len(members), wrap_per_pos[pos]))
 
     # Columns, left to right, with a gap around each image block.
     column_x: dict[int, float] = {}
@@ -95,11 +100,12 @@ def compute_positions(graph: Graph, indices: np.ndarray, influence: np.ndarray |
     level_height = max(LEVEL_HEIGHT, ASPECT * cursor / (n_levels - 1))
     for (level, pos), members in cells.items():
         slot = SLOT_IMAGE if image_of_pos[pos] >= 0 else SLOT_TEXT
-        n_rows = (len(members) + WRAP - 1) // WRAP
+        wrap = wrap_per_pos[pos]
+        n_rows = (len(members) + wrap - 1) // wrap
         sub = min(26.0, (level_height - 50.0) / max(n_rows, 1))
         for j, k in enumerate(members):
-            row, col = divmod(j, WRAP)
-            in_row = min(WRAP, len(members) - row * WRAP)
+            row, col = divmod(j, wrap)
+            in_row = min(wrap, len(members) - row * wrap)
             xy[k, 0] = column_x[pos] + (col - (in_row - 1) / 2) * slot
             xy[k, 1] = -level * level_height + (row - (n_rows - 1) / 2) * sub
 
