@@ -1,0 +1,111 @@
+"""`python -m tracer train-plt`: train per-layer transcoders for a VLM."""
+
+from __future__ import annotations
+
+import argparse
+
+MEMORY_HELP = """\
+what fits where (training state is fp32: weights + gradients + 2 Adam moments = 16 bytes per
+parameter, and a transcoder has 2 x width x d_model parameters; activation buffers hold
+buffer-tokens x 2 x d_model values per layer of the group):
+
+  model (d_model)          width     state/layer   buffer/layer (131k positions)   fits
+  toy VLM (128)            2,048     8 MB          134 MB fp32                     any CPU, all 4 layers at once
+  Gemma3-4B-IT (2560)      16,384    1.3 GB        1.3 GB bf16                     24 GB GPU: --group-size 4
+  Gemma3-4B-IT (2560)      163,840   13.4 GB       1.3 GB bf16                     80 GB H100: --group-size 3-4
+  (Gemma3-4B-IT itself: ~9 GB in bf16; use --dtype bfloat16 --buffer-dtype bfloat16 on a GPU)
+
+The model itself runs without gradients (bf16 or fp32, --dtype); each forward pass stops after
+the last layer of the group. On a CPU use --threads 1 when other work shares the cores.
+"""
+
+
+def _layers(text: str | None) -> list[int] | None:
+    if not text or text == "all":
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-plt", help="train per-layer transcoders (PLTs) for a VLM and write them in the published format",
+        description="Train one transcoder per layer that maps the MLP input (after pre_feedforward_layernorm, "
+        "mlp.hook_in) to the raw MLP output (before post_feedforward_layernorm, mlp.hook_out), at every image "
+        "and text position after the chat-template prefix. TopK (ReLU then the k largest) with an AuxK "
+        "dead-feature loss, or JumpReLU with an L0 penalty; unit-norm decoder rows; fp32 Adam; seeded. "
+        "Activations are streamed through a bounded buffer and layers are trained in groups. Writes "
+        "config.yaml + layer_{i}.safetensors (loadable by tracer and circuit-tracer) and training_log.json "
+        "with a held-out report per layer (FVU, mean L0, dead features, next-token loss with the MLP replaced).",
+        epilog=MEMORY_HELP, formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100),
+    )
+    p.add_argument("--out", required=True, help="output folder for the transcoder set")
+    p.add_argument("--model", default=None, help="model folder or hub id (default: the shipped toy VLM)")
+    p.add_argument("--data", action="append", default=None, metavar="SPEC",
+                   help="data source, repeatable (mixed by weight): 'toy' (default), 'folder:PATH[,weight=W,"
+                   "prompt=TEXT]' (a .jsonl of {image, prompt, answer} or bare images), "
+                   "'hf:NAME[,split=train,image=image,text=question,answer=COL,config=C,weight=W]' "
+                   "(needs the optional 'datasets' package)")
+    p.add_argument("--layers", default=None, help="layers to train, e.g. '0-3' or '0,5,9' (default: all)")
+    p.add_argument("--group-size", type=int, default=0, help="layers trained together per forward pass (0: all)")
+    p.add_argument("--width", type=int, default=1024, help="features per layer (d_transcoder; default: %(default)s)")
+    p.add_argument("--activation", choices=["topk", "jumprelu"], default="topk", help="default: %(default)s")
+    p.add_argument("--k", type=int, default=32, help="TopK: active features per position (default: %(default)s)")
+    p.add_argument("--aux-k", type=int, default=0, help="TopK: dead features used by AuxK (0: d_model/2)")
+    p.add_argument("--aux-coef", type=float, default=1 / 32, help="TopK: AuxK loss weight (default: 1/32)")
+    p.add_argument("--dead-tokens", type=int, default=50_000,
+                   help="a feature silent for this many training positions counts as dead (default: %(default)s)")
+    p.add_argument("--no-resample", action="store_true",
+                   help="do not re-initialise dead features (by default they are, during the first 80%% of steps)")
+    p.add_argument("--l0-coef", type=float, default=2e-3, help="JumpReLU: L0 penalty weight (default: %(default)s)")
+    p.add_argument("--skip", action="store_true", help="also train a linear skip W_skip [d_model, d_model]")
+    p.add_argument("--tokens", type=int, default=1_000_000, help="training positions per layer (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=1024, help="positions per optimizer step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--buffer-tokens", type=int, default=131_072,
+                   help="positions per layer buffered and shuffled at a time (default: %(default)s)")
+    p.add_argument("--buffer-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--model-batch", type=int, default=32, help="prompts per model forward pass")
+    p.add_argument("--max-length", type=int, default=None, help="skip prompts longer than this many tokens")
+    p.add_argument("--eval-examples", type=int, default=600, help="held-out prompts for the final report")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out report")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="device for the model and the training, e.g. cuda")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="model dtype (transcoders always train in fp32)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="keep layers already in --out and train the rest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    import torch
+
+    from tracer.models.loading import load_vlm
+    from tracer.transcoders.sources import make_source
+    from tracer.transcoders.training import PLTTrainConfig, train_plt
+
+    torch.set_num_threads(max(1, args.threads))
+    source = make_source(args.data)
+    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    cfg = PLTTrainConfig(
+        layers=_layers(args.layers), group_size=args.group_size, width=args.width, activation=args.activation,
+        k=args.k, aux_k=args.aux_k, aux_coef=args.aux_coef, dead_tokens=args.dead_tokens, resample=not args.no_resample, l0_coef=args.l0_coef,
+        skip=args.skip, tokens=args.tokens, batch_tokens=args.batch_tokens, lr=args.lr,
+        warmup_steps=args.warmup_steps, buffer_tokens=args.buffer_tokens, buffer_dtype=args.buffer_dtype,
+        model_batch=args.model_batch, max_length=args.max_length, eval_examples=args.eval_examples,
+        seed=args.seed, device=args.device, threads=args.threads,
+    )
+    train_plt(model, processor, source, args.out, cfg, model_ref=args.model, progress=not args.no_progress,
+              resume=args.resume, evaluate=not args.no_eval)
+    print(f"saved the transcoder set to {args.out}")
+    return 0
