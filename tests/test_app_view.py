@@ -198,7 +198,7 @@ def test_view_elements(session):
     colours = {e["data"]["color"] for e in edges}
     assert colours <= {"#2f6fbf", "#d0453a"} and len(colours) == 2  # by sign
     widths = [e["data"]["width"] for e in edges]
-    assert min(widths) >= 0.6 and max(widths) == pytest.approx(5.0)
+    assert min(widths) >= 0.6 and max(widths) <= 5.0
     # image patches take the mean colour of their pixels
     img = [e for e in nodes if e["data"]["kind"] == "image"]
     assert all(e["data"]["color"].startswith("#") and len(e["data"]["color"]) == 7 for e in img)
@@ -280,3 +280,14 @@ def test_toy_ground_truth(image_graph):
     del g.info["toy"]["evidence_positions"]
     assert GraphSession(g, "toy2").ground_truth["cells"] == [(1, 1), (1, 2)]  # from the grid indices
     assert GraphSession(image_graph, "x").ground_truth is None
+
+
+def test_slider_steps_move_nothing(session):
+    """Pruned views share one frame: a node (or edge) in two views has the same position and
+    data in both, so the browser only adds and removes elements when a slider moves."""
+    a = {e["data"]["id"]: e for e in build_view(session, Annotations(), 0.8, 0.98).elements}
+    b = {e["data"]["id"]: e for e in build_view(session, Annotations(), 0.4, 0.9).elements}
+    common = set(a) & set(b)
+    assert len(common) > 50 and set(b) != set(a)
+    for key in common:
+        assert a[key] == b[key], key

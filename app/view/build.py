@@ -103,14 +103,28 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
     indices = np.flatnonzero(node_mask)
     view = DisplayView(mode, indices, r, c, g.adjacency.shape, {}, nodes_cut=nodes_cut, edges_cut=edges_cut,
                        n_hidden=n_hidden, n_pinned_missing=n_pinned_missing)
-    placement = compute_positions(g, indices, session.influence)
+    if mode == PINNED:  # a compact layout of just the pinned nodes
+        placement = compute_positions(g, indices, session.influence)
+        xy = placement.xy
+        shown_inf = session.influence[indices[session.kinds[indices] != LOGIT]] if len(indices) else np.zeros(0)
+        max_inf = float(shown_inf.max()) if shown_inf.size and shown_inf.max() > 0 else 1.0
+        max_w = float(np.abs(g.adjacency[r, c]).max()) if len(r) else 1.0
+    else:  # positions and scales of the loosest view, so that slider steps move nothing
+        ref = session.reference
+        extra = np.setdiff1d(indices, ref["indices"])
+        if len(extra):
+            placement = compute_positions(g, np.union1d(ref["indices"], indices), session.influence)
+            universe = np.union1d(ref["indices"], indices)
+        else:
+            placement = session.reference_placement()
+            universe = ref["indices"]
+        xy = placement.xy[np.searchsorted(universe, indices)]
+        max_inf, max_w = ref["max_influence"], ref["max_weight"]
 
     member_of = annotations.supernode_of()
     supernodes = {s["id"]: s for s in annotations.supernodes}
     pinned = set(annotations.pinned)
     influence = session.influence
-    shown_inf = influence[indices[session.kinds[indices] != LOGIT]] if len(indices) else np.zeros(0)
-    max_inf = float(shown_inf.max()) if shown_inf.size and shown_inf.max() > 0 else 1.0
 
     elements: list[dict] = []
     groups: dict[str, list[int]] = {}
@@ -129,7 +143,7 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
             size = 22 + 26 * float(np.sqrt(max(target.probability, 0.0)))
             display = f"{short_token(target.label, 16)} ({target.probability:.2f})"
         else:
-            size = 10 + 26 * float(np.sqrt(max(influence[index], 0.0) / max_inf))
+            size = 10 + 26 * float(np.sqrt(min(max(influence[index], 0.0) / max_inf, 1.0)))
             if cls == "text":
                 display = short_token(session.token_text(index - g.embedding_offset))
             elif cls == "feature":
@@ -147,17 +161,17 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
             data["pinned"] = True
         elements.append({
             "data": data,
-            "position": {"x": round(float(placement.xy[j, 0]), 1), "y": round(float(placement.xy[j, 1]), 1)},
+            "position": {"x": round(float(xy[j, 0]), 1), "y": round(float(xy[j, 1]), 1)},
         })
     for sid, members in groups.items():
         s = supernodes[sid]
-        xy = placement.xy[members].mean(0)
+        centre = xy[members].mean(0)
         n_all = len(s["members"])
         elements.append({
             "data": {"id": sid, "label": f"{s['label']} ({len(members)}/{n_all} nodes)", "display": short_token(s["label"], 24),
                      "kind": "supernode", "size": 34.0, "color": COLOURS["supernode"],
                      "influence": round(float(influence[indices[members]].sum()), 6)},
-            "position": {"x": round(float(xy[0]), 1), "y": round(float(xy[1]), 1)},
+            "position": {"x": round(float(centre[0]), 1), "y": round(float(centre[1]), 1)},
         })
         if all(m in pinned for m in s["members"]):
             elements[-1]["data"]["pinned"] = True
@@ -176,10 +190,10 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
     else:
         keys = session.keys
         view.edges = [(keys[s], keys[t], w) for s, t, w in zip(c.tolist(), targets.tolist(), weights.tolist())]
-    max_w = max((abs(w) for _, _, w in view.edges), default=1.0) or 1.0
+    max_w = max_w or 1.0
     for s_key, t_key, w in view.edges:
         elements.append({"data": {"id": edge_id(s_key, t_key), "source": s_key, "target": t_key,
-                                  "weight": round(w, 5), "width": round(0.6 + 4.4 * abs(w) / max_w, 2),
+                                  "weight": round(w, 5), "width": round(0.6 + 4.4 * min(abs(w) / max_w, 1.0), 2),
                                   "color": POSITIVE if w >= 0 else NEGATIVE}})
     view.n_edges = len(view.edges)
 

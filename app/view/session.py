@@ -109,6 +109,37 @@ class GraphSession:
         return {"question": str(toy.get("question", "")), "answer": str(toy.get("answer", "")),
                 "evidence": [str(e) for e in toy.get("evidence") or []], "cells": sorted(set(cells))}
 
+    # ------------------------------------------------------------------ a stable frame for the view
+    @cached_property
+    def reference(self) -> dict:
+        """One frame for every pruned view of this graph: node positions, node sizes and edge
+        widths are computed for the nodes any pruned view can show, so that moving a slider
+        only adds and removes nodes, it does not move or resize the others (a steadier picture,
+        and a much cheaper update in the browser).
+
+        Pruning keeps feature nodes in influence order and at most `max_nodes` of them, so any
+        view's features are among the `max_nodes` most influential; errors, embeddings and
+        logits can all appear."""
+        g = self.graph
+        feat_inf = self.influence[: g.n_features]
+        top = np.sort(np.argsort(-feat_inf)[: self.max_nodes]) if g.n_features else np.zeros(0, np.int64)
+        indices = np.concatenate([top, np.arange(g.error_offset, g.n_nodes)]).astype(np.int64)
+        non_logit = indices[self.kinds[indices] != "logit"]
+        inf = self.influence[non_logit]
+        loosest = self.budget(1.0, 1.0)
+        weights = np.abs(g.adjacency[loosest.edge_rows, loosest.edge_cols])
+        return {"indices": indices, "placement": None,
+                "max_influence": float(inf.max()) if inf.size and inf.max() > 0 else 1.0,
+                "max_weight": float(weights.max()) if weights.size and weights.max() > 0 else 1.0}
+
+    def reference_placement(self):
+        ref = self.reference
+        if ref["placement"] is None:
+            from app.view.positions import compute_positions
+
+            ref["placement"] = compute_positions(self.graph, ref["indices"], self.influence)
+        return ref["placement"]
+
     # ------------------------------------------------------------------ labels
     def default_label(self, index: int) -> str:
         g = self.graph
