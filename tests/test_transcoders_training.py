@@ -133,6 +133,34 @@ def test_hf_source_without_datasets_says_so(monkeypatch):
         parse_source("hf:someone/vqa,image=img,text=q")
 
 
+def test_hf_dataset_source_with_a_local_json_dataset(tmp_path, toy_vlm, monkeypatch):
+    pytest.importorskip("datasets")
+    from tracer.toy import world
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    _, processor = toy_vlm
+    records = []
+    for i in range(10):
+        ex = world.make_example("train", i)
+        rec = {"question": ex.question, "answer": ex.answer, "img": None, "n": i}
+        if ex.has_image:
+            ex.image().save(tmp_path / f"{i}.png")
+            rec["img"] = str(tmp_path / f"{i}.png")
+        records.append(rec)
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    src = parse_source(f"hf:json,data_files={tmp_path / 'd.jsonl'},image=img,text=question,answer=answer,heldout=3")
+    held = src.heldout_items(10)
+    assert [(h.prompt, h.answer) for h in held] == [(r["question"], r["answer"]) for r in records[:3]]
+    seen = []
+    original = src._item
+    src._item = lambda rec: seen.append(rec["n"]) or original(rec)
+    train = src.train_items(0)
+    items = [next(train) for _ in range(14)]  # two passes over the 7 training records
+    assert sorted(seen[:7]) == list(range(3, 10)) and min(seen) >= 3  # held-out records never trained on
+    batch = encode_items(processor, items[:5])
+    assert batch.inputs["input_ids"].shape[0] == 5 and any(it.images for it in items)
+
+
 def test_report_command_on_the_shipped_set(capsys):
     from tracer.cli import main
 

@@ -68,11 +68,15 @@ def _report(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     try:
-        tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32,
-                                   model=model)
+        tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32)
+        tset.check_compatible(model, require_all_layers=False)  # a partial set gets its per-layer rows
     except (TranscoderFormatError, TranscoderMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from tracer.models import get_adapter
+
+    n_model_layers = get_adapter(model).n_layers
+    complete = set(tset.layers) == set(range(n_model_layers))
     toy = is_toy_model(model, processor)
     if not toy and not args.data:
         print("error: this is not the toy model; give held-out data with --data (e.g. folder:PATH or hf:NAME)",
@@ -83,7 +87,10 @@ def _report(args) -> int:
     layers = evaluate_layers(model, processor, tset, items, batch_size=args.batch_size, losses=not args.no_loss,
                              progress=not args.no_progress)
     accuracy = clean = None
-    if toy:
+    if toy and not complete:
+        print(f"note: the set covers layers {tset.layers} of {n_model_layers}; the accuracy with all MLPs "
+              "replaced needs every layer, so it is left out", file=sys.stderr)
+    if toy and complete:
         accuracy = toy_accuracy(model, processor, tset, args.per_type, args.seed, progress=not args.no_progress)
         clean = toy_accuracy(model, processor, None, args.per_type, args.seed, progress=not args.no_progress)
     if args.json:
@@ -95,7 +102,8 @@ def _report(args) -> int:
     print(f"transcoders: {tset.source} ({tset.n_layers} layers, width {tset.d_transcoder}, "
           f"{type(tset[tset.layers[0]].activation).__name__}"
           f"{'(' + str(tset.config['top_k']) + ')' if 'top_k' in tset.config else ''})")
-    print(f"held-out prompts: {len(items)}" + (f"; toy accuracy on {args.per_type} per question type" if toy else ""))
+    print(f"held-out prompts: {len(items)}"
+          + (f"; toy accuracy on {args.per_type} per question type" if accuracy is not None else ""))
     print()
     print(format_report(layers, accuracy, clean, markdown=args.markdown))
     return 0
@@ -140,9 +148,13 @@ def _info(args) -> int:
 
         model, _ = load_vlm(args.model)
         try:
-            tset.check_compatible(model)
+            tset.check_compatible(model, require_all_layers=False)
         except TranscoderMismatchError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print("compatible with the model: yes")
+        try:
+            tset.check_compatible(model)
+            print("compatible with the model: yes")
+        except TranscoderMismatchError as exc:
+            print(f"compatible with the model for the layers it has; attribution needs every layer: {exc}")
     return 0

@@ -212,14 +212,21 @@ class HFDatasetSource(Source):
         epoch = 0
         while True:
             ds = self._load()
-            if self.streaming and hasattr(ds, "shuffle"):
-                ds = ds.shuffle(seed=seed + epoch, buffer_size=1000) if epoch else ds
-            for i, rec in enumerate(ds):
-                if i < self.heldout and epoch == 0:
-                    continue
+            if self.heldout:
+                ds = ds.skip(self.heldout)  # the held-out records never reach training
+            if self.streaming:
+                ds = ds.shuffle(seed=seed + epoch, buffer_size=1000)
+            else:
+                ds = ds.shuffle(seed=seed + epoch)
+            n = 0
+            for rec in ds:
                 item = self._item(rec)
                 if item is not None:
+                    n += 1
                     yield item
+            if n == 0:
+                raise ValueError(f"dataset {self.dataset_name}: no usable training records after the first "
+                                 f"{self.heldout} (held out)")
             epoch += 1
 
     def heldout_items(self, n: int, seed: int = 0) -> list[PromptItem]:
