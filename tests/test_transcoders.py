@@ -352,6 +352,22 @@ def test_gemma_scope_npz_loads(tmp_path):
     torch.testing.assert_close(tc.encode(x), pre * (pre > torch.from_numpy(params["threshold"])))
 
 
+def test_gemma_scope_2_safetensors_loads(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    t = {"w_enc": torch.randn(D_MODEL, WIDTH, generator=g), "w_dec": torch.randn(WIDTH, D_MODEL, generator=g),
+         "b_enc": torch.randn(WIDTH, generator=g), "b_dec": torch.randn(D_MODEL, generator=g),
+         "threshold": torch.rand(WIDTH, generator=g), "affine_skip_connection": torch.randn(D_MODEL, D_MODEL, generator=g)}
+    save_file(t, str(tmp_path / "layer_0.safetensors"))
+    (tmp_path / "config.yaml").write_text("feature_input_hook: mlp.hook_in\nfeature_output_hook: mlp.hook_out\n"
+                                          "layers: [0]\n")
+    tc = load_transcoder_set(tmp_path)[0]
+    x = torch.randn(4, D_MODEL)
+    pre = x @ t["w_enc"] + t["b_enc"]
+    acts = pre * (pre > t["threshold"])
+    torch.testing.assert_close(tc.encode(x), acts)
+    torch.testing.assert_close(tc(x), acts @ t["w_dec"] + t["b_dec"] + x @ t["affine_skip_connection"])
+
+
 # -- against the toy model -------------------------------------------------------------------------
 
 def test_mismatch_with_model(tmp_path, toy_vlm):

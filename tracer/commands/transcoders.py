@@ -110,16 +110,17 @@ def _report(args) -> int:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB", "TB"):  # decimal units, as in docs/transcoders.md
+        if n < 1000 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
+        n /= 1000
     return f"{n:.1f} TB"
 
 
 def _info(args) -> int:
     import torch
 
+    from tracer.transcoders.activations import JumpReLU
     from tracer.transcoders.errors import TranscoderFormatError, TranscoderMismatchError
     from tracer.transcoders.loading import load_transcoder_set
 
@@ -138,7 +139,8 @@ def _info(args) -> int:
           f"skip {'yes' if first.has_skip else 'no'}")
     size = torch.finfo(first.dtype).bits // 8
     mat = sum(t.d_transcoder * t.d_model for t in tset) * size
-    small = sum(t.d_transcoder * 2 + t.d_model + (t.d_model ** 2 if t.has_skip else 0) for t in tset) * size
+    small = sum(t.d_transcoder * (2 if isinstance(t.activation, JumpReLU) else 1) + t.d_model
+                + (t.d_model ** 2 if t.has_skip else 0) for t in tset) * size
     print("memory to load (all layers):")
     print(f"  eager (encoder + decoder):     {_human(2 * mat + small)}")
     print(f"  lazy decoder (the default):    {_human(mat + small)}")
