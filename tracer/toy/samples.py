@@ -21,8 +21,9 @@ def pick_examples(model, processor, per_type: int = 1, seed: int = 0, search: in
     """The first held-out examples of each question type that the model answers correctly,
     preferring scenes with more than one object (more interesting circuits)."""
     picked: list[world.Example] = []
-    for qtype in world.QUESTION_TYPES:
-        candidates = [world.make_example("heldout", i, seed, qtype) for i in range(search)]
+    for k, qtype in enumerate(world.QUESTION_TYPES):
+        # a different stretch of indices per type, so that the samples show different scenes
+        candidates = [world.make_example("heldout", 1000 * k + i, seed, qtype) for i in range(search)]
         if qtype != "fact":
             candidates.sort(key=lambda e: -len(e.scene.objects))
         answers = predict(model, processor, candidates)
