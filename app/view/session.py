@@ -124,8 +124,10 @@ class GraphSession:
         feat_inf = self.influence[: g.n_features]
         top = np.sort(np.argsort(-feat_inf)[: self.max_nodes]) if g.n_features else np.zeros(0, np.int64)
         indices = np.concatenate([top, np.arange(g.error_offset, g.n_nodes)]).astype(np.int64)
-        non_logit = indices[self.kinds[indices] != "logit"]
-        inf = self.influence[non_logit]
+        # sizes relative to the most influential feature (embeddings above it are drawn at the
+        # largest size); without features, relative to all non-logit nodes
+        scale_nodes = top if len(top) else indices[self.kinds[indices] != "logit"]
+        inf = self.influence[scale_nodes]
         loosest = self.budget(1.0, 1.0)
         weights = np.abs(g.adjacency[loosest.edge_rows, loosest.edge_cols])
         return {"indices": indices, "placement": None,
