@@ -25,6 +25,7 @@ COLOURS = {
     "supernode": "#9c6ade",
 }
 POSITIVE, NEGATIVE = "#2f6fbf", "#d0453a"
+MIN_SIZE, MAX_SIZE, MAX_SIZE_IMAGE = 8.0, 26.0, 18.0  # px; slots are 34 (text) and 20 (image) px apart
 
 
 @dataclass
@@ -143,7 +144,9 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
             size = 22 + 26 * float(np.sqrt(max(target.probability, 0.0)))
             display = f"{short_token(target.label, 16)} ({target.probability:.2f})"
         else:
-            size = 10 + 26 * float(np.sqrt(min(max(influence[index], 0.0) / max_inf, 1.0)))
+            # the largest node fits its slot (nodes of one cell sit one slot apart)
+            top_size = MAX_SIZE_IMAGE if cls == "image" or session.image_mask[session.positions[index]] else MAX_SIZE
+            size = MIN_SIZE + (top_size - MIN_SIZE) * float(np.sqrt(min(max(influence[index], 0.0) / max_inf, 1.0)))
             if cls == "text":
                 display = short_token(session.token_text(index - g.embedding_offset))
             elif cls == "feature":
