@@ -25,7 +25,7 @@ COLOURS = {
     "supernode": "#9c6ade",
 }
 POSITIVE, NEGATIVE = "#2f6fbf", "#d0453a"
-MIN_SIZE, MAX_SIZE, MAX_SIZE_IMAGE = 8.0, 26.0, 18.0  # px; slots are 34 (text) and 20 (image) px apart
+MIN_SIZE, MAX_SIZE, MAX_SIZE_IMAGE = 8.0, 26.0, 14.0  # px; slots are 34 (text) and 15 (image) px apart
 
 
 @dataclass
@@ -250,7 +250,7 @@ def base_stylesheet() -> list[dict]:
         {"selector": "node[?labelled]", "style": {"border-width": 2, "border-color": "#7a4a00"}},
         {"selector": "node[?pinned]", "style": {"border-width": 4, "border-color": "#e0b000"}},
         {"selector": 'node[kind = "axis"]', "style": {"shape": "rectangle", "background-opacity": 0, "border-width": 0,
-                                            "width": 1, "height": 1, "font-size": 26, "color": "#777",
+                                            "width": 1, "height": 1, "font-size": 34, "color": "#777",
                                             "min-zoomed-font-size": 0, "text-valign": "center",
                                             "text-halign": "left", "text-max-width": 400, "events": "no"}},
         {"selector": 'node[kind = "block"]', "style": {"shape": "round-rectangle", "width": "data(w)", "height": "data(h)",

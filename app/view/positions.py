@@ -19,7 +19,7 @@ from tracer.graph.graph import ERROR, LOGIT
 LEVEL_HEIGHT = 150.0  # at least; taller when the view is wide, so that it is not a flat strip
 ASPECT = 0.55  # height / width the levels stretch to
 SLOT_TEXT = 34.0
-SLOT_IMAGE = 20.0
+SLOT_IMAGE = 15.0
 BLOCK_GAP = 70.0
 WRAP = 5
 LOGIT_SPACING = 90.0
