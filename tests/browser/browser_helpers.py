@@ -63,6 +63,7 @@ def click_node(page, key: str) -> None:
         const cy = {CY}; cy.resize();
         const n = cy.getElementById(key);
         if (n.empty()) return null;
+        if (cy.zoom() < 1.5) cy.zoom(1.5);  // as a user would: small nodes are hard to hit
         cy.center(n);
         const p = n.renderedPosition();
         const r = cy.container().getBoundingClientRect();
