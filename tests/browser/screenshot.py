@@ -4,6 +4,9 @@ starts there highlighted).
 
     python tests/browser/screenshot.py [--graphs sample_graphs] [--graph NAME] [--out docs/screenshot.png]
 
+docs/screenshot.png was made with `--node-steps 4 --edge-steps 8 --height 1100` (node threshold
+0.6, edge threshold 0.9: a readable picture).
+
 Needs Debian's /usr/bin/chromium (apt-get install -y chromium). Not a test.
 """
 
@@ -43,6 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--width", type=int, default=1600)
     parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--node-steps", type=int, default=0, help="press ArrowLeft this often on the node slider")
+    parser.add_argument("--edge-steps", type=int, default=0, help="press ArrowLeft this often on the edge slider")
     args = parser.parse_args(argv)
 
     from conftest import CHROMIUM, FLAGS, Server
@@ -68,6 +73,12 @@ def main(argv=None) -> int:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.on("pageerror", lambda err: errors.append(str(err)))
             open_app(page, server.url, name)
+            for slider, steps in ((ids.NODE_SLIDER, args.node_steps), (ids.EDGE_SLIDER, args.edge_steps)):
+                if steps:
+                    page.locator(f"#{slider} [role=slider]").focus()
+                    for _ in range(steps):
+                        page.keyboard.press("ArrowLeft")
+                    wait_idle(page)
             if feature:
                 click_node(page, feature)
                 wait_idle(page)
