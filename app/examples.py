@@ -93,7 +93,7 @@ def token_window(tokens: list[str], active: int | None, radius: int = 10) -> lis
                 continue
             out.append(("[image]", i == active))
         else:
-            out.append((tok, i == active))
+            out.append((tok if tok.strip() else (repr(tok)[1:-1] or "␣"), i == active))
         if i == active:
             active_at = len(out) - 1
     if active_at is None:

@@ -203,6 +203,7 @@ def test_token_window():
     toks = ["a"] * 30 + ["x"] + ["b"] * 30
     window = token_window(toks, 30, radius=3)
     assert window == [("a", False)] * 3 + [("x", True)] + [("b", False)] * 3
+    assert token_window(["a", "\n"], 1) == [("a", False), ("\\n", True)]  # whitespace made visible
 
 
 def test_viewer_json_graphs_open_in_the_explorer(folder):

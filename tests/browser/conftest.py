@@ -136,6 +136,18 @@ def server(graphs):
 
 
 @pytest.fixture(scope="session")
+def sample_server():
+    """The app on the shipped sample_graphs/ (read only: no test edits annotations there)."""
+    from app.factory import create_app, default_graphs_dir
+
+    if not any(default_graphs_dir().glob("*.graph.safetensors")):
+        pytest.skip("no sample graphs in sample_graphs/")
+    srv = Server(create_app())
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="session")
 def browser():
     from playwright.sync_api import sync_playwright
 

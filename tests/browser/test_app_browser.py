@@ -61,6 +61,25 @@ def test_open_graph_and_node_slider(page, server, graphs):
     assert f"{n1} nodes" in text_of(page, ids.COUNTS)
 
 
+def test_shipped_sample_graph(page, sample_server):
+    """A real graph of the toy VLM with its feature-examples store, as `python -m app` opens it."""
+    open_app(page, sample_server.url)
+    names = page.evaluate(f"() => [...document.querySelectorAll('#{ids.GRAPH_DROPDOWN} *')].length")
+    assert names > 0
+    assert node_count(page) > 20
+    assert "Toy question" in text_of(page, ids.IMAGE_NOTE)
+    page.locator(f"#{ids.TRUTH_REGION}").click()
+    page.wait_for_selector(f"#{ids.REGION_INFO} table.shares")
+    key = strongest_feature(page)
+    click_node(page, key)
+    page.wait_for_function(f"() => document.getElementById('{ids.DETAILS_TITLE}').innerText.includes('feature')")
+    page.wait_for_function(f"() => document.querySelectorAll('#{ids.EXAMPLES} .example').length > 0 || "
+                           f"document.getElementById('{ids.EXAMPLES}').innerText.includes('no examples')")
+    wait_idle(page)
+    assert "Fires on" in text_of(page, ids.EXAMPLES)
+    assert page.locator(f"#{ids.EXAMPLES} img.thumb").count() > 0
+
+
 def test_slider_latency_on_a_1000_node_view(page, server, graphs, record_property):
     _, names = graphs
     open_app(page, server.url, names["big"])
