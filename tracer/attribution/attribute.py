@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -43,7 +44,50 @@ class AttributionConfig:
     tf32: bool = False  # allow TF32 matmuls on GPUs (faster; inputs rounded to 10-bit mantissas)
     top_logit_k: int = 10  # promoted / suppressed tokens stored per feature
     feature_position_activations: bool = True
-    progress: bool = True
+    progress: bool = True  # a tqdm progress bar
+    # For programs driving long runs (the app's worker): called as on_progress(phase, done, total)
+    # at every step; should_stop() is polled between batches and, when true, the run stops with
+    # AttributionCancelled.
+    on_progress: Callable[[str, int, int], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+class AttributionCancelled(RuntimeError):
+    """The run was stopped by its should_stop callback."""
+
+
+class _Progress:
+    """One tqdm bar with phases, mirrored to an optional callback; checks for cancellation."""
+
+    def __init__(self, cfg: "AttributionConfig"):
+        self.bar = tqdm(total=1, desc="forward", disable=not cfg.progress, unit="step")
+        self.on_progress, self.should_stop = cfg.on_progress, cfg.should_stop
+        self.name, self.done, self.total = "forward", 0, 1
+
+    def phase(self, name: str, total: int) -> None:
+        self.check()
+        self.name, self.done, self.total = name, 0, max(1, int(total))
+        self.bar.reset(total=self.total)
+        self.bar.set_description(name)
+        self._notify()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        self._notify()
+        self.check()
+
+    def check(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            self.bar.close()
+            raise AttributionCancelled("attribution cancelled")
+
+    def _notify(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.name, self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @dataclass
@@ -84,7 +128,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
         transcoders.check_compatible(adapter)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=3 + adapter.n_layers, desc="forward", disable=not cfg.progress, unit="step")
+    bar = _Progress(cfg)
 
     if isinstance(prompt, PromptInputs):  # already tokenised
         prompt_inputs = prompt
@@ -100,7 +144,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     first = prompt_inputs.prefix_length if cfg.exclude_prefix else 0
     if first >= prompt_inputs.n_positions:
         first = prompt_inputs.n_positions - 1
-    bar.set_description("encode")
+    bar.phase("encode", adapter.n_layers)
     rep = LocalReplacement(adapter, record, transcoders, first_position=first, device=adapter.device, progress=bar)
     timings["encode"] = time.perf_counter() - t0 - timings["forward"]
 
@@ -114,8 +158,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     consts = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     values = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     bs = max(1, cfg.batch_size)
-    bar.reset(total=n_rows)
-    bar.set_description("logit lanes")
+    bar.phase("logit lanes", n_logits)
 
     directions = torch.stack([t.direction for t in targets]).to(rep.device, rep.dtype)
     values[:n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)
@@ -127,7 +170,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
         bar.update(stop - start)
     timings["logits"] = time.perf_counter() - t0 - timings["forward"] - timings["encode"]
 
-    bar.set_description("features")
+    bar.phase("features", n_explore)
     table = rep.active_table()  # (n_active, 3) on rep.device
     weights = torch.tensor([max(t.target.probability, 0.0) for t in targets], dtype=rep.dtype, device=store)
     weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1.0 / n_logits)
@@ -169,7 +212,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
         bar.update(need)
     timings["features"] = time.perf_counter() - t0 - sum(timings.values())
 
-    bar.set_description("assemble")
+    bar.phase("assemble", 1)
     graph = _assemble(rep, adapter, processor, prompt_inputs, targets, rows, consts, values, explored, table, cfg)
     graph.model = model_ref
     graph.transcoders = transcoders_ref or str(getattr(transcoders, "source", "") or "")
@@ -180,6 +223,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     graph.info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     graph.info["n_active_features"] = rep.n_active
     graph.info["logits_top"] = _top_tokens(record.logits, processor.tokenizer, 5)
+    bar.update(1)
     bar.close()
     return AttributionResult(graph, rep, targets, timings)
 
@@ -275,7 +319,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
         tokens_per_side=prompt.tokens_per_side,
         images=[np.asarray(im.convert("RGB"), dtype=np.uint8) for im in prompt.images],
         prefix_length=rep.first_position,
-        config={k: v for k, v in asdict(cfg).items() if k != "progress"},
+        config={k: v for k, v in asdict(cfg).items() if k not in ("progress", "on_progress", "should_stop")},
     )
     graph.config["dtype"] = str(adapter.dtype).replace("torch.", "")
     if cfg.feature_position_activations and n_sel:
