@@ -87,15 +87,6 @@ def test_layout_of_a_subset_is_compact(image_graph):
 
 
 # ---------------------------------------------------------------------------------- pruning
-@pytest.mark.parametrize("nt,et", [(0.5, 0.9), (0.8, 0.98), (0.95, 0.99), (1.0, 1.0)])
-def test_pruner_matches_tracer_prune(image_graph, nt, et):
-    ours = Pruner(image_graph).prune(nt, et)
-    ref = prune(image_graph, nt, et)
-    assert np.array_equal(ours.node_mask, ref.node_mask)
-    assert np.array_equal(ours.edge_mask, ref.edge_mask)
-    assert not ours.truncated
-
-
 def test_prune_to_budget_limits_nodes_and_edges():
     g = make_graph(seed=5, n_layers=4, n_pos=81, n_features=1500, n_logits=4, image_side=8)
     for max_nodes, max_edges in [(1000, 5000), (300, 1200), (60, 200)]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tracer.graph.graph import Graph
+from tracer.graph.graph import EMBEDDING, ERROR, FEATURE, LOGIT, Graph
 
 
 def normalized_rows(graph: Graph) -> np.ndarray:
@@ -77,10 +77,21 @@ def cumulative_threshold(scores: np.ndarray, share: float) -> float:
 @dataclass
 class Pruned:
     node_mask: np.ndarray  # (n_nodes,) bool
-    edge_mask: np.ndarray  # (n_rows, n_nodes) bool, rows as graph.adjacency
+    edge_rows: np.ndarray  # kept edges: adjacency row (target) ...
+    edge_cols: np.ndarray  # ... and column (source) of each
+    shape: tuple[int, int]  # of graph.adjacency
     node_influence: np.ndarray  # (n_nodes,) influence in the unpruned graph
-    node_threshold: float
-    edge_threshold: float
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    nodes_cut: bool = False  # a node budget removed nodes the thresholds keep
+    edges_cut: bool = False  # an edge budget removed edges the thresholds keep
+
+    @property
+    def edge_mask(self) -> np.ndarray:
+        """(n_rows, n_nodes) bool, rows as graph.adjacency."""
+        mask = np.zeros(self.shape, bool)
+        mask[self.edge_rows, self.edge_cols] = True
+        return mask
 
     @property
     def n_nodes(self) -> int:
@@ -88,55 +99,121 @@ class Pruned:
 
     @property
     def n_edges(self) -> int:
-        return int(self.edge_mask.sum())
+        return int(len(self.edge_rows))
+
+    @property
+    def truncated(self) -> bool:
+        return self.nodes_cut or self.edges_cut
+
+
+def _drop_disconnected(node_ok: np.ndarray, edges: np.ndarray, row_cols: np.ndarray, col_is_feature: np.ndarray,
+                       col_needs_out: np.ndarray, n_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """On a submatrix: rows R (targets) x columns C (sources), row_cols[i] = column of row i's node.
+    Features need an input and an output, errors and embeddings an output; logits stay."""
+    edges = edges & node_ok[None, :] & node_ok[row_cols][:, None]
+    for _ in range(n_iter):
+        has_out = edges.any(0)
+        has_in = np.zeros(len(node_ok), bool)
+        has_in[row_cols] = edges.any(1)
+        new = node_ok.copy()
+        new[col_is_feature] &= has_out[col_is_feature] & has_in[col_is_feature]
+        new[col_needs_out] &= has_out[col_needs_out]
+        edges &= new[None, :] & new[row_cols][:, None]
+        if np.array_equal(new, node_ok):
+            break
+        node_ok = new
+    return node_ok, edges
+
+
+class Pruner:
+    """Influence pruning of one graph. What does not depend on the thresholds (node influence,
+    row sums of |A|) is computed once, and edges are scored only on the submatrix of kept nodes,
+    so that re-pruning for a viewer's slider is cheap on graphs with thousands of features."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.rows = row_nodes(graph)
+        self.weights = logit_weights(graph)
+        self.abs_sums = np.abs(graph.adjacency).sum(1, dtype=np.float64)
+        self.influence = node_influence(graph)
+
+    def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98, max_nodes: int | None = None,
+              max_edges: int | None = None, max_feature_nodes: int | None = None) -> Pruned:
+        """Budgets (optional): max_feature_nodes caps the feature nodes, max_nodes all nodes
+        (errors and embeddings count, logits always stay), max_edges the edges; the most
+        influential nodes and the highest-scoring edges are kept first."""
+        g = self.graph
+        nf = g.n_features
+        influence = self.influence
+        # 1. Feature nodes: the fewest whose influence reaches the threshold, within the budgets.
+        feat_inf = influence[:nf]
+        keep_feat = feat_inf >= cumulative_threshold(feat_inf, node_threshold) if nf else feat_inf > 0
+        nodes_cut = False
+        for cap in (max_feature_nodes, max_nodes):
+            if cap is not None and keep_feat.sum() > cap:
+                nodes_cut = True
+                order = np.argsort(-np.where(keep_feat, feat_inf, -np.inf), kind="stable")
+                keep_feat = np.zeros_like(keep_feat)
+                keep_feat[order[:cap]] = True
+        node_mask = np.ones(g.n_nodes, bool)
+        node_mask[:nf] = keep_feat
+
+        # 2. Edges, scored on the submatrix of kept nodes: rows R (targets), columns C (sources).
+        R = np.flatnonzero(node_mask[self.rows])
+        C = np.flatnonzero(node_mask)
+        col_of = np.full(g.n_nodes, -1, np.int64)
+        col_of[C] = np.arange(len(C))
+        row_cols = col_of[self.rows[R]]
+        sub = np.abs(g.adjacency[np.ix_(R, C)].astype(np.float64))
+        sums = self.abs_sums[R][:, None]
+        sub = np.divide(sub, sums, out=np.zeros_like(sub), where=sums > 0)
+        target_weight = influence[self.rows[R]] + np.concatenate([np.zeros(nf), self.weights])[R]
+        scores = sub * target_weight[:, None]
+        edges = scores >= cumulative_threshold(scores, edge_threshold)
+        edges &= scores > 0
+        edges_cut = False
+        if max_edges is not None and edges.sum() > max_edges:
+            edges_cut = True
+            cut = np.sort(scores[edges])[::-1][max_edges - 1]
+            edges &= scores >= cut
+
+        # 3. Drop what has become disconnected, then enforce the node budget and the exact edge
+        # budget (ties at the score cut).
+        kinds = g.node_kinds()[C]
+        col_is_feature = kinds == FEATURE
+        col_needs_out = (kinds == ERROR) | (kinds == EMBEDDING)
+        n_iter = g.n_layers + 3
+        node_ok = np.ones(len(C), bool)
+        node_ok, edges = _drop_disconnected(node_ok, edges, row_cols, col_is_feature, col_needs_out, n_iter)
+        if max_nodes is not None and node_ok.sum() > max_nodes:
+            nodes_cut = True
+            rank = influence[C].copy()
+            rank[kinds == LOGIT] = np.inf
+            rank[~node_ok] = -np.inf
+            trimmed = np.zeros_like(node_ok)
+            trimmed[np.argsort(-rank, kind="stable")[:max_nodes]] = True
+            node_ok, edges = _drop_disconnected(node_ok & trimmed, edges, row_cols, col_is_feature, col_needs_out,
+                                                n_iter)
+        if max_edges is not None and edges.sum() > max_edges:
+            edges_cut = True
+            r, c = np.nonzero(edges)
+            keep = np.argsort(-scores[r, c], kind="stable")[:max_edges]
+            edges = np.zeros_like(edges)
+            edges[r[keep], c[keep]] = True
+            node_ok, edges = _drop_disconnected(node_ok, edges, row_cols, col_is_feature, col_needs_out, n_iter)
+
+        node_mask = np.zeros(g.n_nodes, bool)
+        node_mask[C[node_ok]] = True
+        r, c = np.nonzero(edges)
+        return Pruned(node_mask, R[r], C[c], g.adjacency.shape, influence, node_threshold, edge_threshold,
+                      nodes_cut, edges_cut)
 
 
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98,
-          max_feature_nodes: int | None = None, max_edges: int | None = None) -> Pruned:
-    """Influence-based pruning; optional budgets cap the number of feature nodes and edges kept
-    (the most influential first), for viewers that can only draw so much."""
-    norm = normalized_rows(graph)
-    weights = logit_weights(graph)
-    influence = node_influence(graph, norm, weights)
-    kinds_feature = np.zeros(graph.n_nodes, bool)
-    kinds_feature[: graph.n_features] = True
-
-    feat_inf = influence[: graph.n_features]
-    keep_feat = feat_inf >= cumulative_threshold(feat_inf, node_threshold) if graph.n_features else feat_inf > 0
-    if max_feature_nodes is not None and keep_feat.sum() > max_feature_nodes:
-        order = np.argsort(-feat_inf)
-        keep_feat = np.zeros_like(keep_feat)
-        keep_feat[order[:max_feature_nodes]] = True
-    node_mask = np.ones(graph.n_nodes, bool)
-    node_mask[: graph.n_features] = keep_feat
-
-    rows = row_nodes(graph)
-    masked = norm * node_mask[None, :] * node_mask[rows][:, None]
-    pruned_graph_influence = influence.copy()
-    target_weight = pruned_graph_influence[rows] + np.concatenate([np.zeros(graph.n_features), weights])
-    edge_scores = masked * target_weight[:, None]
-    edge_mask = edge_scores >= cumulative_threshold(edge_scores, edge_threshold)
-    edge_mask &= edge_scores > 0
-    if max_edges is not None and edge_mask.sum() > max_edges:
-        cut = np.sort(edge_scores[edge_mask])[::-1][max_edges - 1]
-        edge_mask &= edge_scores >= cut
-
-    # Drop what has become disconnected: features need an input and a path up to a logit;
-    # errors and embeddings need a path up.
-    for _ in range(graph.n_layers + 3):
-        has_out = np.zeros(graph.n_nodes, bool)
-        live_rows = node_mask[rows]
-        has_out |= (edge_mask & live_rows[:, None]).any(0)
-        has_in = np.zeros(graph.n_nodes, bool)
-        has_in[rows] = (edge_mask & node_mask[None, :]).any(1)
-        new = node_mask.copy()
-        new[: graph.n_features] &= has_out[: graph.n_features] & has_in[: graph.n_features]
-        new[graph.error_offset: graph.logit_offset] &= has_out[graph.error_offset: graph.logit_offset]
-        edge_mask &= new[None, :] & new[rows][:, None]
-        if np.array_equal(new, node_mask):
-            break
-        node_mask = new
-    return Pruned(node_mask, edge_mask, influence, node_threshold, edge_threshold)
+          max_feature_nodes: int | None = None, max_edges: int | None = None, max_nodes: int | None = None) -> Pruned:
+    """Influence-based pruning (see the module docstring); optional budgets as in Pruner.prune."""
+    return Pruner(graph).prune(node_threshold, edge_threshold, max_nodes=max_nodes, max_edges=max_edges,
+                               max_feature_nodes=max_feature_nodes)
 
 
 def graph_scores(graph: Graph) -> dict[str, float]:
