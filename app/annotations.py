@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tracer.files import atomic_write_text
 
 FORMAT = "vlm-circuits-annotations"
 VERSION = 1
@@ -149,22 +150,9 @@ def load_annotations(graph_path: str | Path) -> Annotations:
         raise AnnotationsError(f"{path.name}: {err}") from err
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_annotations(graph_path: str | Path, annotations: Annotations) -> Path:
     path = annotations_path(graph_path)
-    write_atomic(path, json.dumps(annotations.to_dict(Path(graph_path).name), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(path, json.dumps(annotations.to_dict(Path(graph_path).name), indent=1, ensure_ascii=False) + "\n")
     return path
 
 

@@ -11,13 +11,12 @@ weight = A[target, source].
 
 from __future__ import annotations
 
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 
+from tracer.files import atomic_path
 from tracer.graph.graph import Graph
 
 NS = "http://graphml.graphdrawing.org/xmlns"
@@ -112,15 +111,8 @@ def export_graphml(graph: Graph, path: str | Path, pruned=None, **kwargs) -> Pat
 
         path = path / f"{_safe_slug(graph.slug or 'graph')}.graphml"
     tree = graph_to_graphml(graph, pruned, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".graphml")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         tree.write(tmp, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

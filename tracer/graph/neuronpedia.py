@@ -67,14 +67,13 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
+from tracer.files import atomic_write_text
 from tracer.graph.errors import GraphFormatError
 from tracer.graph.graph import Graph, Target
 
@@ -433,20 +432,6 @@ def _jsonable(obj):
     return str(obj)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def update_graph_metadata(out_dir: str | Path, metadata: dict) -> Path:
     """Add or replace (by slug) one graph's metadata in `<out_dir>/graph-metadata.json`, atomically.
 
@@ -464,7 +449,7 @@ def update_graph_metadata(out_dir: str | Path, metadata: dict) -> Path:
             raise GraphFormatError(f"{path}: expected {{'graphs': [...]}}; not overwriting it")
         graphs = [g for g in existing.get("graphs", []) if isinstance(g, dict)]
     graphs = [g for g in graphs if g.get("slug") != entry.get("slug")] + [entry]
-    _atomic_write_text(path, json.dumps({"graphs": graphs}, indent=2))
+    atomic_write_text(path, json.dumps({"graphs": graphs}, indent=2))
     return path
 
 
@@ -486,7 +471,7 @@ def export_neuronpedia(graph: Graph, out_dir: str | Path, *, slug: str | None = 
         validate_graph_json(data)
     out_dir = Path(out_dir)
     path = out_dir / f"{data['metadata']['slug']}.json"
-    _atomic_write_text(path, json.dumps(data, allow_nan=False))
+    atomic_write_text(path, json.dumps(data, allow_nan=False))
     update_graph_metadata(out_dir, data["metadata"])
     return path
 

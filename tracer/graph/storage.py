@@ -13,14 +13,13 @@ Reading uses safetensors' numpy loader: no torch, no model, no code execution.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from tracer.files import atomic_path
 from tracer.graph.errors import GraphFormatError
 from tracer.graph.graph import Graph, Target
 
@@ -78,18 +77,8 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
         "scores": graph.scores,
         "info": graph.info,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=SUFFIX)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; graphs are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
     return path
 
 

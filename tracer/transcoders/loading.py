@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from tracer.files import atomic_path, atomic_write_text
 from tracer.transcoders.activations import JumpReLU, ReLU, TopK
 from tracer.transcoders.errors import TranscoderFormatError, TranscoderMismatchError
 from tracer.transcoders.per_layer import LazyRows, PerLayerTranscoder
@@ -467,10 +468,8 @@ def save_transcoder_set(tset: TranscoderSet, folder: str | Path, model_name: str
     for tc in tset:
         tensors = {k: v.detach().to("cpu", dtype=dtype or v.dtype).contiguous() for k, v in tc.tensors().items()}
         name = f"layer_{tc.layer}.safetensors"
-        tmp = folder / (name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.chmod(tmp, 0o644)  # safetensors creates 0600 files; a set is meant to be shared
-        os.replace(tmp, folder / name)
+        with atomic_path(folder / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
         names.append(name)
     first = next(iter(tset))
     config: dict[str, Any] = {
@@ -494,9 +493,7 @@ def save_transcoder_set(tset: TranscoderSet, folder: str | Path, model_name: str
     for key, value in (extra or {}).items():
         config[key] = value
     config = scrub_secrets(_plain(config))
-    tmp = folder / (CONFIG_NAME + ".tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100))
-    os.replace(tmp, folder / CONFIG_NAME)
+    atomic_write_text(folder / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100))
     return folder
 
 
