@@ -9,10 +9,10 @@ import pytest
 from graph_factory import make_graph
 
 from tracer.graph import Graph, Target
-from tracer.graph.pruning import influence_from, prune
+from tracer.graph.pruning import influence_from
 
 from app.annotations import Annotations
-from app.view.budget import Pruner, prune_to_budget
+from app.view.budget import prune_to_budget
 from app.view.build import PINNED, build_view, selection_highlight
 from app.view.details import feature_position_activations, image_heat, node_details
 from app.view.keys import node_keys

@@ -12,7 +12,6 @@ GraphML is export-only. Every failure is a GraphFormatError with a message meant
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
