@@ -51,7 +51,9 @@ def node_influence(graph: Graph, norm: np.ndarray | None = None, weights: np.nda
     norm = normalized_rows(graph) if norm is None else norm
     weights = logit_weights(graph) if weights is None else weights
     rows = row_nodes(graph)
-    x = np.zeros(graph.n_nodes)
+    # x in the matrix's dtype: a float64 vector times a float32 matrix would copy the matrix
+    # to float64 at every step (GBs for a 4B-model graph)
+    x = np.zeros(graph.n_nodes, dtype=norm.dtype)
     x[graph.logit_offset:] = weights
     total = np.zeros(graph.n_nodes)
     for _ in range(graph.n_layers + 3):
@@ -254,7 +256,7 @@ def influence_from(graph: Graph, sources: np.ndarray, edge_mask: np.ndarray | No
     reach = src.copy()
     for _ in range(graph.n_layers + 3):
         new_share = share.copy()
-        new_share[rows] = norm @ share
+        new_share[rows] = norm @ share.astype(norm.dtype)
         new_share[src] = 1.0
         new_reach = reach.copy()
         new_reach[rows] |= ((norm > 0) & reach[None, :]).any(1)
