@@ -162,8 +162,10 @@ def main() -> None:
     attribute_full(model, processor, tset, prompt, image, AttributionConfig(max_feature_nodes=64, progress=False,
                                                                              batch_size=64, chat=False))
     for tf32 in modes:
+        res = None  # the previous run's result holds GPU tensors: free them before measuring
         if device != "cpu":
             torch.cuda.synchronize()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         res = attribute_full(model, processor, tset, prompt, image, AttributionConfig(
