@@ -34,7 +34,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"display budget: most nodes drawn at once (default {MAX_NODES})")
     parser.add_argument("--max-edges", type=int, default=MAX_EDGES,
                         help=f"display budget: most edges drawn at once (default {MAX_EDGES})")
-    return parser.parse_args(argv)
+    live = parser.add_argument_group(
+        "live features", "New trace, steering, region ablation and attention need a model. By default the shipped "
+        "toy VLM and its transcoders, loaded on first use (not at start).")
+    live.add_argument("--model", default=None,
+                      help="model for the live features: a Hugging Face id or a local folder (default: the toy VLM)")
+    live.add_argument("--transcoders", default=None,
+                      help="its transcoder set: hub id or folder with config.yaml (default: the toy transcoders)")
+    live.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available, else cpu)")
+    live.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
+    live.add_argument("--no-live", action="store_true", help="explorer only: no model, no tracing or steering")
+    args = parser.parse_args(argv)
+    if args.no_live and any(v is not None for v in (args.model, args.transcoders, args.device, args.dtype)):
+        parser.error("--no-live cannot be combined with --model, --transcoders, --device or --dtype")
+    if args.model not in (None, "toy") and not args.transcoders:
+        parser.error("--model needs --transcoders (the transcoder set of that model)")
+    return args
 
 
 def main(argv=None) -> int:
@@ -45,8 +60,15 @@ def main(argv=None) -> int:
     if not graphs.is_dir():
         print(f"error: graphs folder {graphs} does not exist", file=sys.stderr)
         return 2
-    app = create_app(graphs, examples=args.examples, max_nodes=args.max_nodes, max_edges=args.max_edges)
+    live = None
+    if not args.no_live:
+        from app.live import LiveConfig
+
+        live = LiveConfig(model=args.model, transcoders=args.transcoders, device=args.device, dtype=args.dtype)
+    app = create_app(graphs, examples=args.examples, max_nodes=args.max_nodes, max_edges=args.max_edges, live=live)
     print(f"Serving graphs from {graphs.resolve()} at http://{args.host}:{args.port}/", flush=True)
+    if live is not None:
+        print(f"Live features: {live.describe()} (loaded on first use)", flush=True)
     app.run(host=args.host, port=args.port, debug=args.debug, dev_tools_disable_version_check=True)
     return 0
 

@@ -21,7 +21,10 @@ def default_graphs_dir() -> Path:
 
 
 def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None = None,
-               max_nodes: int | None = None, max_edges: int | None = None) -> Dash:
+               max_nodes: int | None = None, max_edges: int | None = None, live=None, live_factory=None) -> Dash:
+    """live: None / False (explorer only), True (the toy VLM) or an app.live.LiveConfig: trace,
+    steer and attention with that model, loaded by the first job that needs it (never here).
+    live_factory(config) -> session replaces the model loader (tests)."""
     import dash_cytoscape
 
     dash_cytoscape.load_extra_layouts()  # the bundle with cytoscape-svg (SVG export); served locally
@@ -30,9 +33,15 @@ def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None
     app = Dash(__name__, title="VLM circuits", assets_folder=str(ASSETS), serve_locally=True,
                update_title=None)
     app.state = state  # for tests and embedding
+    live_config = None
+    if live:
+        from app.live import LiveConfig, LiveState
+
+        live_config = LiveConfig() if live is True else live
+        state.live = LiveState(live_config, graphs_dir, factory=live_factory)
 
     def layout():  # a function: every page load lists the folder afresh
-        return page(state.store.names(), None, str(graphs_dir))
+        return page(state.store.names(), None, str(graphs_dir), live=live_config)
 
     app.layout = layout
     register_all(app, state)

@@ -67,3 +67,80 @@ STORE_FIGURE_KEY = "store-figure-key"  # which graph/image the image figure show
 
 # pattern-matching ids (dicts): buttons that select a node, e.g. in the edge lists
 GOTO_NODE = "goto-node"
+
+# ---------------------------------------------------------------------- live features (issue 6)
+# only in the page when the app runs with a live model (app/panels/live.py)
+LIVE_POLL = "live-poll"  # dcc.Interval polling job statuses while a job is queued or running
+LIVE_INFO = "live-info"  # which model the live features use
+# the "new trace" overlay
+TRACE_OPEN = "trace-open"  # header button (shows the running trace's progress)
+TRACE_PANEL = "trace-panel"
+TRACE_CLOSE = "trace-close"
+TRACE_UPLOAD = "trace-upload"
+TRACE_USE_CURRENT = "trace-use-current"  # use the open graph's image
+TRACE_PREVIEW = "trace-preview"
+TRACE_UPLOAD_MESSAGE = "trace-upload-message"
+TRACE_PROMPT = "trace-prompt"
+TRACE_TARGET_MODE = "trace-target-mode"  # salient / token / contrast
+TRACE_TARGET_A = "trace-target-a"
+TRACE_TARGET_B = "trace-target-b"
+TRACE_MAX_FEATURES = "trace-max-features"
+TRACE_MAX_LOGITS = "trace-max-logits"
+TRACE_DESIRED_PROB = "trace-desired-prob"
+TRACE_BATCH = "trace-batch-size"
+TRACE_NAME = "trace-name"
+TRACE_SUBMIT = "trace-submit"
+TRACE_CANCEL = "trace-cancel"
+TRACE_STATUS = "trace-status"
+TRACE_BAR = "trace-bar"  # the filled part of the progress bar
+TRACE_MESSAGE = "trace-message"
+# steering panel
+STEER_PANEL = "steer-panel"
+STEER_SELECTED = "steer-selected"  # what "add" would add
+STEER_ADD = "steer-add"
+STEER_CLEAR = "steer-clear"
+STEER_ROWS = "steer-rows"
+STEER_FREEZE = "steer-freeze"  # checklist: "freeze" (attention), "direct" (direct effects only)
+STEER_TOPK = "steer-topk"
+STEER_GENERATE = "steer-generate"  # max new tokens, 0: no generation
+STEER_RUN = "steer-run"
+STEER_STATUS = "steer-status"
+STEER_RESULT = "steer-result"
+STEER_CHART = "steer-chart"
+# pattern-matching ids of one steering row: {"type": STEER_MODE, "row": n}
+STEER_MODE = "steer-mode"
+STEER_VALUE = "steer-value"
+STEER_POSITIONS = "steer-positions"
+STEER_REMOVE = "steer-remove"
+# attention and region panel
+ATTN_PANEL = "attention-panel"
+VISION_KIND = "vision-kind"  # off / rollout / similarity overlay on the image
+VISION_NOTE = "vision-note"
+REGION_ZERO = "region-zero"
+REGION_MEAN = "region-mean"
+REGION_STATUS = "region-status"
+REGION_RESULT = "region-result"
+REGION_CHART = "region-chart"
+ATTN_GRAPH = "attention-graph-button"
+ATTN_BACK = "attention-back"
+ATTN_STATUS = "attention-status"
+EDGE_INFO = "edge-info"
+HEADS_BUTTON = "heads-button"
+HEADS_RESULT = "heads-result"
+# stores of the live features
+STORE_UPLOAD = "store-upload"  # {"token", "name", "width", "height"} of the validated image, or None
+STORE_STEER_ROWS = "store-steer-rows"  # [{"row", "key", "layer", "feature", "position", "label", ...}]
+STORE_EDGE = "store-edge"  # {"source": key, "target": key, "weight": w} of the tapped edge
+STORE_ATTN_BACK = "store-attention-back"  # graph to go back to from its attention graph (session)
+STORE_TRACE_CANCEL = "store-trace-cancel"
+STORE_VISION_SHOWN = "store-vision-shown"  # the image figure key the vision overlay was drawn on, or None
+
+
+def store_job(kind: str) -> str:
+    """Session store with the id of this tab's job of one kind: {"id": ...} (a reload re-attaches)."""
+    return f"store-job-{kind}"
+
+
+def store_status(kind: str) -> str:
+    """Memory store with the polled status of that job."""
+    return f"store-status-{kind}"

@@ -8,3 +8,8 @@ MODULES = (graph_list, graph_view, selection, image, annotate, export, clientsid
 def register_all(app, state) -> None:
     for module in MODULES:
         module.register(app, state)
+    if getattr(state, "live", None) is not None:  # trace, steer, attention (a live model)
+        from app.callbacks import attention, jobs, steer, trace
+
+        for module in (jobs, trace, steer, attention):
+            module.register(app, state)

@@ -8,10 +8,13 @@ from app.panels.details import details_panel
 from app.panels.graph import graph_panel
 from app.panels.header import header
 from app.panels.image import image_panel
+from app.panels.live import live_parts
 from app.view.build import base_stylesheet
 
 
-def page(names: list[str], value: str | None, folder: str) -> html.Div:
+def page(names: list[str], value: str | None, folder: str, live=None) -> html.Div:
+    """live: the LiveConfig when the app has a live model (trace, steer, attention), else None."""
+    extra = live_parts(live)
     return html.Div(className="app", children=[
         dcc.Location(id=ids.URL, refresh=False),
         dcc.Store(id=ids.STORE_GRAPH, data={"name": None}),
@@ -22,9 +25,11 @@ def page(names: list[str], value: str | None, folder: str) -> html.Div:
         dcc.Store(id=ids.STORE_HL_REGION, data=None),
         dcc.Store(id=ids.STORE_BASE_STYLE, data=base_stylesheet()),
         dcc.Store(id=ids.STORE_FIGURE_KEY, data=None),
-        header(names, value, folder),
+        *extra["stores"],
+        header(names, value, folder, extra=extra["header"]),
+        *extra["overlay"],
         html.Main(className="main", children=[
             html.Section(className="left", children=[controls(), graph_panel()]),
-            html.Aside(className="right", children=[image_panel(), details_panel()]),
+            html.Aside(className="right", children=[image_panel(), *extra["aside"], details_panel()]),
         ]),
     ])

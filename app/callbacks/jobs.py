@@ -1,0 +1,64 @@
+"""Polling the live jobs of this tab: one request per tick for all kinds, only while one of them
+is queued or running; each kind's status lands in its own store, so a result is rendered once
+when its status changes, not on every tick."""
+
+from __future__ import annotations
+
+from dash import Input, Output, State, no_update
+
+from tracer.graph import GraphFormatError
+
+from app import ids
+from app.graph_store import GraphNotFound
+from app.jobs import ACTIVE
+from app.live import KINDS, LiveError, check_compatible, is_attention_graph
+
+LOST = {"state": "lost", "message": "The server no longer knows this job (was it restarted?)."}
+
+
+def open_session(state, graph):
+    """The GraphSession of the open graph, or None."""
+    name = (graph or {}).get("name")
+    if not name:
+        return None
+    try:
+        return state.store.session(name)
+    except (GraphNotFound, GraphFormatError):
+        return None
+
+
+def live_session(state, graph, need_transcoders: bool = True, need_image: bool = False, allow_attention: bool = False):
+    """(GraphSession, None) if the live model can work on the open graph, else (None, message)."""
+    session = open_session(state, graph)
+    if session is None:
+        return None, "Open a graph first."
+    g = session.graph
+    if is_attention_graph(g) and not allow_attention:
+        return None, "This is an attention graph: go back to its attribution graph for this."
+    if need_image and not len(g.images):
+        return None, "This graph has no image."
+    try:
+        check_compatible(state.live.config, g, need_transcoders=need_transcoders)
+    except LiveError as err:
+        return None, str(err)
+    return session, None
+
+
+def register(app, state) -> None:
+    live = state.live
+    outputs = [Output(ids.store_status(k), "data") for k in KINDS] + [Output(ids.LIVE_POLL, "disabled")]
+    inputs = [Input(ids.LIVE_POLL, "n_intervals")] + [Input(ids.store_job(k), "data") for k in KINDS]
+    states = [State(ids.store_status(k), "data") for k in KINDS]
+
+    @app.callback(*outputs, *inputs, *states)
+    def poll(_n, *args):
+        jobs, previous = args[: len(KINDS)], args[len(KINDS):]
+        out, active = [], False
+        for job, prev in zip(jobs, previous):
+            job_id = job.get("id") if isinstance(job, dict) else None
+            status = None
+            if job_id:
+                status = live.queue.status(job_id) or dict(LOST, id=job_id)
+                active = active or status["state"] in ACTIVE
+            out.append(no_update if status == prev else status)
+        return (*out, not active)

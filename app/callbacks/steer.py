@@ -1,0 +1,213 @@
+"""Steering: pick features from the graph into rows (pattern-matching ids), edit them, run the
+interventions in the worker, show next-token probabilities and generations before and after."""
+
+from __future__ import annotations
+
+from dash import ALL, MATCH, Input, Output, State, ctx, html, no_update
+
+from app import ids
+from app.callbacks.jobs import live_session, open_session
+from app.jobs import ACTIVE, DONE
+from app.live import LiveError, is_attention_graph
+from app.panels.live_render import comparison_children, comparison_figure, job_line
+from app.panels.steer import DEFAULT_FACTOR, steer_row
+from app.tasks import steer_job
+
+HIDDEN = {"display": "none"}
+MAX_ROWS = 32
+
+
+def feature_rows(session, keys: list[str], annotations=None) -> tuple[list[dict], list[str]]:
+    """Steering rows for the feature nodes among keys (supernodes: their feature members), and the
+    keys that are not features."""
+    g = session.graph
+    supers = {s["id"]: s for s in (annotations.supernodes if annotations else [])}
+    out, skipped = [], []
+    for key in keys:
+        members = supers[key]["members"] if key in supers else [key]
+        for k in members:
+            index = session.index.get(k)
+            if index is None or session.kinds[index] != "feature":
+                skipped.append(k)
+                continue
+            layer, pos, feat = (int(x) for x in g.features[index])
+            if feat < 0:
+                skipped.append(k)
+                continue
+            out.append({"key": k, "layer": layer, "feature": feat, "position": pos,
+                        "activation": float(g.activations[index]), "label": session.default_label(index).strip(),
+                        "mode": "ablate", "value": None, "positions": "active"})
+    return out, skipped
+
+
+def _sync(rows: list[dict], modes, values, positions, row_ids) -> list[dict]:
+    """Copy what the user set in the rendered rows back into the stored rows."""
+    by_row = {r["row"]: dict(r) for r in rows}
+    for rid, m, v, p in zip(row_ids, modes, values, positions):
+        r = by_row.get(rid["row"])
+        if r is not None:
+            r.update({"mode": m or "ablate", "value": v, "positions": p or "active"})
+    return [by_row[r["row"]] for r in rows]
+
+
+def edits_from_rows(rows: list[dict], region: dict | None) -> list[dict]:
+    """FeatureIntervention fields for each row (LiveError for what cannot run)."""
+    edits = []
+    for r in rows:
+        mode, value, where = r.get("mode") or "ablate", r.get("value"), r.get("positions") or "active"
+        if mode in ("scale", "set"):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise LiveError(f"{r['label']}: enter a {'factor' if mode == 'scale' else 'value'}") from None
+        else:
+            value = None
+        if where == "node":
+            positions = [int(r["position"])]
+        elif where == "region":
+            if not region or not region.get("cells"):
+                raise LiveError(f"{r['label']}: select an image region first (click a cell or drag a rectangle)")
+            image = int(region.get("image", 0))
+            positions = [(image, int(c[0]), int(c[1])) for c in region["cells"]]
+        elif where in ("active", "last", "generated", "all"):
+            positions = where
+        else:
+            raise LiveError(f"{r['label']}: unknown positions {where!r}")
+        edits.append({"layer": int(r["layer"]), "feature": int(r["feature"]), "mode": mode, "value": value,
+                      "positions": positions})
+    return edits
+
+
+def register(app, state) -> None:
+    live = state.live
+    row_states = [State({"type": ids.STEER_MODE, "row": ALL}, "value"),
+                  State({"type": ids.STEER_VALUE, "row": ALL}, "value"),
+                  State({"type": ids.STEER_POSITIONS, "row": ALL}, "value"),
+                  State({"type": ids.STEER_MODE, "row": ALL}, "id")]
+
+    @app.callback(
+        Output(ids.STORE_STEER_ROWS, "data"), Output(ids.STEER_SELECTED, "children"),
+        Input(ids.STEER_ADD, "n_clicks"), Input(ids.STEER_CLEAR, "n_clicks"),
+        Input({"type": ids.STEER_REMOVE, "row": ALL}, "n_clicks"), Input(ids.STORE_GRAPH, "data"),
+        Input(ids.STORE_SELECTED, "data"), Input(ids.CYTO, "selectedNodeData"),
+        State(ids.STORE_STEER_ROWS, "data"), *row_states,
+        prevent_initial_call=True,
+    )
+    def rows(_add, _clear, _remove, graph, selected, selected_data, current, modes, values, positions, row_ids):
+        trigger = ctx.triggered_id
+        current = _sync(current or [], modes or [], values or [], positions or [], row_ids or [])
+        session = open_session(state, graph)
+        keys = [d["id"] for d in (selected_data or []) if isinstance(d, dict) and d.get("id")]
+        if selected and selected not in keys:
+            keys.append(selected)
+        candidates, skipped = ([], keys)
+        if session is not None:
+            annotations, _ = state.annotations(session)
+            candidates, skipped = feature_rows(session, keys, annotations)
+        if session is not None and is_attention_graph(session.graph):
+            note = "Attention graphs have no transcoder features to steer."
+        elif candidates:
+            names = ", ".join(c["label"] for c in candidates[:3]) + (f" and {len(candidates) - 3} more"
+                                                                     if len(candidates) > 3 else "")
+            note = f"Add: {names}"
+        else:
+            note = "Select feature nodes in the graph (shift+click for several), then add them."
+        if trigger == ids.STORE_GRAPH:
+            # rows stay when another graph opens: features are the transcoders', valid for any
+            # prompt of the model (edit the red graph with features picked in the blue one)
+            return no_update, note
+        if trigger == ids.STEER_CLEAR:
+            return [], note
+        if isinstance(trigger, dict) and trigger.get("type") == ids.STEER_REMOVE:
+            if not (ctx.triggered and ctx.triggered[0].get("value")):
+                return no_update, note
+            return [r for r in current if r["row"] != trigger["row"]], note
+        if trigger == ids.STEER_ADD:
+            if not candidates:
+                return no_update, "Nothing to add: select one or more feature nodes first."
+            have = {(r["layer"], r["feature"], r["position"]) for r in current}
+            nxt = max([r["row"] for r in current], default=0) + 1
+            added = []
+            for c in candidates:
+                if (c["layer"], c["feature"], c["position"]) in have or len(current) + len(added) >= MAX_ROWS:
+                    continue
+                added.append(dict(c, row=nxt))
+                have.add((c["layer"], c["feature"], c["position"]))
+                nxt += 1
+            return current + added, note
+        return no_update, note  # a new selection: only the note changes
+
+    @app.callback(Output(ids.STEER_ROWS, "children"), Input(ids.STORE_STEER_ROWS, "data"), prevent_initial_call=True)
+    def render_rows(rows):
+        if not rows:
+            return html.Div("No features to steer yet.", className="note")
+        return [steer_row(r) for r in rows]
+
+    @app.callback(
+        Output({"type": ids.STEER_VALUE, "row": MATCH}, "disabled"),
+        Output({"type": ids.STEER_VALUE, "row": MATCH}, "placeholder"),
+        Output({"type": ids.STEER_VALUE, "row": MATCH}, "value"),
+        Input({"type": ids.STEER_MODE, "row": MATCH}, "value"), State(ids.STORE_STEER_ROWS, "data"),
+        prevent_initial_call=True,
+    )
+    def mode_changed(mode, rows):
+        """Each mode starts from a sensible value: a factor of 2, or the node's own activation."""
+        if mode == "ablate":
+            return True, "", None
+        if mode == "scale":
+            return False, "factor", DEFAULT_FACTOR
+        row = ctx.outputs_list[0]["id"]["row"] if ctx.outputs_list else None
+        act = next((r.get("activation") for r in rows or [] if r["row"] == row), None)
+        return False, "activation", float(f"{act:.4g}") if act is not None else 1.0
+
+    @app.callback(
+        Output(ids.store_job("steer"), "data"), Output(ids.STEER_STATUS, "children", allow_duplicate=True),
+        Output(ids.STEER_STATUS, "className", allow_duplicate=True),
+        Input(ids.STEER_RUN, "n_clicks"),
+        State(ids.STORE_STEER_ROWS, "data"), *row_states, State(ids.STEER_FREEZE, "value"),
+        State(ids.STEER_TOPK, "value"), State(ids.STEER_GENERATE, "value"), State(ids.STORE_REGION, "data"),
+        State(ids.STORE_GRAPH, "data"), State(ids.store_job("steer"), "data"),
+        prevent_initial_call=True,
+    )
+    def run(_n, rows, modes, values, positions, row_ids, freeze, top_k, generate, region, graph, current):
+        current_id = current.get("id") if isinstance(current, dict) else None
+        st = live.queue.status(current_id) if current_id else None
+        if st and st["state"] in ACTIVE:
+            return no_update, "Still running the previous steering job.", "job-status warning"
+        session, error = live_session(state, graph)
+        try:
+            if error:
+                raise LiveError(error)
+            rows = _sync(rows or [], modes or [], values or [], positions or [], row_ids or [])
+            if not rows:
+                raise LiveError("Add at least one feature (select it in the graph, then Add selected features).")
+            edits = edits_from_rows(rows, region)
+            top_k = int(top_k) if top_k else 8
+            generate = int(generate) if generate else 0
+            if not 1 <= top_k <= 30 or not 0 <= generate <= 256:
+                raise LiveError("top-k: 1 to 30; generate: 0 to 256 tokens")
+        except (LiveError, TypeError, ValueError) as err:
+            return no_update, str(err), "job-status error"
+        freeze = freeze or []
+        job_id = live.submit("steer", steer_job(live, session.graph, edits, "freeze" in freeze, "direct" in freeze,
+                                                top_k, generate),
+                             label=f"steer {len(edits)} feature(s) of {session.name}", meta={"top_k": top_k})
+        return {"id": job_id}, "queued", "job-status busy"
+
+    @app.callback(
+        Output(ids.STEER_STATUS, "children"), Output(ids.STEER_STATUS, "className"),
+        Output(ids.STEER_CHART, "figure"), Output(ids.STEER_CHART, "style"), Output(ids.STEER_RESULT, "children"),
+        Input(ids.store_status("steer"), "data"),
+        prevent_initial_call=True,
+    )
+    def show(status):
+        text, cls = job_line(status, "steering")
+        if not status:
+            return "", "job-status", no_update, HIDDEN, []
+        if status["state"] != DONE:  # queued, running, error, cancelled: keep the last result shown
+            return text, cls, no_update, no_update, no_update
+        result = live.queue.result(status["id"])
+        if result is None:
+            return "the result is no longer on the server", "job-status warning", no_update, HIDDEN, []
+        k = (status.get("meta") or {}).get("top_k", 8)
+        return "", "job-status", comparison_figure(result, k), {"display": "block"}, comparison_children(result, k)
