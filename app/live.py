@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tracer.graph.graph import ATTENTION_GRAPH
+
 from app.jobs import JobQueue
 
 TOY_MODEL, TOY_TRANSCODERS = "toy", "toy-plt"
@@ -283,9 +285,7 @@ def graph_identity(session) -> tuple:
 
 
 def is_attention_graph(graph) -> bool:
-    """tracer.attention.is_attention_graph, without importing torch (tracer.attention does)."""
-    kind = "attention"  # tracer.attention.graph.ATTENTION_GRAPH_KIND
-    return (graph.info or {}).get("kind") == kind or (graph.config or {}).get("kind") == kind
+    return graph.kind == ATTENTION_GRAPH
 
 
 def check_compatible(config: LiveConfig, graph, need_transcoders: bool = True) -> None:

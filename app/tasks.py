@@ -200,25 +200,15 @@ def replacement_for(live: LiveState, session_view, ctx):
     cached = live.cached(key)
     if cached is not None:
         return cached
-    from tracer.attribution.attribute import AttributionResult
-    from tracer.attribution.record import record_forward
-    from tracer.attribution.replacement import LocalReplacement
-    from tracer.attribution.targets import resolve_targets
-    from tracer.interventions.common import as_bundle, prompt_inputs
+    from tracer.attribution.replay import ReplayError, replay
+    from tracer.interventions.common import as_bundle
 
-    graph = session_view.graph
-    session = live.model.session(ctx)
-    bundle = as_bundle(session)
-    ad = bundle.adapter
+    bundle = as_bundle(live.model.session(ctx))
     ctx.progress("replacement model", 0, 1)
-    pi = prompt_inputs(bundle, graph.prompt, _images(graph), chat=_chat(graph))
-    if list(pi.input_ids) != [int(i) for i in graph.input_ids]:
-        raise LiveError("the prompt does not tokenise as it did when the graph was made")
-    record = record_forward(ad, pi)
-    first = min(int(graph.prefix_length), pi.n_positions - 1)
-    rep = LocalReplacement(ad, record, bundle.transcoders, first_position=first, device=ad.device)
-    resolved = resolve_targets(target_specs(graph), record.logits, ad.unembedding, bundle.tokenizer, dtype=rep.dtype)
-    result = AttributionResult(graph, rep, resolved)
+    try:
+        result = replay(session_view.graph, bundle.model, bundle.processor, bundle.transcoders)
+    except ReplayError as err:
+        raise LiveError(str(err)) from err
     live.remember(key, result, keep=1)  # a replacement model of a big VLM is big
     return result
 

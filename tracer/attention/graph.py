@@ -45,12 +45,12 @@ import torch
 from tracer.attribution.record import record_forward
 from tracer.attribution.replacement import LocalReplacement
 from tracer.attribution.targets import ResolvedTarget, resolve_targets
-from tracer.graph.graph import Graph, Target
+from tracer.graph.graph import ATTENTION_GRAPH, Graph, Target
 from tracer.graph.pruning import prune
 from tracer.interventions.common import as_bundle, prompt_inputs
 from tracer.models.base import PromptInputs
 
-ATTENTION_GRAPH_KIND = "attention"
+ATTENTION_GRAPH_KIND = ATTENTION_GRAPH
 
 
 # ---------------------------------------------------------------------------------- the maths
@@ -365,7 +365,7 @@ class AttentionGraph:
 
 def is_attention_graph(graph: Graph) -> bool:
     """Whether a Graph came from AttentionGraph.to_graph (its feature nodes are positions)."""
-    return graph.info.get("kind") == ATTENTION_GRAPH_KIND or graph.config.get("kind") == ATTENTION_GRAPH_KIND
+    return graph.kind == ATTENTION_GRAPH
 
 
 @torch.no_grad()

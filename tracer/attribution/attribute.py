@@ -14,7 +14,7 @@ still closes.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -319,7 +319,9 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
         tokens_per_side=prompt.tokens_per_side,
         images=[np.asarray(im.convert("RGB"), dtype=np.uint8) for im in prompt.images],
         prefix_length=rep.first_position,
-        config={k: v for k, v in asdict(cfg).items() if k not in ("progress", "on_progress", "should_stop")},
+        # settings only (asdict would deep-copy the callbacks, which may hold locks)
+        config={f.name: getattr(cfg, f.name) for f in fields(cfg)
+                if f.name not in ("progress", "on_progress", "should_stop")},
     )
     graph.config["dtype"] = str(adapter.dtype).replace("torch.", "")
     if cfg.feature_position_activations and n_sel:

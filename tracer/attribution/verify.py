@@ -15,10 +15,8 @@ import numpy as np
 import torch
 
 from tracer.attribution.frozen import Perturbation, frozen_forward, target_values
-from tracer.attribution.record import record_forward
-from tracer.attribution.replacement import LocalReplacement
+from tracer.attribution.replay import ReplayError, graph_targets, replay
 from tracer.graph.graph import Graph
-from tracer.models.base import get_adapter, prepare_prompt
 
 # Relative tolerances by the precision the graph was computed in.
 TOLERANCE = {"float64": 1e-8, "float32": 2e-3, "bfloat16": 5e-2, "float16": 5e-2}
@@ -59,18 +57,8 @@ class VerifyReport:
 
 
 def target_directions(graph: Graph, unembedding: torch.Tensor, dtype) -> torch.Tensor:
-    W_U = unembedding.detach().to(dtype)
-    mean = W_U.mean(0)
-    out = []
-    for t in graph.targets:
-        if t.kind == "direction" or t.token_id < 0:
-            plus = t.spec.get("plus", [])
-            minus = t.spec.get("minus", [])
-            vec = W_U[plus].sum(0) - W_U[minus].sum(0)
-        else:
-            vec = W_U[t.token_id] - mean
-        out.append(vec)
-    return torch.stack(out)
+    """(n_logits, d) directions of the graph's logit targets."""
+    return torch.stack([t.direction for t in graph_targets(graph, unembedding, dtype)])
 
 
 def sample_sources(graph: Graph, n: int, rng: np.random.Generator) -> list[int]:
@@ -90,16 +78,11 @@ def sample_sources(graph: Graph, n: int, rng: np.random.Generator) -> list[int]:
 @torch.no_grad()
 def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 24, max_feature_targets: int = 300,
                  seed: int = 0, tolerance: float | None = None) -> VerifyReport:
-    adapter = get_adapter(model)
-    images = list(graph.images)
-    prompt = prepare_prompt(processor, graph.prompt, images or None, chat=False,
-                            image_token_id=adapter.image_token_id, tokens_per_image=adapter.tokens_per_image,
-                            adapter=adapter)
-    if prompt.input_ids != graph.input_ids.tolist():
-        raise VerificationError("the model's processor tokenises the graph's prompt differently: "
-                                "is this the model the graph was computed with?")
-    record = record_forward(adapter, prompt)
-    rep = LocalReplacement(adapter, record, transcoders, first_position=graph.prefix_length, device=adapter.device)
+    try:
+        rep = replay(graph, model, processor, transcoders).replacement
+    except ReplayError as err:
+        raise VerificationError(str(err)) from err
+    adapter = rep.adapter
 
     # feature activations must be those the graph recorded
     act_err = 0.0

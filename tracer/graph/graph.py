@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 
 FEATURE, ERROR, EMBEDDING, LOGIT = "feature", "error", "embedding", "logit"
+# Graph kinds: attribution graphs (features at positions), attention graphs (tracer.attention:
+# "feature" nodes are residual-stream positions, one per layer and position).
+ATTRIBUTION_GRAPH, ATTENTION_GRAPH = "attribution", "attention"
 
 
 @dataclass
@@ -84,6 +87,10 @@ class Graph:
     config: dict[str, Any] = field(default_factory=dict)  # attribution settings
     scores: dict[str, float] = field(default_factory=dict)  # replacement / completeness
     info: dict[str, Any] = field(default_factory=dict)  # anything else (timings, versions, clerps)
+
+    @property
+    def kind(self) -> str:
+        return self.info.get("kind") or self.config.get("kind") or ATTRIBUTION_GRAPH
 
     # ------------------------------------------------------------------ sizes and indices
     @property
