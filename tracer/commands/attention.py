@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tracer.commands.common import add_model_arguments, add_prompt_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,11 +22,8 @@ def register(sub) -> None:
         "python -m tracer attention --prompt 'What color is the circle?' --image scene.png --out circle-attn",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("-m", "--model", default=None, help="HF model id or local folder (default: the shipped toy VLM)")
-    p.add_argument("-t", "--transcoders", default=None,
-                   help="transcoder set (its skips enter the gradients; default: the shipped toy set)")
-    p.add_argument("--prompt", required=True, help="the question (chat template applied, image marker added)")
-    p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
+    add_model_arguments(p, "transcoder set (its skips enter the gradients; default: the shipped toy set)")
+    add_prompt_arguments(p)
     p.add_argument("-o", "--out", required=True,
                    help="output path stem: writes <out>.graph.safetensors, <out>.heads.npz, <out>.vision.npz")
     p.add_argument("--target", action="append", default=None,
@@ -39,9 +38,6 @@ def register(sub) -> None:
                    help="weight of the identity mixed into each vision layer's attention for rollout")
     p.add_argument("--no-vision", action="store_true", help="skip the vision attention maps")
     p.add_argument("--slug", default=None, help="name of the graph (default: from the prompt)")
-    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
     p.set_defaults(handler=_attention)
 
 

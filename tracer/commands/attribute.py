@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from tracer.commands.common import add_model_arguments, add_prompt_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,14 +20,8 @@ def register(sub) -> None:
         "--image scene.png --out circle.graph.safetensors",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("-m", "--model", default=None,
-                   help="HF model id or local folder (default: the shipped toy VLM), e.g. google/gemma-3-4b-it")
-    p.add_argument("-t", "--transcoders", "--transcoder_set", dest="transcoders", default=None,
-                   help="transcoder set: local folder, HF repo 'org/name[@rev]' or hf://... "
-                   "(default: the shipped toy set), e.g. tianhux2/gemma3-4b-it-plt")
-    p.add_argument("--prompt", required=True,
-                   help="the question; the chat template is applied and an image marker added when an image is given")
-    p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
+    add_model_arguments(p)
+    add_prompt_arguments(p)
     p.add_argument("-o", "--out", "--graph_output_path", dest="out", default=None,
                    help="graph file to write (default: <slug>.graph.safetensors in the current folder)")
     p.add_argument("--slug", default=None, help="name of the graph (default: from the prompt)")
@@ -41,8 +37,6 @@ def register(sub) -> None:
     p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=int, default=7500,
                    help="explore at most this many features, most influential first (0: all)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=256, help="backward lanes per batch")
-    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--offload", choices=["cpu"], default=None,
                    help="keep the edge rows in host memory (less GPU memory, a little slower)")
     p.add_argument("--lazy-encoder", action="store_true",
@@ -51,7 +45,6 @@ def register(sub) -> None:
                    help="pruning of the JSON export: keep features carrying this share of influence")
     p.add_argument("--edge_threshold", "--edge-threshold", type=float, default=0.98,
                    help="pruning of the JSON export: keep edges carrying this share of influence")
-    p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
     p.add_argument("--include-prefix", action="store_true",
                    help="also make feature nodes at BOS and the chat-template prefix (excluded by default)")
     p.add_argument("--verify", action="store_true", help="verify the graph after computing it")

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from tracer.commands.common import add_model_arguments, add_prompt_arguments
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,11 +21,8 @@ def register(sub) -> None:
         "--feature 2:17 --feature 3:5:set:8 --positions last --generate 8",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("-m", "--model", default=None, help="HF model id or local folder (default: the shipped toy VLM)")
-    p.add_argument("-t", "--transcoders", default=None,
-                   help="transcoder set folder or hub reference (default: the shipped toy set)")
-    p.add_argument("--prompt", required=True, help="the question (chat template applied, image marker added)")
-    p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
+    add_model_arguments(p)
+    add_prompt_arguments(p)
     p.add_argument("--feature", action="append", default=[], metavar="L:F[:MODE[:VALUE]]",
                    help="feature to edit (repeatable): e.g. 2:17 (ablate), 2:17:scale:3, 2:17:set:5")
     p.add_argument("--positions", default="active",
@@ -43,9 +42,6 @@ def register(sub) -> None:
                    help="region ablation: replace the soft tokens by zeros or by the image's mean soft token")
     p.add_argument("--top-k", type=int, default=10, help="tokens listed before and after")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
-    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
     p.set_defaults(handler=_steer)
 
 

@@ -1,0 +1,19 @@
+"""Arguments shared by the commands that run a model on a prompt."""
+
+from __future__ import annotations
+
+
+def add_model_arguments(p, transcoders_help: str = "transcoder set: local folder, HF repo 'org/name[@rev]' "
+                        "or hf://... (default: the shipped toy set), e.g. tianhux2/gemma3-4b-it-plt") -> None:
+    p.add_argument("-m", "--model", default=None,
+                   help="HF model id or local folder (default: the shipped toy VLM), e.g. google/gemma-3-4b-it")
+    p.add_argument("-t", "--transcoders", "--transcoder_set", dest="transcoders", default=None, help=transcoders_help)
+    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def add_prompt_arguments(p) -> None:
+    p.add_argument("--prompt", required=True,
+                   help="the question; the chat template is applied and an image marker added when an image is given")
+    p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
+    p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
