@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from tracer.graph import Graph
-from tracer.graph.graph import EMBEDDING, ERROR, FEATURE
 from tracer.graph.pruning import graph_scores
 
 from app.view.budget import MAX_EDGES, MAX_NODES, BudgetView, Pruner
@@ -144,30 +143,10 @@ class GraphSession:
 
     # ------------------------------------------------------------------ labels
     def default_label(self, index: int) -> str:
-        g = self.graph
-        kind = self.kinds[index]
-        if kind == FEATURE:
-            layer, pos, feat = g.features[index]
-            return f"L{layer} #{feat} @{pos} {self.token_text(pos)}"
-        if kind == ERROR:
-            layer, pos = g.errors[index - g.error_offset]
-            return f"error L{layer} @{pos} {self.token_text(pos)}"
-        if kind == EMBEDDING:
-            pos = index - g.embedding_offset
-            if pos in self.cell_of_position:
-                image, row, col = self.cell_of_position[pos]
-                return f"image{image} patch ({row},{col}) @{pos}"
-            return f"{self.token_text(pos)} @{pos}"
-        target = g.targets[index - g.logit_offset]
-        return f"logit {target.label!r} (p={target.probability:.3f})"
+        return self.graph.node_label(index)
 
     def token_text(self, pos: int) -> str:
-        pos = int(pos)
-        if pos in self.cell_of_position:
-            _, row, col = self.cell_of_position[pos]
-            return f"[img {row},{col}]"
-        tok = self.graph.tokens[pos] if 0 <= pos < len(self.graph.tokens) else "?"
-        return repr(tok)[1:-1] if tok.strip() != tok or not tok else tok
+        return self.graph.position_text(pos)
 
     def token_string(self, token_id: int) -> str:
         vocab = self.graph.vocab or {}

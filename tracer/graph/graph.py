@@ -186,22 +186,35 @@ class Graph:
         """values - (sum of edges + unexplored + constant), per target row: ~0 for an exact graph."""
         return self.values - (self.adjacency.astype(np.float64).sum(1) + self.unexplored + self.constants)
 
+    def image_cell(self, pos: int) -> tuple[int, int, int] | None:
+        """(image, row, column) of an image soft-token position, None for text positions."""
+        hit = np.flatnonzero(self.image_positions == pos)
+        return tuple(int(x) for x in self.image_grid[hit[0]]) if len(hit) else None
+
+    def position_text(self, pos: int) -> str:
+        """A short display string for a position: its token, or its image cell."""
+        cell = self.image_cell(int(pos))
+        if cell is not None:
+            return f"[img {cell[1]},{cell[2]}]"
+        tok = self.tokens[pos] if 0 <= pos < len(self.tokens) else "?"
+        return repr(tok)[1:-1] if tok.strip() != tok or not tok else tok
+
     def node_label(self, index: int) -> str:
         kind = self.node_kind(index)
         if kind == FEATURE:
             layer, pos, feat = self.features[index]
-            return f"L{layer} #{feat} @{pos}"
+            return f"L{layer} #{feat} @{pos} {self.position_text(pos)}"
         if kind == ERROR:
             layer, pos = self.errors[index - self.error_offset]
-            return f"error L{layer} @{pos}"
+            return f"error L{layer} @{pos} {self.position_text(pos)}"
         if kind == EMBEDDING:
             pos = index - self.embedding_offset
-            if self.is_image_position()[pos]:
-                k = int(np.flatnonzero(self.image_positions == pos)[0])
-                img, row, col = self.image_grid[k]
-                return f"image{img} ({row},{col})"
-            return f"{self.tokens[pos]!r} @{pos}"
-        return f"logit {self.targets[index - self.logit_offset].label!r}"
+            cell = self.image_cell(pos)
+            if cell is not None:
+                return f"image{cell[0]} patch ({cell[1]},{cell[2]}) @{pos}"
+            return f"{self.position_text(pos)} @{pos}"
+        target = self.targets[index - self.logit_offset]
+        return f"logit {target.label!r} (p={target.probability:.3f})"
 
     def validate(self) -> None:
         """Raise GraphFormatError if the arrays do not fit together."""
