@@ -384,6 +384,25 @@ def test_mismatch_with_model(tmp_path, toy_vlm):
         load_transcoder_set(folder, model=model)
 
 
+def test_session_from_parts_checks_the_set_and_traces_like_a_loaded_session(tmp_path, toy_vlm):
+    import numpy as np
+
+    from tracer.session import TracingSession
+
+    model, processor = toy_vlm
+    with pytest.raises(TranscoderMismatchError):
+        TracingSession.from_parts(model, processor, load_transcoder_set(_saved(tmp_path)), model_ref="toy",
+                                  transcoders_ref="wrong")
+    loaded = TracingSession(device="cpu")
+    built = TracingSession.from_parts(model, processor, loaded.transcoders, model_ref="my-toy",
+                                      transcoders_ref="my-plt")
+    settings = dict(max_feature_nodes=30, progress=False)
+    a = loaded.attribute("What color is grass?", **settings)
+    b = built.attribute("What color is grass?", **settings)
+    assert (b.model, b.transcoders) == ("my-toy", "my-plt")
+    np.testing.assert_allclose(b.adjacency, a.adjacency, rtol=1e-6, atol=1e-7)
+
+
 def test_hooks_the_model_does_not_have(tmp_path, toy_vlm):
     model, _ = toy_vlm
     tset = TranscoderSet([_random_tc(i, TopK(4), d_model=128) for i in range(4)],

@@ -48,6 +48,20 @@ class TracingSession:
                                                device=self.device, dtype=tc_dtype, model=self.adapter)
         self.transcoders_ref = str(transcoders) if transcoders is not None else "toy-plt"
 
+    @classmethod
+    def from_parts(cls, model, processor, transcoders, *, model_ref: str, transcoders_ref: str) -> "TracingSession":
+        """A session over objects already in memory (a model you loaded or built yourself).
+
+        model_ref / transcoders_ref are what graphs record as their model and transcoders."""
+        self = cls.__new__(cls)
+        self.model, self.processor, self.transcoders = model, processor, transcoders
+        self.adapter = get_adapter(model)
+        transcoders.check_compatible(self.adapter)
+        first = next(model.parameters())
+        self.device, self.dtype = str(first.device), first.dtype
+        self.model_ref, self.transcoders_ref = model_ref, transcoders_ref
+        return self
+
     def attribute(self, prompt: str, image=None, slug: str = "", **settings):
         from tracer.attribution.attribute import AttributionConfig, attribute
 
