@@ -38,3 +38,31 @@ def test_toy_sample_writes_examples(tmp_path):
     lines = (tmp_path / "examples.jsonl").read_text().splitlines()
     assert len(lines) == 6
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("command", [["attribute", "--out", "out.graph.safetensors"], ["steer", "--ablate-region", "0"],
+                                     ["attention", "--out", "out.graph.safetensors"]], ids=lambda c: c[0])
+def test_a_corrupt_image_is_a_clear_error_before_any_model_loads(command, tmp_path, capsys, monkeypatch):
+    from tracer.cli import main
+
+    bad = tmp_path / "scene.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    monkeypatch.chdir(tmp_path)
+    assert main(command + ["--prompt", "What color is the circle?", "--image", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "scene.png" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.png"]  # nothing written
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--model", "no such folder (and not a Hugging Face model id"),
+    ("--transcoders", "no such folder (and not a hub reference"),
+])
+def test_a_missing_model_or_transcoder_folder_is_one_clear_line(flag, message, tmp_path, capsys):
+    from tracer.cli import main
+
+    missing = tmp_path / "nowhere"
+    assert main(["attribute", "--prompt", "What color is grass?", flag, str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {missing}: {message}")
+    assert not any("Traceback" in line for line in err)

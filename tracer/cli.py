@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from tracer.commands import COMMANDS
+from tracer.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except InputError as err:  # bad input (a file, image, prompt, target, model reference): one clear line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

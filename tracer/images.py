@@ -7,12 +7,14 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from tracer.errors import InputError
+
 MAX_PIXELS = 40_000_000  # about 6300 x 6300; far above any VLM input size
 MAX_SIDE = 16_384
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An image that cannot be used: not an image, corrupt, too large, or an unsupported format."""
 
 

@@ -12,11 +12,12 @@ from tracer.attribution.attribute import AttributionResult
 from tracer.attribution.record import record_forward
 from tracer.attribution.replacement import LocalReplacement
 from tracer.attribution.targets import ResolvedTarget
+from tracer.errors import InputError
 from tracer.graph.graph import Graph
 from tracer.models.base import get_adapter, prepare_prompt
 
 
-class ReplayError(RuntimeError):
+class ReplayError(InputError):
     """The graph does not belong to this model / processor (its prompt tokenises differently)."""
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from tracer.errors import InputError
 from tracer.graph.graph import Target
 
 
-class TargetError(ValueError):
+class TargetError(InputError):
     """A target that cannot be resolved (unknown token, token that is not one id, ...)."""
 
 

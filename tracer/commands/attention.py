@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tracer.commands.common import add_model_arguments, add_prompt_arguments
+from tracer.commands.common import add_model_arguments, add_prompt_arguments, image_from_args
 
 
 def register(sub) -> None:
@@ -54,17 +54,10 @@ def _attention(args) -> int:
     from tracer.attribution.targets import TargetError
     from tracer.commands.attribute import slug_from
     from tracer.graph import save_graph
-    from tracer.images import ImageError, open_image
     from tracer.interventions.common import prompt_inputs
     from tracer.session import TracingSession
 
-    image = None
-    if args.image:
-        try:
-            image = open_image(args.image)
-        except ImageError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    image = image_from_args(args)
     stem = _stem(args.out)
     session = TracingSession(args.model, args.transcoders, device=args.device, dtype=args.dtype)
     try:

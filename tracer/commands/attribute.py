@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
-from tracer.commands.common import add_model_arguments, add_prompt_arguments
+from tracer.commands.common import add_model_arguments, add_prompt_arguments, image_from_args
 
 
 def register(sub) -> None:
@@ -76,20 +75,11 @@ def slug_from(prompt: str) -> str:
 
 def _attribute(args) -> int:
     from tracer.graph import save_graph
-    from tracer.images import ImageError
     from tracer.session import TracingSession
 
     slug = args.slug or slug_from(args.prompt)
     out = Path(args.out) if args.out else Path(f"{slug}.graph.safetensors")
-    image = None
-    if args.image:
-        from tracer.images import open_image
-
-        try:
-            image = open_image(args.image)
-        except ImageError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    image = image_from_args(args)
     session = TracingSession(args.model, args.transcoders, device=args.device, dtype=args.dtype)
     graph = session.attribute(
         args.prompt, image, slug=slug,

@@ -17,3 +17,10 @@ def add_prompt_arguments(p) -> None:
                    help="the question; the chat template is applied and an image marker added when an image is given")
     p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
     p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
+
+
+def image_from_args(args):
+    """The --image file opened and validated, or None (an ImageError says what is wrong with it)."""
+    from tracer.images import open_image
+
+    return open_image(args.image) if args.image else None

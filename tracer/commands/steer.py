@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tracer.commands.common import add_model_arguments, add_prompt_arguments
+from tracer.commands.common import add_model_arguments, add_prompt_arguments, image_from_args
 
 
 def register(sub) -> None:
@@ -46,7 +46,6 @@ def register(sub) -> None:
 
 
 def _steer(args) -> int:
-    from tracer.images import ImageError, open_image
     from tracer.interventions import (
         FeatureIntervention, ablate_region, intervene, parse_positions, steered_generate,
     )
@@ -54,13 +53,7 @@ def _steer(args) -> int:
     if not args.feature and not args.ablate_region:
         print("error: give at least one --feature or --ablate-region", file=sys.stderr)
         return 2
-    image = None
-    if args.image:
-        try:
-            image = open_image(args.image)
-        except ImageError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    image = image_from_args(args)
     try:
         positions = parse_positions(args.positions)
         features = [FeatureIntervention.parse(spec, positions) for spec in args.feature]

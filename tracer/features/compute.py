@@ -17,10 +17,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from tracer.errors import InputError
 from tracer.features.writer import InputRecord, StoreWriter
 
 
-class DataSpecError(ValueError):
+class DataSpecError(InputError):
     """A --data value that cannot be used."""
 
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from tracer.errors import InputError
 from tracer.features.layout import EXAMPLE_ACTS, MANIFEST, SCHEMA, STAT_TENSORS
 
 
-class ExampleStoreError(ValueError):
+class ExampleStoreError(InputError):
     """A feature-examples store that cannot be read."""
 
 

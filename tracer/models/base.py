@@ -9,8 +9,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from tracer.errors import InputError
 
-class PromptError(ValueError):
+
+class PromptError(InputError):
     """A prompt that cannot be run as given (e.g. an image marker without an image)."""
 
 

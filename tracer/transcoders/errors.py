@@ -1,11 +1,13 @@
 """Errors raised by transcoder loading and checking."""
 
+from tracer.errors import InputError
 
-class TranscoderFormatError(ValueError):
+
+class TranscoderFormatError(InputError):
     """A transcoder folder / file that is not in the published format (names the file and the problem)."""
 
 
-class TranscoderMismatchError(ValueError):
+class TranscoderMismatchError(InputError):
     """A transcoder set that does not fit the model it is used with (names the file and the mismatch)."""
 
 
