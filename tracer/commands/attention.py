@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from tracer.commands.common import add_model_arguments, add_prompt_arguments, image_from_args
+from tracer.commands.common import HelpFormatter, add_model_arguments, add_prompt_arguments, image_from_args
 
 
 def register(sub) -> None:
@@ -20,7 +19,7 @@ def register(sub) -> None:
         "<out>.heads.npz, and for an image the vision tower's attention maps per soft token (rollout and "
         "hidden-state similarity on the patch grid) as <out>.vision.npz. See docs/attention.md. Example: "
         "python -m tracer attention --prompt 'What color is the circle?' --image scene.png --out circle-attn",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(p, "transcoder set (its skips enter the gradients; default: the shipped toy set)")
     add_prompt_arguments(p)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
-from tracer.commands.common import add_model_arguments, add_prompt_arguments, image_from_args
+from tracer.commands.common import HelpFormatter, add_model_arguments, add_prompt_arguments, image_from_args
 
 
 def register(sub) -> None:
@@ -17,7 +16,7 @@ def register(sub) -> None:
         "(and, with --graph_file_dir, as circuit-tracer / Neuronpedia JSON). Defaults: the shipped toy VLM "
         "and its transcoders. Example: python -m tracer attribute --prompt 'What color is the circle?' "
         "--image scene.png --out circle.graph.safetensors",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(p)
     add_prompt_arguments(p)
@@ -56,15 +55,15 @@ def register(sub) -> None:
         "sampled sources (features, errors, text and image embeddings) doubled, and check that every "
         "target changes by exactly the stored edge; check the sum rule on every target. Prints the worst "
         "error; exit status 1 when it is above the tolerance for the graph's dtype.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     v.add_argument("graph", help="a .graph.safetensors file")
     v.add_argument("-m", "--model", default=None, help="model (default: the one recorded in the graph)")
     v.add_argument("-t", "--transcoders", default=None, help="transcoders (default: those recorded in the graph)")
     v.add_argument("--sources", type=int, default=24, help="how many sources to perturb")
-    v.add_argument("--device", default=None)
+    v.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     v.add_argument("--dtype", default=None, help="re-run in this dtype (default: the graph's)")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="which sources are sampled")
     v.set_defaults(handler=_verify)
 
 

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it says something: not for None / False defaults, and
+    not where the help text already explains the default in words."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
 
 def add_model_arguments(p, transcoders_help: str = "transcoder set: local folder, HF repo 'org/name[@rev]' "
                         "or hf://... (default: the shipped toy set), e.g. tianhux2/gemma3-4b-it-plt") -> None:

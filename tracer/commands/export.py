@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from tracer.commands.common import HelpFormatter
+
 
 def _add_threshold_flags(p: argparse.ArgumentParser) -> None:
     # circuit-tracer spells these with underscores; accept dashes too.
@@ -22,10 +24,11 @@ def register(sub) -> None:
         description="Export a graph (ours, viewer JSON or a reference .pt) to the circuit-tracer / "
         "Neuronpedia graph JSON (DIR/<slug>.json plus DIR/graph-metadata.json, updated by slug) or "
         "GraphML (DIR/<slug>.graphml), pruned by influence as circuit-tracer does.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ex.add_argument("graph", metavar="GRAPH", help="graph file (.graph.safetensors, .json or .pt)")
-    ex.add_argument("--format", choices=["neuronpedia", "graphml"], default="neuronpedia")
+    ex.add_argument("--format", choices=["neuronpedia", "graphml"], default="neuronpedia",
+                    help="neuronpedia: circuit-tracer / Neuronpedia graph JSON + graph-metadata.json; graphml: GraphML")
     ex.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _add_threshold_flags(ex)
     ex.add_argument("--no-prune", "--no_prune", dest="no_prune", action="store_true",
@@ -44,10 +47,10 @@ def register(sub) -> None:
         description="Read a circuit-tracer / Neuronpedia graph JSON or a reference .pt graph (safely: no "
         "pickled code runs) and write it as a .graph.safetensors file. What the source format lacks "
         "(e.g. constant terms) is recorded as missing.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    im.add_argument("file", metavar="FILE")
-    im.add_argument("--out", required=True, metavar="G.graph.safetensors")
+    im.add_argument("file", metavar="FILE", help="circuit-tracer / Neuronpedia graph JSON or a reference .pt graph")
+    im.add_argument("--out", required=True, metavar="G.graph.safetensors", help="our graph file to write")
     im.set_defaults(handler=_import)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from tracer.commands.common import HelpFormatter
 
 
 def register(sub) -> None:
@@ -15,7 +16,7 @@ def register(sub) -> None:
         "(circuit-tracer-activation-stats-v1: manifest.json, stats/layer_XX.safetensors, "
         "inputs/part-XXXXX.parquet) plus the input images under images/, so that the app can show "
         "thumbnails with the activating image cell marked. See docs/feature_examples.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default=None, help="model folder or hub id (default: the shipped toy VLM)")
     p.add_argument("--transcoders", default=None, help="transcoder set folder or hub id (default: the shipped toy set)")
@@ -26,17 +27,19 @@ def register(sub) -> None:
     p.add_argument("--per-feature", "--per_feature", dest="per_feature", type=int, default=8,
                    help="top examples kept per feature")
     p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32,
+                   help="examples per forward pass")
     p.add_argument("--seed", type=int, default=0, help="which examples of the toy world")
     p.add_argument("--start", type=int, default=0, help="index of the first example")
     p.add_argument("--no-per-position", action="store_true",
                    help="do not store each example's activations at every position (smaller store)")
     p.add_argument("--min-fraction", type=float, default=0.0,
                    help="per-position activations below this share of the example's top value are dropped")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
+                   help="model dtype")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
 

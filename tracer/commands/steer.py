@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from tracer.commands.common import add_model_arguments, add_prompt_arguments, image_from_args
+from tracer.commands.common import HelpFormatter, add_model_arguments, add_prompt_arguments, image_from_args
 
 
 def register(sub) -> None:
@@ -19,7 +18,7 @@ def register(sub) -> None:
         "decoder row to that layer's MLP output. --ablate-region zero- or mean-ablates image soft tokens "
         "instead. Example: python -m tracer steer --prompt 'What color is the circle?' --image scene.png "
         "--feature 2:17 --feature 3:5:set:8 --positions last --generate 8",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(p)
     add_prompt_arguments(p)

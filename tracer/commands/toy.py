@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+
+from tracer.commands.common import HelpFormatter
 
 
 def register(sub) -> None:
@@ -20,17 +21,18 @@ def register(sub) -> None:
         description="Train a small Gemma3ForConditionalGeneration on the shapes world and save it as a "
         "Hugging Face folder (config.json, model.safetensors, tokenizer and processor files). "
         "Re-running with the same --out resumes from the last checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--steps", type=int, default=12000)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--steps", type=int, default=12000, help="optimiser steps in all")
+    train.add_argument("--batch-size", type=int, default=64, help="examples per step")
     train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    train.add_argument("--warmup", type=int, default=500)
+    train.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
     train.add_argument("--aux-weight", type=float, default=0.5,
                        help="weight of the per-image-token shape/colour probe loss")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--eval-every", type=int, default=1000)
+    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
+    train.add_argument("--eval-every", type=int, default=1000,
+                       help="steps between held-out evaluations (logged per question type)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     train.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads (use 1 when other work shares the cores)")
@@ -42,7 +44,7 @@ def register(sub) -> None:
         "eval", help="held-out answer accuracy per question type",
         description="Greedy next-token accuracy on held-out scenes (never seen in training), one row "
         "per question type.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ev.add_argument("--model", default=None, help="model folder (default: the shipped toy VLM)")
     ev.add_argument("-n", "--per-type", type=int, default=500, help="examples per question type")
@@ -54,13 +56,14 @@ def register(sub) -> None:
         "sample", help="write toy examples (images + questions + ground truth) to a folder",
         description="Write N examples as PNG images plus examples.jsonl with question, answer, the "
         "objects the answer depends on and the image soft-token positions under them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    sample.add_argument("--out", required=True)
-    sample.add_argument("-n", type=int, default=12)
-    sample.add_argument("--split", default="heldout", choices=["train", "heldout"])
+    sample.add_argument("--out", required=True, help="output folder")
+    sample.add_argument("-n", type=int, default=12, help="how many examples")
+    sample.add_argument("--split", default="heldout", choices=["train", "heldout"],
+                        help="which split (they never share a scene layout)")
     sample.add_argument("--type", dest="question_type", default=None, help="only this question type")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="which examples of the split")
     sample.set_defaults(handler=_sample)
 
     graphs = toy_sub.add_parser(
@@ -68,12 +71,12 @@ def register(sub) -> None:
         description="Pick held-out examples of every question type (plus a text-only one) that the model "
         "answers correctly, compute their attribution graphs with the toy VLM and its transcoders, and "
         "save them with their ground truth (answer, evidence objects, soft-token positions) in graph.info.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    graphs.add_argument("--out", default="sample_graphs")
+    graphs.add_argument("--out", default="sample_graphs", help="output folder")
     graphs.add_argument("--model", default=None, help="model (default: the shipped toy VLM)")
     graphs.add_argument("--transcoders", default=None, help="transcoders (default: the shipped toy set)")
-    graphs.add_argument("--per-type", type=int, default=1)
+    graphs.add_argument("--per-type", type=int, default=1, help="graphs per question type")
     graphs.add_argument("--max-feature-nodes", type=int, default=400,
                         help="features per graph (keeps the files small enough for git)")
     graphs.set_defaults(handler=_sample_graphs)

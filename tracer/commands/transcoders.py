@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from tracer.commands.common import HelpFormatter
 
 
 def register(sub) -> None:
@@ -25,7 +26,7 @@ def register(sub) -> None:
         "toy VLM also the held-out answer accuracy per question type with ALL MLPs replaced by transcoders "
         "(errors not added back). Positions after the chat-template prefix count; at the prefix the real MLP "
         "output is kept, as in attribution.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     rep.add_argument("--model", default=None, help="model folder or hub id (default: the shipped toy VLM)")
     rep.add_argument("--transcoders", default=None, help="transcoder set folder or hub ref (default: the shipped toy set)")
@@ -35,21 +36,21 @@ def register(sub) -> None:
     rep.add_argument("--per-type", type=int, default=500, help="toy examples per question type for the accuracy")
     rep.add_argument("--no-loss", action="store_true", help="skip the next-token loss columns (faster)")
     rep.add_argument("--lazy", action="store_true", help="read decoder rows lazily (for sets larger than memory)")
-    rep.add_argument("--batch-size", type=int, default=32)
-    rep.add_argument("--seed", type=int, default=0)
-    rep.add_argument("--device", default="cpu")
+    rep.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
+    rep.add_argument("--seed", type=int, default=0, help="which held-out examples")
+    rep.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     rep.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="model dtype")
     rep.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     rep.add_argument("--markdown", action="store_true", help="print markdown tables")
     rep.add_argument("--json", action="store_true", help="print JSON")
-    rep.add_argument("--no-progress", action="store_true")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep.set_defaults(handler=_report)
 
     info = tc_sub.add_parser(
         "info", help="what a transcoder set contains and the memory each loading mode needs",
         description="Print a set's config, layers, widths, activation, dtype and skip connections without "
         "loading any matrix, with the memory that eager, lazy-decoder and lazy encoder+decoder loading need.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     info.add_argument("transcoders", nargs="?", default=None, help="folder or hub ref (default: the shipped toy set)")
     info.add_argument("--model", default=None, help="also check compatibility with this model")
