@@ -9,14 +9,12 @@ import numpy as np
 from dash import Input, Output, Patch, State, ctx, html, no_update
 
 from app import ids
-from app.callbacks.jobs import live_session, open_session
+from app.callbacks.jobs import HIDDEN, comparison_outputs, live_session, open_session, result_graph_url
 from app.jobs import ACTIVE, DONE
 from app.live import LiveError, graph_identity, is_attention_graph
-from app.panels.live_render import (attention_split_children, comparison_children, comparison_figure,
-                                    heads_children, job_line, overlay_layout_image)
+from app.panels.live_render import attention_split_children, heads_children, job_line, overlay_layout_image
 from app.tasks import attention_job, heads_job, region_job, vision_job
 
-HIDDEN = {"display": "none"}
 TOP_K = 8
 
 
@@ -143,16 +141,7 @@ def register(app, state) -> None:
         prevent_initial_call=True,
     )
     def show_region(status):
-        text, cls = job_line(status, "region ablation")
-        if not status:
-            return "", "job-status", no_update, HIDDEN, []
-        if status["state"] != DONE:
-            return text, cls, no_update, no_update, no_update
-        result = live.queue.result(status["id"])
-        if result is None:
-            return "the result is no longer on the server", "job-status warning", no_update, HIDDEN, []
-        return "", "job-status", comparison_figure(result, TOP_K), {"display": "block"}, \
-            comparison_children(result, TOP_K)
+        return comparison_outputs(live, status, "region ablation", TOP_K)
 
     # ------------------------------------------------------------------ attention graph
     @app.callback(
@@ -190,10 +179,7 @@ def register(app, state) -> None:
         prevent_initial_call=True,
     )
     def open_attention(status):
-        if not status or status.get("state") != DONE or not live.queue.mark_delivered(status["id"]):
-            return no_update
-        result = live.queue.result(status["id"]) or {}
-        return f"?graph={quote(result['name'])}" if result.get("name") else no_update
+        return result_graph_url(live, status)
 
     @app.callback(
         Output(ids.URL, "search", allow_duplicate=True),

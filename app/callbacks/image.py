@@ -8,6 +8,7 @@ from dash import Input, Output, Patch, State, ctx, html, no_update
 from tracer.graph import GraphFormatError
 
 from app import ids
+from app.callbacks.jobs import open_session
 from app.graph_store import GraphNotFound
 from app.panels.image_figure import all_shapes, base_figure, cell_from_xy, cells_in_box, empty_figure, heat_hover
 from app.view.details import feature_position_activations, image_heat
@@ -15,16 +16,6 @@ from app.view.region import region_circuit
 
 HELP = ("Hover a cell to find its embedding node in the graph; click a cell or drag a rectangle to "
         "highlight the circuit that starts there.")
-
-
-def _session(state, graph):
-    name = (graph or {}).get("name")
-    if not name:
-        return None
-    try:
-        return state.store.session(name)
-    except (GraphNotFound, GraphFormatError):
-        return None
 
 
 def _region_cells(region, image):
@@ -40,7 +31,7 @@ def register(app, state) -> None:
         Input(ids.STORE_GRAPH, "data"),
     )
     def images(graph):
-        session = _session(state, graph)
+        session = open_session(state, graph)
         n = len(session.graph.images) if session else 0
         truth = session is not None and bool(session.ground_truth and session.ground_truth["cells"])
         return ([{"label": f"image {k}", "value": k} for k in range(n)], 0,
@@ -54,7 +45,7 @@ def register(app, state) -> None:
         Input(ids.STORE_REGION, "data"), State(ids.STORE_FIGURE_KEY, "data"),
     )
     def figure(graph, image, selected, region, shown):
-        session = _session(state, graph)
+        session = open_session(state, graph)
         if session is None:
             return empty_figure(""), "", {"display": "none"}, None
         g = session.graph
@@ -103,7 +94,7 @@ def register(app, state) -> None:
         trigger = ctx.triggered_id
         if trigger in (ids.CLEAR_REGION, ids.STORE_GRAPH):
             return None
-        session = _session(state, graph)
+        session = open_session(state, graph)
         if session is None or not session.graph.images:
             return no_update
         if trigger == ids.TRUTH_REGION:

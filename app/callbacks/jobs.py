@@ -4,16 +4,20 @@ when its status changes, not on every tick."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from dash import Input, Output, State, no_update
 
 from tracer.graph import GraphFormatError
 
 from app import ids
 from app.graph_store import GraphNotFound
-from app.jobs import ACTIVE
+from app.jobs import ACTIVE, DONE
 from app.live import KINDS, LiveError, check_compatible, is_attention_graph
+from app.panels.live_render import comparison_children, comparison_figure, job_line
 
 LOST = {"state": "lost", "message": "The server no longer knows this job (was it restarted?)."}
+HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 
 
 def open_session(state, graph):
@@ -42,6 +46,29 @@ def live_session(state, graph, need_transcoders: bool = True, need_image: bool =
     except LiveError as err:
         return None, str(err)
     return session, None
+
+
+def result_graph_url(live, status):
+    """'?graph=<name>' for a finished job that saved a graph, the first time it is asked (so a
+    reload does not open it again); no_update otherwise."""
+    if not status or status.get("state") != DONE or not live.queue.mark_delivered(status["id"]):
+        return no_update
+    result = live.queue.result(status["id"]) or {}
+    return f"?graph={quote(result['name'])}" if result.get("name") else no_update
+
+
+def comparison_outputs(live, status, what: str, top_k: int):
+    """(status text, class, figure, figure style, table) of a before/after job (steering, region
+    ablation); a result stays shown while the next job runs."""
+    text, cls = job_line(status, what)
+    if not status:
+        return "", "job-status", no_update, HIDDEN, []
+    if status["state"] != DONE:  # queued, running, error, cancelled: keep the last result shown
+        return text, cls, no_update, no_update, no_update
+    result = live.queue.result(status["id"])
+    if result is None:
+        return "the result is no longer on the server", "job-status warning", no_update, HIDDEN, []
+    return "", "job-status", comparison_figure(result, top_k), SHOWN, comparison_children(result, top_k)
 
 
 def register(app, state) -> None:

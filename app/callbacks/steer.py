@@ -6,14 +6,12 @@ from __future__ import annotations
 from dash import ALL, MATCH, Input, Output, State, ctx, html, no_update
 
 from app import ids
-from app.callbacks.jobs import live_session, open_session
-from app.jobs import ACTIVE, DONE
+from app.callbacks.jobs import comparison_outputs, live_session, open_session
+from app.jobs import ACTIVE
 from app.live import LiveError, is_attention_graph
-from app.panels.live_render import comparison_children, comparison_figure, job_line
 from app.panels.steer import DEFAULT_FACTOR, steer_row
 from app.tasks import steer_job
 
-HIDDEN = {"display": "none"}
 MAX_ROWS = 32
 
 
@@ -201,13 +199,4 @@ def register(app, state) -> None:
         prevent_initial_call=True,
     )
     def show(status):
-        text, cls = job_line(status, "steering")
-        if not status:
-            return "", "job-status", no_update, HIDDEN, []
-        if status["state"] != DONE:  # queued, running, error, cancelled: keep the last result shown
-            return text, cls, no_update, no_update, no_update
-        result = live.queue.result(status["id"])
-        if result is None:
-            return "the result is no longer on the server", "job-status warning", no_update, HIDDEN, []
-        k = (status.get("meta") or {}).get("top_k", 8)
-        return "", "job-status", comparison_figure(result, k), {"display": "block"}, comparison_children(result, k)
+        return comparison_outputs(live, status, "steering", ((status or {}).get("meta") or {}).get("top_k", 8))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote
 
 from dash import Input, Output, State, ctx, no_update
 
 from app import ids
-from app.callbacks.jobs import open_session
+from app.callbacks.jobs import HIDDEN, SHOWN, open_session, result_graph_url
 from app.jobs import ACTIVE, DONE
 from app.live import LiveError, Upload, decode_upload, png_bytes, slugify, thumbnail_uri
 from app.panels.live_render import job_line, progress_percent
@@ -16,7 +15,6 @@ from app.tasks import trace_job
 
 log = logging.getLogger(__name__)
 
-HIDDEN, SHOWN = {"display": "none"}, {"display": "block"}
 MAX_PROMPT = 4000
 
 
@@ -171,10 +169,7 @@ def register(app, state) -> None:
     )
     def open_result(status):
         """Open the traced graph once (not again after a reload)."""
-        if not status or status.get("state") != DONE or not live.queue.mark_delivered(status["id"]):
-            return no_update
-        result = live.queue.result(status["id"]) or {}
-        return f"?graph={quote(result['name'])}" if result.get("name") else no_update
+        return result_graph_url(live, status)
 
     @app.callback(
         Output(ids.STORE_TRACE_CANCEL, "data"),
