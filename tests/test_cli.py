@@ -66,3 +66,11 @@ def test_a_missing_model_or_transcoder_folder_is_one_clear_line(flag, message, t
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {missing}: {message}")
     assert not any("Traceback" in line for line in err)
+
+
+def test_every_option_explains_itself():
+    missing = [(" ".join(path), action.option_strings or [action.dest])
+               for path, sub in _all_subcommand_paths(build_parser())
+               for action in sub._actions
+               if not isinstance(action, argparse._SubParsersAction) and not action.help]
+    assert not missing, missing

@@ -64,20 +64,30 @@ def register(sub) -> None:
                    help="a feature silent for this many training positions counts as dead (default: %(default)s)")
     p.add_argument("--no-resample", action="store_true",
                    help="do not re-initialise dead features (by default they are, during the first 80%% of steps)")
-    p.add_argument("--l0-coef", type=float, default=2e-3, help="JumpReLU: L0 penalty weight (default: %(default)s)")
+    p.add_argument("--target-l0", type=float, default=None,
+                   help="JumpReLU: mean active features per position to aim for; the L0 penalty weight adapts "
+                   "during training to keep the running L0 at or below it (default: --k, i.e. 32, unless "
+                   "--l0-coef is given; 0: a fixed --l0-coef)")
+    p.add_argument("--l0-coef", type=float, default=None,
+                   help="JumpReLU: L0 penalty weight; fixed when given without --target-l0, otherwise the "
+                   "starting weight of the controller (default: 2e-3)")
+    p.add_argument("--jump-bandwidth", type=float, default=0.2,
+                   help="JumpReLU: straight-through kernel width, in unit-scaled pre-activations (default: %(default)s)")
     p.add_argument("--skip", action="store_true", help="also train a linear skip W_skip [d_model, d_model]")
     p.add_argument("--tokens", type=int, default=1_000_000, help="training positions per layer (default: %(default)s)")
     p.add_argument("--batch-tokens", type=int, default=1024, help="positions per optimizer step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--warmup-steps", type=int, default=100,
+                   help="linear learning-rate warm-up steps (default: %(default)s)")
     p.add_argument("--buffer-tokens", type=int, default=131_072,
                    help="positions per layer buffered and shuffled at a time (default: %(default)s)")
-    p.add_argument("--buffer-dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--buffer-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype of the buffered activations (bfloat16 halves the buffer's memory; default: %(default)s)")
     p.add_argument("--model-batch", type=int, default=32, help="prompts per model forward pass")
     p.add_argument("--max-length", type=int, default=None, help="skip prompts longer than this many tokens")
     p.add_argument("--eval-examples", type=int, default=600, help="held-out prompts for the final report")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out report")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="device for the model and the training, e.g. cuda")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="model dtype (transcoders always train in fp32)")
@@ -99,7 +109,10 @@ def _run(args) -> int:
     model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device)
     cfg = PLTTrainConfig(
         layers=_layers(args.layers), group_size=args.group_size, width=args.width, activation=args.activation,
-        k=args.k, aux_k=args.aux_k, aux_coef=args.aux_coef, dead_tokens=args.dead_tokens, resample=not args.no_resample, l0_coef=args.l0_coef,
+        k=args.k, aux_k=args.aux_k, aux_coef=args.aux_coef, dead_tokens=args.dead_tokens, resample=not args.no_resample,
+        l0_coef=2e-3 if args.l0_coef is None else args.l0_coef,
+        target_l0=(args.target_l0 if args.target_l0 is not None else 0.0 if args.l0_coef is not None else float(args.k)),
+        jump_bandwidth=args.jump_bandwidth,
         skip=args.skip, tokens=args.tokens, batch_tokens=args.batch_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, buffer_tokens=args.buffer_tokens, buffer_dtype=args.buffer_dtype,
         model_batch=args.model_batch, max_length=args.max_length, eval_examples=args.eval_examples,

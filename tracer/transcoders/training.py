@@ -12,8 +12,9 @@ Recipe:
 - Inputs and outputs are scaled to unit mean squared norm per dimension while training; the
   scales are folded back into the saved weights, so the files are in model units.
 - Activation TopK(k) (ReLU, then the k largest) with the AuxK dead-latent loss (Gao et al.
-  2024), or JumpReLU with an L0 penalty and straight-through threshold gradients
-  (Rajamanoharan et al. 2024).
+  2024), or JumpReLU with an L0 penalty and straight-through gradients (Rajamanoharan et al.
+  2024) reaching thresholds and pre-activations; thresholds start from the data at the target
+  rate and the L0 weight adapts to keep the running L0 at ``target_l0``.
 - Decoder rows are kept at unit norm (gradient component along each row removed, rows
   renormalised after every step), so a feature's activation is the norm of what it writes.
 - Adam with fp32 parameters and optimizer state; warm-up, then a linear decay over the last
@@ -50,10 +51,14 @@ class PLTTrainConfig:
     dead_tokens: int = 50_000  # a feature that has not fired for this many tokens is dead (AuxK, resampling)
     resample: bool = True  # re-initialise dead features from badly reconstructed positions
     resample_until: float = 0.8  # ... during this first fraction of the steps
-    l0_coef: float = 2e-3  # JumpReLU: weight of the L0 penalty
-    l0_warmup: float = 0.1  # JumpReLU: fraction of steps over which the L0 weight ramps up
-    jump_bandwidth: float = 0.05  # JumpReLU: straight-through kernel width (in unit-scaled pre-activations)
-    jump_init_threshold: float = 0.05
+    l0_coef: float = 2e-3  # JumpReLU: weight of the L0 penalty (with target_l0: its starting value)
+    target_l0: float = 32.0  # JumpReLU: adapt the L0 weight so the running L0 stays here; 0: fixed l0_coef
+    l0_adapt_rate: float = 0.02  # JumpReLU: log(L0 weight) moves by this times log(L0 / target_l0) per step
+    l0_warmup: float = 0.1  # JumpReLU, fixed l0_coef: fraction of steps over which the L0 weight ramps up
+    jump_bandwidth: float = 0.2  # JumpReLU: straight-through kernel width (in unit-scaled pre-activations)
+    jump_init_threshold: float = 0.0  # JumpReLU: 0: per feature, from the data (fires on target_l0/width of positions)
+    jump_pre_grad: bool = True  # JumpReLU: the L0 straight-through gradient also reaches the pre-activations
+    threshold_lr_scale: float = 10.0  # JumpReLU: learning rate of log(threshold) relative to lr
     skip: bool = False  # train a linear skip W_skip too
     tokens: int = 1_000_000  # training positions per layer
     batch_tokens: int = 1024  # positions per optimizer step
@@ -84,33 +89,39 @@ def _rect(u: torch.Tensor) -> torch.Tensor:
 
 class _JumpReLUFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
+    def forward(ctx, pre, threshold, bandwidth, pre_grad=False):
         ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.pre_grad = bandwidth, pre_grad
         return pre * (pre > threshold).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
+        jump = (threshold / bw) * _rect((pre - threshold) / bw) * grad
         g_pre = (pre > threshold).to(pre.dtype) * grad
-        g_thr = (-(threshold / bw) * _rect((pre - threshold) / bw) * grad).reshape(-1, pre.shape[-1]).sum(0)
-        return g_pre, g_thr, None
+        if ctx.pre_grad:  # the jump's straight-through gradient reaches the pre-activations too
+            g_pre = g_pre + jump
+        g_thr = (-jump).reshape(-1, pre.shape[-1]).sum(0)
+        return g_pre, g_thr, None, None
 
 
 class _StepFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
+    def forward(ctx, pre, threshold, bandwidth, pre_grad=False):
         ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
+        ctx.bandwidth, ctx.pre_grad = bandwidth, pre_grad
         return (pre > threshold).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
-        g_thr = (-(1.0 / bw) * _rect((pre - threshold) / bw) * grad).reshape(-1, pre.shape[-1]).sum(0)
-        return torch.zeros_like(pre), g_thr, None
+        kernel = (1.0 / bw) * _rect((pre - threshold) / bw) * grad
+        g_thr = (-kernel).reshape(-1, pre.shape[-1]).sum(0)
+        # d/dpre H(pre - threshold) = -d/dthreshold: lets the encoder, not only the threshold, answer the penalty
+        g_pre = kernel if ctx.pre_grad else torch.zeros_like(pre)
+        return g_pre, g_thr, None, None
 
 
 # -- one layer's trainable transcoder -------------------------------------------------------------
@@ -132,8 +143,24 @@ class _Trainee(torch.nn.Module):
         self.b_dec = torch.nn.Parameter(y_mean.float() / y_scale)
         self.W_skip = torch.nn.Parameter(torch.zeros(d_model, d_model)) if cfg.skip else None
         if cfg.activation == "jumprelu":
-            self.log_threshold = torch.nn.Parameter(torch.full((cfg.width,), math.log(cfg.jump_init_threshold)))
+            self.log_threshold = torch.nn.Parameter(torch.full((cfg.width,), math.log(cfg.jump_init_threshold or 0.05)))
         self.register_buffer("since_fired", torch.zeros(cfg.width, dtype=torch.long))
+
+    @torch.no_grad()
+    def init_thresholds(self, x: torch.Tensor) -> None:
+        """JumpReLU start: each feature's threshold is the quantile of its pre-activations on `x`
+        (unit-scaled inputs) above which it fires on target_l0 / width of the positions (k / width
+        without a target), so training starts at the intended L0 with no silent feature."""
+        cfg = self.cfg
+        if cfg.activation != "jumprelu" or cfg.jump_init_threshold > 0:
+            return
+        n = x.shape[0]
+        above = max(1, round(min(0.5, (cfg.target_l0 or cfg.k) / cfg.width) * n))
+        chunk = max(1, 2 ** 24 // n)
+        for i in range(0, cfg.width, chunk):  # bounded memory for wide transcoders
+            pre = x @ self.W_enc[i:i + chunk].T + self.b_enc[i:i + chunk]
+            thr = torch.kthvalue(pre, n - above, dim=0).values if n > above else pre.max(0).values
+            self.log_threshold[i:i + chunk] = thr.clamp_min(1e-3).log()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, l0_weight: float):
         """(loss, stats) for unit-scaled x, y of shape [n, d_model]."""
@@ -145,8 +172,8 @@ class _Trainee(torch.nn.Module):
             acts = torch.zeros_like(pre).scatter(-1, i, v)
         else:
             thr = self.log_threshold.exp()
-            acts = _JumpReLUFn.apply(pre, thr, cfg.jump_bandwidth)
-            l0 = _StepFn.apply(pre, thr, cfg.jump_bandwidth).sum(-1).mean()
+            acts = _JumpReLUFn.apply(pre, thr, cfg.jump_bandwidth, cfg.jump_pre_grad)
+            l0 = _StepFn.apply(pre, thr, cfg.jump_bandwidth, cfg.jump_pre_grad).sum(-1).mean()
             aux = l0_weight * l0
         y_hat = acts @ self.W_dec + self.b_dec
         if self.W_skip is not None:
@@ -361,10 +388,18 @@ def train_group(model, processor, source, layers: list[int], cfg: PLTTrainConfig
         x_scale = float(x.pow(2).mean().sqrt().clamp_min(1e-12))
         y_scale = float(y.pow(2).mean().sqrt().clamp_min(1e-12))
         init_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + layer)
-        trainees[layer] = _Trainee(layer, d_model, cfg, x_scale, y_scale, y.mean(0), init_gen,
-                                   x.mean(0) / x_scale).to(cfg.device)
+        trainees[layer] = _Trainee(layer, d_model, cfg, x_scale, y_scale, y.mean(0).cpu(), init_gen,
+                                   (x.mean(0) / x_scale).cpu()).to(cfg.device)
+        trainees[layer].init_thresholds(x[:16_384].to(cfg.device) / x_scale)
     params = [p for t in trainees.values() for p in t.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    thr_params = [t.log_threshold for t in trainees.values() if hasattr(t, "log_threshold")]
+    other = [p for p in params if all(p is not q for q in thr_params)]
+    groups = [{"params": other, "lr_scale": 1.0}]
+    if thr_params:
+        groups.append({"params": thr_params, "lr_scale": cfg.threshold_lr_scale})
+    opt = torch.optim.Adam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    adaptive = cfg.activation == "jumprelu" and cfg.target_l0 > 0
+    l0_coef = {layer: cfg.l0_coef for layer in layers}
     total_steps = max(1, cfg.tokens // cfg.batch_tokens)
     glog = GroupLog(list(layers))
     start = time.time()
@@ -385,18 +420,22 @@ def train_group(model, processor, source, layers: list[int], cfg: PLTTrainConfig
         pos += cfg.batch_tokens
         lr = _lr_at(step, total_steps, cfg)
         for g in opt.param_groups:
-            g["lr"] = lr
-        l0_weight = cfg.l0_coef * min(1.0, (step + 1) / max(1, cfg.l0_warmup * total_steps))
+            g["lr"] = lr * g["lr_scale"]
+        ramp = 1.0 if adaptive else min(1.0, (step + 1) / max(1, cfg.l0_warmup * total_steps))
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for layer, t in trainees.items():
             x = buf[layer][0][idx].float() / t.x_scale
             y = buf[layer][1][idx].float() / t.y_scale
-            loss, stats = t(x, y, l0_weight)
+            loss, stats = t(x, y, l0_coef[layer] * ramp)
             loss.backward()
             total += float(loss.detach())
             for key in running[layer]:
                 running[layer][key] += stats[key]
+            if adaptive:
+                # integral controller in log space: more active features than the target -> a larger weight
+                ratio = max(stats["l0"], 1e-3) / cfg.target_l0
+                l0_coef[layer] = min(10.0, max(1e-8, l0_coef[layer] * ratio ** cfg.l0_adapt_rate))
         n_running += 1
         for t in trainees.values():
             t.project_decoder_grad()
@@ -417,6 +456,8 @@ def train_group(model, processor, source, layers: list[int], cfg: PLTTrainConfig
                 entry[f"L{layer}"] = {k: round(v / n_running, 5) for k, v in running[layer].items()}
                 entry[f"L{layer}"]["dead"] = round(trainees[layer].dead_fraction(), 4)
                 entry[f"L{layer}"]["resampled"] = resampled[layer]
+                if cfg.activation == "jumprelu":
+                    entry[f"L{layer}"]["l0_coef"] = float(f"{l0_coef[layer]:.4g}")
             glog.history.append(entry)
             bar.set_postfix_str(" ".join(
                 f"L{layer}:fvu={running[layer]['fvu'] / n_running:.3f},l0={running[layer]['l0'] / n_running:.0f},"
@@ -501,7 +542,7 @@ def train_plt(model, processor, source, out: str | Path, cfg: PLTTrainConfig, mo
     if evaluate:
         from tracer.transcoders.evaluation import evaluate_layers, format_report, is_toy_model, toy_accuracy
 
-        tset = load_transcoder_set(out, lazy_decoder=False)
+        tset = load_transcoder_set(out, lazy_decoder=False, device=cfg.device)
         items = source.heldout_items(cfg.eval_examples, seed=cfg.seed)
         report = evaluate_layers(model, processor, tset, items, batch_size=cfg.eval_batch, max_length=cfg.max_length,
                                  progress=progress)
