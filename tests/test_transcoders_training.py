@@ -70,6 +70,20 @@ def test_short_run_writes_a_set_the_loader_reads(tmp_path, toy_vlm):
     torch.testing.assert_close(load_transcoder_set(tmp_path / "plt")[0].W_dec, loaded[0].W_dec)
 
 
+def test_the_train_plt_command_writes_a_set_for_the_model(tmp_path, toy_vlm):
+    """The command end to end (it loads its own model, with SDPA attention), JumpReLU."""
+    from tracer.cli import main
+
+    out = tmp_path / "jr"
+    assert main(["train-plt", "--out", str(out), "--layers", "1", "--width", "64", "--activation", "jumprelu",
+                 "--target-l0", "8", "--tokens", "2048", "--batch-tokens", "512", "--buffer-tokens", "2048",
+                 "--no-eval", "--no-progress"]) == 0
+    loaded = load_transcoder_set(out)
+    assert loaded.layers == [1] and loaded.d_transcoder == 64
+    loaded.check_compatible(toy_vlm[0], require_all_layers=False)
+    assert loaded[1].activation.threshold.shape == (64,) and bool((loaded[1].activation.threshold > 0).all())
+
+
 def test_jumprelu_training_runs_and_exports_thresholds(toy_vlm):
     from tracer.transcoders import JumpReLU
 

@@ -47,7 +47,7 @@ def _run(args) -> int:
     import torch
 
     from tracer.features.compute import DataSpecError, compute_feature_examples, parse_data_spec
-    from tracer.models import load_vlm
+    from tracer.models.loading import FAST_ATTENTION, load_vlm
     from tracer.transcoders import load_transcoder_set
 
     if args.threads:
@@ -63,7 +63,7 @@ def _run(args) -> int:
     data = f"toy:{spec.split},seed={args.seed},start={args.start}" + (f",type={spec.question_type}"
                                                                        if spec.question_type else "")
     dtype = getattr(torch, args.dtype)
-    model, processor = load_vlm(args.model, dtype=dtype, device=args.device)
+    model, processor = load_vlm(args.model, dtype=dtype, device=args.device, attn_implementation=FAST_ATTENTION)
     tset = load_transcoder_set(args.transcoders, device=args.device, dtype=dtype, model=model)
     out = compute_feature_examples(
         args.out, model, processor, tset, data=data, n_inputs=args.n_examples, n_per_feature=args.per_feature,

@@ -11,9 +11,11 @@ buffer-tokens x 2 x d_model values per layer of the group):
 
   model (d_model)          width     state/layer   buffer/layer (131k positions)   fits
   toy VLM (128)            2,048     8 MB          134 MB fp32                     any CPU, all 4 layers at once
-  Gemma3-4B-IT (2560)      16,384    1.3 GB        1.3 GB bf16                     24 GB GPU: --group-size 4
-  Gemma3-4B-IT (2560)      163,840   13.4 GB       1.3 GB bf16                     80 GB H100: --group-size 3-4
-  (Gemma3-4B-IT itself: ~9 GB in bf16; use --dtype bfloat16 --buffer-dtype bfloat16 on a GPU)
+  Gemma3-4B-IT (2560)      16,384    1.3 GB        1.3 GB bf16                     24 GB GPU: --group-size 2
+  Gemma3-4B-IT (2560)      163,840   13.4 GB       1.3 GB bf16                     80 GB H100: --group-size 3
+  (Gemma3-4B-IT itself: 8 GiB in bf16; use --dtype bfloat16 --buffer-dtype bfloat16 on a GPU.
+  Measured on one H100: 28.4 GiB peak for 4 layers at width 16,384, 42.0 GiB for 2 layers at
+  width 163,840, i.e. about 5 and 17 GiB per layer over the model; bench/gpu_train_plt.py)
 
 The model itself runs without gradients (bf16 or fp32, --dtype); each forward pass stops after
 the last layer of the group. On a CPU use --threads 1 when other work shares the cores.
@@ -100,13 +102,14 @@ def register(sub) -> None:
 def _run(args) -> int:
     import torch
 
-    from tracer.models.loading import load_vlm
+    from tracer.models.loading import FAST_ATTENTION, load_vlm
     from tracer.transcoders.sources import make_source
     from tracer.transcoders.training import PLTTrainConfig, train_plt
 
     torch.set_num_threads(max(1, args.threads))
     source = make_source(args.data)
-    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device,
+                                attn_implementation=FAST_ATTENTION)
     cfg = PLTTrainConfig(
         layers=_layers(args.layers), group_size=args.group_size, width=args.width, activation=args.activation,
         k=args.k, aux_k=args.aux_k, aux_coef=args.aux_coef, dead_tokens=args.dead_tokens, resample=not args.no_resample,

@@ -60,14 +60,15 @@ def register(sub) -> None:
 def _report(args) -> int:
     import torch
 
-    from tracer.models.loading import load_vlm
+    from tracer.models.loading import FAST_ATTENTION, load_vlm
     from tracer.transcoders.errors import TranscoderFormatError, TranscoderMismatchError
     from tracer.transcoders.evaluation import evaluate_layers, format_report, is_toy_model, toy_accuracy
     from tracer.transcoders.loading import load_transcoder_set
     from tracer.transcoders.sources import make_source
 
     torch.set_num_threads(max(1, args.threads))
-    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device,
+                                attn_implementation=FAST_ATTENTION)
     try:
         tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32)
         tset.check_compatible(model, require_all_layers=False)  # a partial set gets its per-layer rows
