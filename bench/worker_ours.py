@@ -10,21 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from process_memory import peak_mb, rss_mb  # bench/, next to this script
 
 
 def main(spec_path: str) -> None:
