@@ -54,24 +54,17 @@ ATTENTION_GRAPH_KIND = ATTENTION_GRAPH
 
 
 # ---------------------------------------------------------------------------------- the maths
-def value_vectors(rep: LocalReplacement, layer: int, residual: torch.Tensor) -> torch.Tensor:
+def value_vectors(rep: LocalReplacement, layer: int, residual: torch.Tensor, bias: bool = True) -> torch.Tensor:
     """(P, H, dh): each query head's value vector at every key position, from the residual
-    entering `layer`, with the input norm frozen (grouped KV heads repeated per query head)."""
+    entering `layer`, with the input norm frozen (grouped KV heads repeated per query head).
+    bias=False leaves out b_V (head_contributions returns it in its separate bias term)."""
     w = rep.weights[layer]
     rec = rep.record.layers[layer]
     x = residual * (rec.s_in.to(rep.device, rep.dtype)[:, None] * w.g_in)
     v = x @ w.W_V.T
-    if w.b_V is not None:
+    if bias and w.b_V is not None:
         v = v + w.b_V
     v = v.view(-1, w.n_kv, w.head_dim)
-    return v.repeat_interleave(w.n_heads // w.n_kv, dim=1)
-
-
-def _value_vectors_no_bias(rep: LocalReplacement, layer: int, residual: torch.Tensor) -> torch.Tensor:
-    w = rep.weights[layer]
-    rec = rep.record.layers[layer]
-    x = residual * (rec.s_in.to(rep.device, rep.dtype)[:, None] * w.g_in)
-    v = (x @ w.W_V.T).view(-1, w.n_kv, w.head_dim)
     return v.repeat_interleave(w.n_heads // w.n_kv, dim=1)
 
 
@@ -87,7 +80,7 @@ def head_contributions(rep: LocalReplacement, layer: int, residual: torch.Tensor
     rec = rep.record.layers[layer]
     queries = torch.arange(rep.n_positions) if query is None else torch.tensor([int(query)])
     pattern = rec.pattern.to(rep.device, rep.dtype)[:, queries.to(rep.device)]  # (H, Q, K)
-    V = _value_vectors_no_bias(rep, layer, residual)  # (K, H, dh)
+    V = value_vectors(rep, layer, residual, bias=False)  # (K, H, dh)
     z = pattern[..., None] * V.transpose(0, 1)[:, None]  # (H, Q, K, dh)
     W_O = w.W_O.view(rep.d_model, w.n_heads, w.head_dim)
     out = torch.einsum("hqke,dhe->hqkd", z, W_O)
@@ -171,7 +164,7 @@ def head_edge_weights(rep: LocalReplacement, layer: int, residual: torch.Tensor,
     the contribution vectors: pattern[h, q, k] * (V[k, h] · (W_O[:, h]^T (post[q] ⊙ grad_mid[q])))."""
     w = rep.weights[layer]
     rec = rep.record.layers[layer]
-    V = _value_vectors_no_bias(rep, layer, residual)  # (K, H, dh)
+    V = value_vectors(rep, layer, residual, bias=False)  # (K, H, dh)
     post = rec.s_post_attn.to(rep.device, rep.dtype)[:, None] * w.g_post_attn
     U = ((grad_mid * post) @ w.W_O).view(rep.n_positions, w.n_heads, w.head_dim)  # (Q, H, dh)
     return rec.pattern.to(rep.device, rep.dtype) * torch.einsum("qhe,khe->hqk", U, V)

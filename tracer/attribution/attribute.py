@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tracer.attribution.record import record_forward
+from tracer.attribution.record import compute_dtype_for, record_forward
 from tracer.attribution.replacement import LocalReplacement
 from tracer.attribution.targets import ResolvedTarget, resolve_targets
 from tracer.graph.graph import Graph
@@ -113,7 +113,7 @@ def attribute_full(model, processor, transcoders, prompt: str | PromptInputs, im
         if not hasattr(cfg, key):
             raise TypeError(f"unknown attribution setting {key!r}")
         setattr(cfg, key, value)
-    adapter = model if isinstance(model, VLMAdapter) else get_adapter(model)
+    adapter = get_adapter(model)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
     try:
@@ -270,18 +270,18 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
               targets: list[ResolvedTarget], rows, consts, values, explored, table, cfg: AttributionConfig) -> Graph:
     n_logits = len(targets)
     store = rows.device
-    table_s = table.to(store)
     # selected features in (layer, position, feature) order
     sel_np = explored.cpu().numpy()
     t_np = table.cpu().numpy()
-    sel_sorted = explored[torch.as_tensor(np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0])), device=store)]
+    order = np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0]))
+    sel_sorted = explored[torch.as_tensor(order, device=store)]
     row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
     row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
     row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
     n_sel = sel_sorted.numel()
     n_rest = rep.n_columns - rep.n_active  # errors + embeddings
     # float32 edges, or float64 when the model ran in float64 (exactness checks)
-    edge_dtype = torch.float64 if rep.dtype == torch.float64 else torch.float32
+    edge_dtype = compute_dtype_for(rep.dtype)
     adjacency = torch.zeros(n_sel + n_logits, n_sel + n_rest + n_logits, dtype=edge_dtype)
     unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=store)
     unexplored_mask[sel_sorted] = False
@@ -295,7 +295,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
             unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
         del R
 
-    features = table_s[sel_sorted].cpu().numpy().astype(np.int64)
+    features = t_np[sel_np[order]]  # (n_sel, 3) int64: layer, position, feature
     acts = rep.active_values().to(store)[sel_sorted].float().cpu().numpy()
     kept = rep.kept_positions.cpu().numpy()
     errors = np.array([(l, p) for l in range(rep.n_layers) for p in kept], dtype=np.int64).reshape(-1, 2)

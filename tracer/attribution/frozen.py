@@ -121,7 +121,6 @@ class FrozenOutput:
 @torch.no_grad()
 def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = None) -> FrozenOutput:
     """One forward pass of the replacement model (frozen patterns and norms, transcoder MLPs)."""
-    _register()
     pert = perturbation or Perturbation()
     adapter, record = rep.adapter, rep.record
     dtype, device = adapter.dtype, adapter.device

@@ -10,7 +10,7 @@ linear function of the embeddings, the transcoder features and the error terms (
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,7 +37,6 @@ class ForwardRecord:
     final_hidden: torch.Tensor  # (d,) output of the final norm at the last position
     logits: torch.Tensor  # (V,) logits at the last position, compute dtype
     dtype: torch.dtype  # compute dtype of the recorded tensors
-    extras: dict = field(default_factory=dict)
 
     @property
     def n_positions(self) -> int:
@@ -104,10 +103,7 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
             add(layer.self_attn.register_forward_hook(attn_hook(i)))
             add(adapter.mlp(i).register_forward_hook(mlp_hook(i)))
         add(adapter.final_norm.register_forward_hook(norm_hook("s_final", None)))
-        inputs = {k: v.to(adapter.device) for k, v in prompt.inputs.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(adapter.dtype)
-        out = model(**inputs, use_cache=False, logits_to_keep=1)
+        out = model(**adapter.model_inputs(prompt.inputs), use_cache=False, logits_to_keep=1)
     layers = [LayerRecord(**d) for d in got["layers"]]
     return ForwardRecord(
         prompt=prompt, embeddings=got["embeddings"], layers=layers, s_final=got["s_final"],

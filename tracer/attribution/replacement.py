@@ -117,7 +117,6 @@ class LocalReplacement:
         self.keep[self.first_position:] = True
         self.kept_positions = torch.nonzero(self.keep).flatten()
         self.weights = [self._layer_weights(i) for i in range(self.n_layers)]
-        cfg = adapter.text_config
         self.g_final = _gain(adapter.final_norm).to(self.device, self.dtype)
         self.embeddings = record.embeddings.to(self.device)
         self.active: list[ActiveFeatures] = []
@@ -138,7 +137,6 @@ class LocalReplacement:
         self.n_kept = int(self.kept_positions.numel())
         self.n_errors = self.n_layers * self.n_kept
         self.n_columns = self.n_active + self.n_errors + P
-        del cfg
 
     # ------------------------------------------------------------------ construction
     def _layer_weights(self, i: int) -> LayerWeights:

@@ -11,7 +11,7 @@ import torch
 from tracer.attribution.attribute import AttributionResult
 from tracer.attribution.record import record_forward
 from tracer.attribution.replacement import LocalReplacement
-from tracer.attribution.targets import ResolvedTarget
+from tracer.attribution.targets import resolve_directions
 from tracer.errors import InputError
 from tracer.graph.graph import Graph
 from tracer.models.base import get_adapter, prepare_prompt
@@ -19,22 +19,6 @@ from tracer.models.base import get_adapter, prepare_prompt
 
 class ReplayError(InputError):
     """The graph does not belong to this model / processor (its prompt tokenises differently)."""
-
-
-def graph_targets(graph: Graph, unembedding: torch.Tensor, dtype: torch.dtype) -> list[ResolvedTarget]:
-    """The graph's logit targets with their directions in the unembedding space, as
-    tracer.attribution.targets defines them (token: W_U[t] - mean; contrast: W_U[a] - W_U[b])."""
-    W_U = unembedding.detach()
-    mean = W_U.mean(0, dtype=torch.promote_types(W_U.dtype, torch.float32)).to(dtype)
-    out = []
-    for t in graph.targets:
-        if t.kind == "direction" or t.token_id < 0:
-            plus, minus = t.spec.get("plus", []), t.spec.get("minus", [])
-            vec = W_U[plus].to(dtype).sum(0) - W_U[minus].to(dtype).sum(0)
-        else:
-            vec = W_U[t.token_id].to(dtype) - mean
-        out.append(ResolvedTarget(t, vec))
-    return out
 
 
 @torch.no_grad()
@@ -50,4 +34,4 @@ def replay(graph: Graph, model, processor, transcoders) -> AttributionResult:
     record = record_forward(adapter, prompt)
     first = min(int(graph.prefix_length), prompt.n_positions - 1)
     rep = LocalReplacement(adapter, record, transcoders, first_position=first, device=adapter.device)
-    return AttributionResult(graph, rep, graph_targets(graph, adapter.unembedding, rep.dtype))
+    return AttributionResult(graph, rep, resolve_directions(graph.targets, adapter.unembedding, rep.dtype))

@@ -58,33 +58,45 @@ def parse_target_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def resolve_directions(targets: list[Target], unembedding: torch.Tensor,
+                      dtype: torch.dtype = torch.float32) -> list[ResolvedTarget]:
+    """Each target with its direction in the unembedding space (token: W_U[t] - mean;
+    direction: sum of W_U[plus] - sum of W_U[minus])."""
+    W_U = unembedding.detach()
+    # mean in at least float32, without a full-precision copy of a big vocabulary
+    mean = W_U.mean(0, dtype=torch.promote_types(W_U.dtype, torch.float32)).to(dtype)
+    out: list[ResolvedTarget] = []
+    for t in targets:
+        if t.kind == "direction" or t.token_id < 0:
+            plus, minus = t.spec.get("plus", []), t.spec.get("minus", [])
+            vec = W_U[plus].to(dtype).sum(0) - W_U[minus].to(dtype).sum(0)
+        else:
+            vec = W_U[t.token_id].to(dtype) - mean
+        out.append(ResolvedTarget(t, vec))
+    return out
+
+
 def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: torch.Tensor, tokenizer,
                     max_n_logits: int = 10, desired_logit_prob: float = 0.95,
                     dtype: torch.dtype = torch.float32) -> list[ResolvedTarget]:
     """Chosen targets, or the salient logits: the most likely tokens until their probabilities
     add up to desired_logit_prob, at most max_n_logits of them."""
     probs = torch.softmax(logits.float(), -1)
-    W_U = unembedding.detach()
-    # mean in at least float32, without a full-precision copy of a big vocabulary
-    mean = W_U.mean(0, dtype=torch.promote_types(W_U.dtype, torch.float32)).to(dtype)
-    out: list[ResolvedTarget] = []
+    chosen: list[Target] = []
     if specs:
         for spec in specs:
             a, b = parse_target_spec(spec)
             ia = resolve_token(tokenizer, a)
             label_a = tokenizer.convert_ids_to_tokens(ia)
             if b is None:
-                out.append(ResolvedTarget(
-                    Target(label=label_a, token_id=ia, probability=float(probs[ia]), kind="token"), W_U[ia].to(dtype) - mean))
+                chosen.append(Target(label=label_a, token_id=ia, probability=float(probs[ia]), kind="token"))
             else:
                 ib = resolve_token(tokenizer, b)
                 label_b = tokenizer.convert_ids_to_tokens(ib)
-                out.append(ResolvedTarget(
-                    Target(label=f"{label_a} - {label_b}", token_id=-1, probability=0.0, kind="direction",
-                           spec={"plus": [ia], "minus": [ib], "labels": [label_a, label_b],
-                                 "probabilities": [float(probs[ia]), float(probs[ib])]}),
-                    W_U[ia].to(dtype) - W_U[ib].to(dtype)))
-        return out
+                chosen.append(Target(label=f"{label_a} - {label_b}", token_id=-1, probability=0.0, kind="direction",
+                                     spec={"plus": [ia], "minus": [ib], "labels": [label_a, label_b],
+                                           "probabilities": [float(probs[ia]), float(probs[ib])]}))
+        return resolve_directions(chosen, unembedding, dtype)
     if max_n_logits < 1:
         raise TargetError("max_n_logits must be at least 1")
     top_p, top_i = torch.sort(probs, descending=True)
@@ -92,7 +104,6 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
     n = int(torch.searchsorted(cum, torch.tensor(desired_logit_prob, dtype=cum.dtype, device=cum.device)).item()) + 1
     n = max(1, min(n, max_n_logits))
     for p, i in zip(top_p[:n].tolist(), top_i[:n].tolist()):
-        out.append(ResolvedTarget(
-            Target(label=tokenizer.convert_ids_to_tokens(i), token_id=int(i), probability=float(p), kind="token"),
-            W_U[i].to(dtype) - mean))
-    return out
+        chosen.append(Target(label=tokenizer.convert_ids_to_tokens(i), token_id=int(i), probability=float(p),
+                             kind="token"))
+    return resolve_directions(chosen, unembedding, dtype)

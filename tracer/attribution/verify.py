@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from tracer.attribution.frozen import Perturbation, frozen_forward, target_values
-from tracer.attribution.replay import ReplayError, graph_targets, replay
+from tracer.attribution.replay import ReplayError, replay
+from tracer.attribution.targets import resolve_directions
 from tracer.graph.graph import Graph
 
 # Relative tolerances by the precision the graph was computed in.
@@ -58,7 +59,7 @@ class VerifyReport:
 
 def target_directions(graph: Graph, unembedding: torch.Tensor, dtype) -> torch.Tensor:
     """(n_logits, d) directions of the graph's logit targets."""
-    return torch.stack([t.direction for t in graph_targets(graph, unembedding, dtype)])
+    return torch.stack([t.direction for t in resolve_directions(graph.targets, unembedding, dtype)])
 
 
 def sample_sources(graph: Graph, n: int, rng: np.random.Generator) -> list[int]:

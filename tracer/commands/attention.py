@@ -50,7 +50,6 @@ def _stem(out: str) -> Path:
 
 def _attention(args) -> int:
     from tracer.attention import attention_graph, vision_attention_maps
-    from tracer.attribution.targets import TargetError
     from tracer.commands.attribute import slug_from
     from tracer.graph import save_graph
     from tracer.interventions.common import prompt_inputs
@@ -63,7 +62,7 @@ def _attention(args) -> int:
         pi = prompt_inputs(session, args.prompt, image, chat=not args.no_chat)
         ag = attention_graph(session, pi, targets=args.target, max_n_logits=args.max_n_logits,
                              desired_logit_prob=args.desired_logit_prob)
-    except (TargetError, ValueError) as err:
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     graph = ag.to_graph(max_feature_nodes=args.max_nodes)

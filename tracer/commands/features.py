@@ -46,7 +46,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     import torch
 
-    from tracer.features.compute import DataSpecError, compute_feature_examples, parse_data_spec
+    from tracer.features.compute import compute_feature_examples, parse_data_spec
     from tracer.models.loading import FAST_ATTENTION, load_vlm
     from tracer.transcoders import load_transcoder_set
 
@@ -55,11 +55,7 @@ def _run(args) -> int:
     if args.n_examples <= 0 or args.per_feature <= 0 or args.batch_size <= 0:
         print("error: --n-examples, --per-feature and --batch-size must be positive", file=sys.stderr)
         return 2
-    try:
-        spec = parse_data_spec(args.data)
-    except DataSpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    spec = parse_data_spec(args.data)  # a DataSpecError is printed by tracer.cli (exit 2)
     data = f"toy:{spec.split},seed={args.seed},start={args.start}" + (f",type={spec.question_type}"
                                                                        if spec.question_type else "")
     dtype = getattr(torch, args.dtype)

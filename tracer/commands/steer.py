@@ -64,10 +64,7 @@ def _steer(args) -> int:
         print("error: --ablate-region takes cells 'row,col;row,col' or positions '40,41'", file=sys.stderr)
         return 2
     chat = not args.no_chat
-    if region is not None:
-        session = _session(args, need_transcoders=bool(features))
-    else:
-        session = _session(args, need_transcoders=True)
+    session = _session(args, need_transcoders=bool(features))
     report: dict = {}
     try:
         if region is not None:

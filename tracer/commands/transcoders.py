@@ -61,7 +61,6 @@ def _report(args) -> int:
     import torch
 
     from tracer.models.loading import FAST_ATTENTION, load_vlm
-    from tracer.transcoders.errors import TranscoderFormatError, TranscoderMismatchError
     from tracer.transcoders.evaluation import evaluate_layers, format_report, is_toy_model, toy_accuracy
     from tracer.transcoders.loading import load_transcoder_set
     from tracer.transcoders.sources import make_source
@@ -69,12 +68,8 @@ def _report(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device,
                                 attn_implementation=FAST_ATTENTION)
-    try:
-        tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32)
-        tset.check_compatible(model, require_all_layers=False)  # a partial set gets its per-layer rows
-    except (TranscoderFormatError, TranscoderMismatchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32)
+    tset.check_compatible(model, require_all_layers=False)  # a partial set gets its per-layer rows
     from tracer.models import get_adapter
 
     n_model_layers = get_adapter(model).n_layers
@@ -123,14 +118,10 @@ def _info(args) -> int:
     import torch
 
     from tracer.transcoders.activations import JumpReLU
-    from tracer.transcoders.errors import TranscoderFormatError, TranscoderMismatchError
+    from tracer.transcoders.errors import TranscoderMismatchError
     from tracer.transcoders.loading import load_transcoder_set
 
-    try:
-        tset = load_transcoder_set(args.transcoders, lazy_decoder=True, lazy_encoder=True)
-    except TranscoderFormatError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    tset = load_transcoder_set(args.transcoders, lazy_decoder=True, lazy_encoder=True)
     print(f"source: {tset.source}")
     for key in ("model_name", "feature_input_hook", "feature_output_hook", "top_k", "num_model_layers"):
         if key in tset.config:
@@ -151,11 +142,7 @@ def _info(args) -> int:
         from tracer.models.loading import load_vlm
 
         model, _ = load_vlm(args.model)
-        try:
-            tset.check_compatible(model, require_all_layers=False)
-        except TranscoderMismatchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        tset.check_compatible(model, require_all_layers=False)  # a mismatch: printed by tracer.cli (exit 2)
         try:
             tset.check_compatible(model)
             print("compatible with the model: yes")

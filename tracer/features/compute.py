@@ -136,9 +136,7 @@ def _prepare(processor, adapter, examples: list):
     from tracer.toy.data import make_batch
 
     batch = make_batch(processor, examples, with_answers=False)
-    inputs = {k: (v.to(adapter.device) if torch.is_tensor(v) else v) for k, v in batch.inputs.items()}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(adapter.dtype)
+    inputs = adapter.model_inputs(batch.inputs)
     tok = processor.tokenizer
     ids = batch.inputs["input_ids"]
     am = batch.inputs["attention_mask"].bool()

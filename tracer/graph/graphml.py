@@ -34,7 +34,7 @@ def graph_to_graphml(graph: Graph, pruned=None, *, node_mask=None, edge_mask=Non
     """The GraphML document of a graph (optionally pruned: a `Pruned` or explicit masks; with
     neither, all nodes and every non-zero edge). Feature and error nodes without a kept edge are
     left out, as in the viewer JSON; embeddings and logits are always written."""
-    from tracer.graph.neuronpedia import _label_lookup, _resolve_masks, _target_token_ids, node_ids
+    from tracer.graph.neuronpedia import _kept_edges, _label_lookup, _resolve_masks, _target_token_ids, node_ids
     from tracer.graph.pruning import node_influence as compute_influence
 
     graph.validate()
@@ -46,15 +46,7 @@ def graph_to_graphml(graph: Graph, pruned=None, *, node_mask=None, edge_mask=Non
         labels = graph.info.get("clerps") if isinstance(graph.info.get("clerps"), dict) else None
     label_of = _label_lookup(labels, ids)
 
-    rows = np.concatenate([np.arange(graph.n_features), graph.logit_offset + np.arange(graph.n_logits)]).astype(np.int64)
-    keep = edge_mask & (graph.adjacency != 0) & node_mask[None, :] & node_mask[rows][:, None]
-    r_idx, src = np.nonzero(keep)
-    dst = rows[r_idx]
-    connected = np.zeros(graph.n_nodes, bool)
-    connected[src] = True
-    connected[dst] = True
-    write = node_mask & connected
-    write[graph.embedding_offset:] = True
+    r_idx, src, dst, write = _kept_edges(graph, node_mask, edge_mask)
 
     ET.register_namespace("", NS)
     root = ET.Element(f"{{{NS}}}graphml")

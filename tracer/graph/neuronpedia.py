@@ -217,6 +217,23 @@ def _resolve_masks(graph: Graph, pruned, node_mask, edge_mask):
     return node_mask, edge_mask
 
 
+def _kept_edges(graph: Graph, node_mask: np.ndarray, edge_mask: np.ndarray):
+    """The edges to write, as (adjacency rows, source nodes, target nodes), and the nodes to write:
+    features and errors that a kept non-zero edge touches, every embedding and logit."""
+    from tracer.graph.pruning import row_nodes
+
+    rows = row_nodes(graph)
+    keep = edge_mask & (graph.adjacency != 0) & node_mask[None, :] & node_mask[rows][:, None]
+    r_idx, src = np.nonzero(keep)
+    dst = rows[r_idx]
+    connected = np.zeros(graph.n_nodes, bool)
+    connected[src] = True
+    connected[dst] = True
+    write = node_mask & connected
+    write[graph.embedding_offset:] = True  # embeddings and logits always
+    return r_idx, src, dst, write
+
+
 def _label_lookup(labels, ids: list[str]) -> dict[int, str]:
     """Labels keyed by JSON node id or by graph node index -> {node index: label}."""
     if not labels:
@@ -271,17 +288,9 @@ def graph_to_json(graph: Graph, pruned=None, *, node_mask=None, edge_mask=None, 
         edge_threshold = pruned.edge_threshold if pruned is not None else graph.config.get("edge_threshold")
 
     # edges
-    rows = np.concatenate([np.arange(graph.n_features), graph.logit_offset + np.arange(graph.n_logits)]).astype(np.int64)
-    keep = edge_mask & (graph.adjacency != 0) & node_mask[None, :] & node_mask[rows][:, None]
-    r_idx, src = np.nonzero(keep)
-    dst = rows[r_idx]
+    r_idx, src, dst, write = _kept_edges(graph, node_mask, edge_mask)
     weights = graph.adjacency[r_idx, src].astype(np.float64)
-    connected = np.zeros(graph.n_nodes, bool)
-    connected[src] = True
-    connected[dst] = True
     kinds = graph.node_kinds()
-    write = node_mask & connected
-    write[graph.embedding_offset:] = True  # embeddings and logits always
 
     # nodes
     n_pos = graph.n_positions
@@ -761,10 +770,6 @@ def load_neuronpedia_json(path: str | Path) -> Graph:
         raise GraphFormatError(f"{path}: this is a graph-metadata.json index, not a graph; open one of the "
                                "graphs it lists")
     return json_to_graph(data, source=str(path))
-
-
-def is_graph_json(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and isinstance(data.get("metadata"), dict)
 
 
 __all__ = [

@@ -176,28 +176,23 @@ def _np(x, name: str, path, dtype=None) -> np.ndarray:
 def _cfg_value(cfg, key: str):
     if cfg is None:
         return None
-    if isinstance(cfg, dict):
-        return cfg.get(key)
-    if isinstance(cfg, PickledObject):
+    if isinstance(cfg, (dict, PickledObject)):
         return cfg.get(key)
     return getattr(cfg, key, None)
 
 
 def _logit_targets(d: dict, path) -> tuple[list[int], list[str | None]]:
+    import torch
+
     if d.get("logit_tokens") is not None:
         ids = _np(d["logit_tokens"], "logit_tokens", path, np.int64).reshape(-1).tolist()
         return ids, [None] * len(ids)
     targets = d.get("logit_targets")
     if targets is None:
         raise GraphFormatError(f"{path}: neither logit_tokens nor logit_targets")
-    try:
-        import torch
-
-        if isinstance(targets, torch.Tensor):
-            ids = targets.reshape(-1).tolist()
-            return [int(i) for i in ids], [None] * len(ids)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(targets, torch.Tensor):
+        ids = targets.reshape(-1).tolist()
+        return [int(i) for i in ids], [None] * len(ids)
     ids, strs = [], []
     for t in targets:
         if isinstance(t, PickledObject):

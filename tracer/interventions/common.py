@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,11 +53,7 @@ def prompt_inputs(bundle: Bundle, prompt: str | PromptInputs, image=None, chat: 
 
 def model_inputs(bundle: Bundle, prompt: PromptInputs) -> dict[str, torch.Tensor]:
     """prompt.inputs on the model's device, pixel values in the model's dtype."""
-    ad = bundle.adapter
-    inputs = {k: v.to(ad.device) for k, v in prompt.inputs.items()}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(ad.dtype)
-    return inputs
+    return bundle.adapter.model_inputs(prompt.inputs)
 
 
 def resolve_token_id(tokenizer, token: str | int) -> int:
@@ -172,13 +167,3 @@ class NextTokenComparison:
         for r in self.changes():
             lines.append(f"{r['token']!r:<16} {r['p_before']:9.4f} {r['p_after']:9.4f} {r['logit_change']:+9.4f}")
         return "\n".join(lines)
-
-
-@contextmanager
-def hooks_removed(handles: list):
-    """Remove hook handles on exit."""
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()

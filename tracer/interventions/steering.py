@@ -384,11 +384,15 @@ def intervene(session, prompt: str | PromptInputs, image, interventions: Sequenc
         state = stack.enter_context(steering_hooks(bundle, pi, interventions, record, direct_only=direct_only))
         out = ad.model(**model_inputs(bundle, pi), use_cache=False, logits_to_keep=1)
     logits_after = out.logits[0, -1].to(record.dtype)
-    clean = {}
+    clean: dict[str, list[float]] = {f"L{iv.layer}:F{iv.feature}": [] for iv in interventions}
+    by_layer: dict[int, list[int]] = {}
     for iv in interventions:
-        tc = bundle.transcoders[iv.layer]
-        a = feature_activations(tc, record.layers[iv.layer].mlp_in, torch.tensor([iv.feature]), ad.device)
-        clean[f"L{iv.layer}:F{iv.feature}"] = a[:, 0].double().cpu().tolist()
+        by_layer.setdefault(iv.layer, []).append(iv.feature)
+    for layer, feats in by_layer.items():  # one encoding per layer, however many of its features are edited
+        feats = sorted(set(feats))
+        a = feature_activations(bundle.transcoders[layer], record.layers[layer].mlp_in, torch.tensor(feats), ad.device)
+        for j, f in enumerate(feats):
+            clean[f"L{layer}:F{f}"] = a[:, j].double().cpu().tolist()
     tok = bundle.tokenizer
     return InterventionResult(
         prompt=pi, logits_before=record.logits, logits_after=logits_after,

@@ -40,6 +40,13 @@ class VLMAdapter:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def model_inputs(self, inputs: dict) -> dict:
+        """Processor outputs on the model's device, pixel values in the model's dtype."""
+        out = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        if "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].to(self.dtype)
+        return out
+
 
 @dataclass
 class PromptInputs:
@@ -130,10 +137,12 @@ def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image
     )
 
 
-def get_adapter(model: nn.Module) -> VLMAdapter:
-    """The adapter for a loaded HF model."""
+def get_adapter(model: nn.Module | VLMAdapter) -> VLMAdapter:
+    """The adapter for a loaded HF model (an adapter is returned as it is)."""
     from tracer.models import gemma3
 
+    if isinstance(model, VLMAdapter):
+        return model
     if gemma3.matches(model):
         return gemma3.Gemma3Adapter(model)
     raise NotImplementedError(

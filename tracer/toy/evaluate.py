@@ -13,11 +13,12 @@ from tracer.toy import data, world
 @torch.no_grad()
 def predict(model, processor, examples: list[world.Example]) -> list[str]:
     """Greedy next token after each example's prompt, as a word."""
-    device = next(model.parameters()).device
+    from tracer.models.base import get_adapter
+
+    adapter = get_adapter(model)
+    device = adapter.device
     batch = data.make_batch(processor, examples, with_answers=False)
-    inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+    inputs = adapter.model_inputs(batch.inputs)
     logits = model(**inputs).logits
     rows = torch.arange(len(examples), device=device)
     ids = logits[rows, batch.answer_pos.to(device)].argmax(-1).tolist()

@@ -8,7 +8,7 @@ with `AutoModelForImageTextToText` / `AutoProcessor` under `HF_HUB_OFFLINE=1`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -172,10 +172,6 @@ def chat_prompt(question: str, with_image: bool) -> str:
     return f"<start_of_turn>user\n{image}{question}<end_of_turn>\n<start_of_turn>model\n"
 
 
-def spec_dict(spec: ToyModelSpec) -> dict:
-    return asdict(spec)
-
-
 def default_model_dir() -> Path:
     """The shipped, trained toy VLM."""
     return Path(__file__).resolve().parent.parent / "data" / "toy-vlm"
@@ -183,4 +179,6 @@ def default_model_dir() -> Path:
 
 def default_transcoder_dir() -> Path:
     """The shipped transcoder set of the toy VLM."""
-    return Path(__file__).resolve().parent.parent / "data" / "toy-plt"
+    from tracer.transcoders.loading import default_transcoders_dir
+
+    return default_transcoders_dir()

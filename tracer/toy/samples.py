@@ -33,15 +33,9 @@ def pick_examples(model, processor, per_type: int = 1, seed: int = 0, search: in
 
 
 def ground_truth(example: world.Example, image_positions: list[int]) -> dict:
-    tokens = example.evidence_tokens
-    return {
-        "question_type": example.question_type, "question": example.question, "answer": example.answer,
-        "split": example.split, "index": example.index,
-        "objects": [o.__dict__ for o in example.scene.objects] if example.scene else [],
-        "evidence": [o.name for o in example.evidence],
-        "evidence_tokens": tokens,  # row * 8 + col in the soft-token grid
-        "evidence_positions": [image_positions[t] for t in tokens] if image_positions else [],
-    }
+    truth = example.to_dict()  # evidence_tokens: row * 8 + col in the soft-token grid
+    truth["evidence_positions"] = [image_positions[t] for t in truth["evidence_tokens"]] if image_positions else []
+    return truth
 
 
 def make_sample_graphs(session, out_dir: str | Path, per_type: int = 1, max_feature_nodes: int = 400,

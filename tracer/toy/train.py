@@ -121,7 +121,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
     )
-    log: dict = {"config": _config_dict(cfg), "train": [], "eval": []}
+    log: dict = {"config": asdict(cfg), "train": [], "eval": []}
     start = 0
     state_path = out / CHECKPOINT
     if state_path.exists():
@@ -188,9 +188,3 @@ def _save_state(path: Path, model, probe, opt, step: int) -> None:
 def save_toy_model(model, processor, out: Path) -> None:
     model.save_pretrained(out)
     processor.save_pretrained(out)
-
-
-def _config_dict(cfg: TrainConfig) -> dict:
-    d = asdict(cfg)
-    d["spec"] = asdict(cfg.spec)
-    return d

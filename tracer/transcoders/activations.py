@@ -102,8 +102,4 @@ class TopK(Activation):
         return f"k={self.k}"
 
 
-def activation_name(act: nn.Module) -> str:
-    return getattr(act, "kind", type(act).__name__.lower())
-
-
-__all__ = ["Activation", "JumpReLU", "ReLU", "TopK", "activation_name"]
+__all__ = ["Activation", "JumpReLU", "ReLU", "TopK"]

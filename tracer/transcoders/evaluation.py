@@ -10,7 +10,7 @@ from feature nodes. When an MLP is replaced, the real MLP output is kept at pref
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -55,21 +55,6 @@ class _Acc:
     loss_abl: float = 0.0
 
 
-@dataclass
-class SetReport:
-    layers: dict[int, LayerReport] = field(default_factory=dict)
-    accuracy: dict[str, float] | None = None  # toy answer accuracy with all MLPs replaced
-    accuracy_clean: dict[str, float] | None = None
-    n_examples: int = 0
-
-    def to_dict(self) -> dict:
-        return {
-            "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
-            "accuracy_all_replaced": self.accuracy, "accuracy_clean": self.accuracy_clean,
-            "n_examples": self.n_examples,
-        }
-
-
 def position_mask(inputs: dict, adapter, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask [B, S] of positions that count, prefix length per row)."""
     ids = inputs["input_ids"]
@@ -105,14 +90,6 @@ def loss_targets(inputs: dict, mask: torch.Tensor, image_token_id: int | None,
         ok &= torch.where(n > 0, in_answer, torch.ones_like(in_answer))
     rows, pos = torch.nonzero(ok, as_tuple=True)
     return torch.stack([rows, pos]), ids[rows, pos + 1]
-
-
-def _to_device(inputs: dict, model) -> dict:
-    p = next(model.parameters())
-    out = {k: v.to(p.device) for k, v in inputs.items()}
-    if "pixel_values" in out:
-        out["pixel_values"] = out["pixel_values"].to(p.dtype)
-    return out
 
 
 class _FinalHidden:
@@ -170,7 +147,7 @@ def evaluate_layers(model, processor, tset: TranscoderSet, items, layers=None, b
         for batch in tqdm(iter_batches(processor, iter(items), batch_size, max_length), total=len(batches),
                           desc="evaluate", disable=not progress, leave=False):
             mask, prefix = position_mask(batch.inputs, adapter, tokenizer)
-            inputs = _to_device(batch.inputs, model)
+            inputs = adapter.model_inputs(batch.inputs)
             with record_mlps(model, layers) as rec:
                 _forward(model, inputs)
             if losses:
@@ -278,4 +255,4 @@ def _table(head, rows, markdown):
     return [fmt.format(*head), "-" * (sum(widths) + 2 * (len(widths) - 1))] + [fmt.format(*r) for r in rows]
 
 
-__all__ = ["LayerReport", "SetReport", "evaluate_layers", "format_report", "is_toy_model", "toy_accuracy"]
+__all__ = ["LayerReport", "evaluate_layers", "format_report", "is_toy_model", "toy_accuracy"]

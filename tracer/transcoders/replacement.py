@@ -12,13 +12,8 @@ from typing import Iterable
 
 import torch
 
+from tracer.models.base import get_adapter
 from tracer.transcoders.transcoder_set import TranscoderSet
-
-
-def _adapter(model_or_adapter):
-    from tracer.models.base import VLMAdapter, get_adapter
-
-    return model_or_adapter if isinstance(model_or_adapter, VLMAdapter) else get_adapter(model_or_adapter)
 
 
 def prefix_lengths(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, adapter, tokenizer) -> torch.Tensor:
@@ -49,7 +44,7 @@ def replace_mlps(model, tset: TranscoderSet, layers: Iterable[int] | None = None
     add_error: add the error (true output - reconstruction) back, i.e. leave the output
         unchanged but still run the transcoders (for tests of the hook plumbing).
     """
-    adapter = _adapter(model)
+    adapter = get_adapter(model)
     layers = list(tset.layers if layers is None else layers)
     state: dict = {"prefix": None}
     handles = []
@@ -110,9 +105,9 @@ def record_mlps(model, layers: Iterable[int], stop_after_last: bool = False):
     """Record each chosen layer's MLP input and raw output on every forward call (detached).
 
     With stop_after_last, the forward pass is cut short after the last chosen MLP: call the model
-    through `run_recording(model, record, **inputs)` which swallows the StopForward.
+    through `run_recording(model, **inputs)`, which swallows the StopForward.
     """
-    adapter = _adapter(model)
+    adapter = get_adapter(model)
     layers = sorted(set(int(x) for x in layers))
     record = MLPRecord()
     handles = []

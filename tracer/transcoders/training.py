@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from tracer.transcoders.activations import JumpReLU, TopK
 from tracer.transcoders.per_layer import PerLayerTranscoder
-from tracer.transcoders.replacement import StopForward, record_mlps
+from tracer.transcoders.replacement import record_mlps, run_recording
 from tracer.transcoders.transcoder_set import TranscoderSet
 
 
@@ -307,17 +307,14 @@ class ActivationStream:
 
     @torch.no_grad()
     def _next_chunk(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        from tracer.transcoders.evaluation import _to_device, position_mask
+        from tracer.transcoders.evaluation import position_mask
 
         batch = next(self.batches)
         mask, _ = position_mask(batch.inputs, self.adapter, self.tokenizer)
-        inputs = _to_device(batch.inputs, self.model)
+        inputs = self.adapter.model_inputs(batch.inputs)
         start = time.time()
         with record_mlps(self.model, self.layers, stop_after_last=True) as rec:
-            try:
-                self.model(**inputs)
-            except StopForward:
-                pass
+            run_recording(self.model, **inputs)
         self.forward_s += time.time() - start
         out = {}
         for layer in self.layers:

@@ -145,9 +145,9 @@ class TranscoderSet:
         require_all_layers, that every model layer has a transcoder), and that the config's
         hooks exist on the model.
         """
-        from tracer.models.base import VLMAdapter, get_adapter
+        from tracer.models.base import get_adapter
 
-        adapter = model_or_adapter if isinstance(model_or_adapter, VLMAdapter) else get_adapter(model_or_adapter)
+        adapter = get_adapter(model_or_adapter)
         n_layers, d_model = int(adapter.n_layers), int(adapter.d_model)
         config_file = f"{self.source}/config.yaml" if self.source else "config.yaml"
         problems: list[str] = []
