@@ -6,11 +6,11 @@ optional: without it, or without an entry for a feature, the details panel says 
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import numpy as np
+
+from tracer.graph.neuronpedia import image_to_data_uri
 
 STORE_FOLDER = "feature_examples"
 
@@ -28,16 +28,10 @@ def _get(example, name, default=None):
     return getattr(example, name, default)
 
 
-def png_data_uri(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _as_array(image) -> np.ndarray | None:
     from PIL import Image
+
+    from tracer.images import open_image
 
     if image is None:
         return None
@@ -45,12 +39,8 @@ def _as_array(image) -> np.ndarray | None:
         return image
     if hasattr(image, "numpy"):
         return np.asarray(image.numpy())
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, (bytes, bytearray)):
-        return np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
-    if isinstance(image, (str, Path)) and Path(image).is_file():
-        return np.asarray(Image.open(image).convert("RGB"))
+    if isinstance(image, (Image.Image, bytes, bytearray)) or (isinstance(image, (str, Path)) and Path(image).is_file()):
+        return np.asarray(open_image(image))
     return None
 
 
@@ -71,9 +61,7 @@ def thumbnail(image, cell=None, grid: int | tuple | None = None, size: int = 96)
         row, col = (int(v) for v in list(cell)[-2:])
         h, w = img.height / rows, img.width / cols
         ImageDraw.Draw(img).rectangle([col * w, row * h, (col + 1) * w - 1, (row + 1) * h - 1], outline=(255, 0, 255), width=2)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return image_to_data_uri(np.asarray(img))
 
 
 IMAGE_TOKENS = {"<image_soft_token>", "<image>", "<|image_pad|>"}

@@ -48,11 +48,6 @@ def resolve(folder: str | Path, name: str) -> Path:
     return path
 
 
-def open_graph_file(path: Path):
-    """Read any supported graph file into a tracer Graph (GraphFormatError if it cannot)."""
-    return open_any_graph(path)
-
-
 class GraphStore:
     """Loaded graphs, kept while the file is unchanged (a few at a time)."""
 
@@ -80,7 +75,7 @@ class GraphStore:
                 self._sessions.move_to_end(key)
                 return self._sessions[key]
         try:
-            graph = open_graph_file(path)
+            graph = open_any_graph(path)
             graph.validate()
         except GraphFormatError as err:
             raise GraphFormatError(str(err).replace(str(path), name)) from err

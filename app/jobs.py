@@ -177,19 +177,9 @@ class JobQueue:
         with self._lock:
             return self._jobs.get(job_id) if isinstance(job_id, str) else None
 
-    def position(self, job_id: str) -> int:
-        """1 for the next job to run on its device, 2 for the one after it...; 0 if not waiting."""
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.state != QUEUED:
-                return 0
-            for k, waiting in enumerate(self._waiting.get(job.device, ())):
-                if waiting.id == job_id:
-                    return k + 1
-            return 0
-
     def status(self, job_id: str | None) -> dict | None:
-        """JSON-ready status, or None for an unknown id."""
+        """JSON-ready status, or None for an unknown id. position: 1 for the next job to run on
+        its device, 2 for the one after it...; 0 if not waiting."""
         with self._lock:
             job = self._jobs.get(job_id) if isinstance(job_id, str) else None
             if job is None:

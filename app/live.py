@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from tracer.graph.graph import ATTENTION_GRAPH
 
-from app.jobs import JobQueue
+from app.jobs import ACTIVE, JobQueue
 
 TOY_MODEL, TOY_TRANSCODERS = "toy", "toy-plt"
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -164,8 +164,10 @@ def png_bytes(array) -> bytes:
 
 
 def thumbnail_uri(data: bytes, size: int = 160) -> str:
+    import numpy as np
     from PIL import Image
 
+    from tracer.graph.neuronpedia import image_to_data_uri
     from tracer.images import open_image
 
     image = open_image(data)
@@ -173,9 +175,7 @@ def thumbnail_uri(data: bytes, size: int = 160) -> str:
     if max(image.size) < 96:  # tiny toy images: scale up crisply
         factor = max(1, 96 // max(image.size))
         image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return image_to_data_uri(np.asarray(image))
 
 
 class Uploads:
@@ -268,7 +268,7 @@ class LiveState:
         """The job in flight that computes `key`, if any (so one selection does not queue twice)."""
         job_id = self._pending.get(key)
         st = self.queue.status(job_id) if job_id else None
-        return job_id if st and st["state"] in ("queued", "running") else None
+        return job_id if st and st["state"] in ACTIVE else None
 
     def set_pending(self, key, job_id: str) -> None:
         self._pending[key] = job_id

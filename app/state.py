@@ -34,6 +34,7 @@ class AppState:
         self._examples_path = examples
         self._examples: FeatureExamples | None = None
         self._views: OrderedDict = OrderedDict()
+        self._building: dict = {}  # key -> lock held while that view is built
         self._lock = threading.Lock()
 
     @property
@@ -61,15 +62,27 @@ class AppState:
         except OSError:
             stamp = 0
         key = (id(session), round(nt, 4), round(et, 4), mode, stamp)
+        # One slider step fires several callbacks at once (graph, selection highlight, region
+        # circuit), each asking for the same view: the first builds it, the others wait for it.
         with self._lock:
             if key in self._views:
                 self._views.move_to_end(key)
                 return self._views[key]
-        annotations, error = self.annotations(session)
-        view = build_view(session, annotations, nt, et, mode)
-        current = Current(session, annotations, error, view)
-        with self._lock:
-            self._views[key] = current
-            while len(self._views) > 8:
-                self._views.popitem(last=False)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self._views:
+                    self._views.move_to_end(key)
+                    return self._views[key]
+            try:
+                annotations, error = self.annotations(session)
+                view = build_view(session, annotations, nt, et, mode)
+                current = Current(session, annotations, error, view)
+                with self._lock:
+                    self._views[key] = current
+                    while len(self._views) > 8:
+                        self._views.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
         return current

@@ -224,12 +224,8 @@ def heads_job(live: LiveState, session_view, target: int, source: int, top: int 
         ctx.progress("heads", 0, 1)
         h = heads_for_edge(result, int(target), int(source))
         return {"target": int(target), "source": int(source), "edge": h.edge, "graph_edge":
-                float(session_view.graph.adjacency[_row(session_view.graph, int(target)), int(source)]),
+                float(session_view.graph.adjacency[session_view.graph.row_of_node(int(target)), int(source)]),
                 "without_attention": h.without_attention, "n_heads": len(h.heads),
                 "heads": [e.to_dict() for e in h.heads[:top]]}
 
     return run
-
-
-def _row(graph, node: int) -> int:
-    return node if node < graph.n_features else graph.n_features + (node - graph.logit_offset)

@@ -64,9 +64,8 @@
                         style: {opacity: 1, "border-width": 5, "border-color": "#111"}});
           }
         }
-        var point = imageHover && imageHover.points && imageHover.points[0];
-        if (point && typeof point.customdata === "string" && point.customdata) {
-          style.push({selector: idSelector(point.customdata),
+        if (point0 && typeof point0.customdata === "string" && point0.customdata) {
+          style.push({selector: idSelector(point0.customdata),
                       style: {opacity: 1, "border-width": 6, "border-color": "#ff00c8", "overlay-color": "#ff00c8",
                               "overlay-opacity": 0.35, "overlay-padding": 8, "z-index": 30}});
         }

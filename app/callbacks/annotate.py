@@ -9,9 +9,8 @@ from tracer.graph import GraphFormatError
 from app import ids
 from app.annotations import update_annotations
 from app.graph_store import GraphNotFound
+from app.view.build import DECORATIONS
 from app.view.keys import is_supernode_key
-
-DECORATIONS = ("axis", "block")
 
 
 def _targets(selected_nodes, selected_key) -> list[str]:

@@ -225,7 +225,7 @@ def register(app, state) -> None:
         if s is None or t is None:
             return "This edge joins supernodes: pick an edge between two graph nodes.", True, []
         labels = (session.default_label(s).strip(), session.default_label(t).strip())
-        w = float(session.graph.adjacency[_row(session.graph, t), s])
+        w = float(session.graph.adjacency[session.graph.row_of_node(t), s])
         info = f"Edge {labels[0]} → {labels[1]} (weight {w:+.4g})"
         if is_attention_graph(session.graph):
             split = _attention_split(session.graph, t, s)
@@ -259,10 +259,6 @@ def register(app, state) -> None:
         job_id = live.submit("heads", heads_job(live, session, t, s), label=f"heads of an edge of {session.name}",
                              meta={"edge": [session.name, t, s]})
         return {"id": job_id}, html.Div("queued", className="job-status busy")
-
-
-def _row(graph, node: int) -> int:
-    return node if node < graph.n_features else graph.n_features + (node - graph.logit_offset)
 
 
 def _attention_split(graph, target: int, source: int) -> dict | None:

@@ -10,10 +10,8 @@ from tracer.graph import GraphFormatError
 from app import ids
 from app.graph_store import GraphNotFound
 from app.panels.details_render import details_children, examples_children, token_strip
-from app.view.build import selection_highlight
+from app.view.build import DECORATIONS, selection_highlight
 from app.view.details import node_details
-
-DECORATIONS = ("axis", "block")
 
 
 def register(app, state) -> None:

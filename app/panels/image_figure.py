@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from app.examples import png_data_uri
+from tracer.graph.neuronpedia import image_to_data_uri
+
 from app.view.session import GraphSession
 
 HEAT_COLOURS = [[0.0, "rgba(255,110,0,0)"], [0.02, "rgba(255,110,0,0.12)"], [1.0, "rgba(255,60,0,0.85)"]]
@@ -102,7 +103,7 @@ def base_figure(session: GraphSession, image: int, heat: np.ndarray | None = Non
     rows, cols, ch, cw = grid_geometry(session, image)
     z = np.zeros((rows, cols)) if heat is None else heat
     fig = go.Figure()
-    fig.add_trace(go.Image(source=png_data_uri(img[..., :3] if img.ndim == 3 else img), hoverinfo="skip", name="image"))
+    fig.add_trace(go.Image(source=image_to_data_uri(img[..., :3] if img.ndim == 3 else img), hoverinfo="skip", name="image"))
     fig.add_trace(go.Heatmap(
         z=z.tolist(), x0=(cw - 1) / 2, dx=cw, y0=(ch - 1) / 2, dy=ch, colorscale=HEAT_COLOURS, zmin=0,
         zmax=float(max(np.abs(z).max(), 1e-9)), showscale=heat is not None, customdata=cell_keys(session, image),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 import plotly.graph_objects as go
 from dash import html
+
+from tracer.graph.neuronpedia import image_to_data_uri
 
 from app.jobs import ACTIVE, CANCELLED, DONE, ERROR, status_text
 
@@ -158,8 +157,6 @@ def attention_split_children(split: dict, labels: tuple[str, str]) -> list:
 
 def overlay_uri(grid_map: np.ndarray, min_side: int = 256) -> str:
     """A (P, P) map as a transparent-to-purple PNG (nearest-neighbour upscaled, crisp cells)."""
-    from PIL import Image
-
     m = np.asarray(grid_map, dtype=np.float64)
     lo, hi = float(m.min()), float(m.max())
     v = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)  # the weakest patch fully transparent
@@ -168,9 +165,7 @@ def overlay_uri(grid_map: np.ndarray, min_side: int = 256) -> str:
     rgba = np.zeros(v.shape + (4,), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2] = OVERLAY_RGB
     rgba[..., 3] = np.round(np.clip(v, 0, 1) ** 0.8 * 210).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return image_to_data_uri(rgba)  # (H, W, 4) uint8: an RGBA PNG
 
 
 def overlay_layout_image(grid_map: np.ndarray, width: int, height: int) -> dict:

@@ -15,6 +15,7 @@ from app.view.positions import compute_positions
 from app.view.session import GraphSession
 
 PRUNED, PINNED = "pruned", "pinned"
+DECORATIONS = ("axis", "block")  # element kinds that are drawn but are not graph nodes
 
 COLOURS = {
     "feature": "#f28e2b",

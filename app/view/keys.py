@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from tracer.graph import Graph
 
 
@@ -28,8 +26,3 @@ def is_supernode_key(key: str) -> bool:
 
 def edge_id(source: str, target: str) -> str:
     return f"{source}__{target}"
-
-
-def row_nodes(graph: Graph) -> np.ndarray:
-    """Node index of each adjacency row (features, then logits)."""
-    return np.concatenate([np.arange(graph.n_features), graph.logit_offset + np.arange(graph.n_logits)])

@@ -24,7 +24,7 @@ def region_circuit(session: GraphSession, view: DisplayView, image: int, cells) 
     if len(sources) == 0:
         return {"sources": [], "nodes": [], "edges_from": [], "logits": []}
     in_view = influence_from(g, sources, view.edge_mask)
-    full = influence_from(g, sources, None)
+    full = session.full_influence_from(sources)
     shown = np.zeros(g.n_nodes, bool)
     shown[view.node_indices] = True
     reachable = np.flatnonzero(in_view["reachable"] & shown)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from tracer.graph import Graph
-from tracer.graph.pruning import graph_scores
+from tracer.graph.pruning import graph_scores, influence_from, row_nodes
 
 from app.view.budget import MAX_EDGES, MAX_NODES, BudgetView, Pruner
-from app.view.keys import node_keys, row_nodes
+from app.view.keys import node_keys
 
 
 class GraphSession:
@@ -32,6 +32,7 @@ class GraphSession:
         self.rows = row_nodes(graph)
         self.image_mask = graph.is_image_position()
         self._budgets: OrderedDict = OrderedDict()
+        self._flows: OrderedDict = OrderedDict()  # source nodes -> influence_from over the full graph
         self._lock = threading.Lock()
         self._init_lock = threading.Lock()
         self._pruner: Pruner | None = None
@@ -161,6 +162,21 @@ class GraphSession:
             if pos is not None:
                 out.append(self.graph.embedding_offset + pos)
         return np.array(sorted(set(out)), dtype=np.int64)
+
+    def full_influence_from(self, sources: np.ndarray) -> dict:
+        """tracer.graph.pruning.influence_from along every edge of the graph: it does not depend
+        on the pruned view, so a slider step with a region selected reuses it (cached)."""
+        key = tuple(np.asarray(sources, dtype=np.int64).tolist())
+        with self._lock:
+            if key in self._flows:
+                self._flows.move_to_end(key)
+                return self._flows[key]
+        flow = influence_from(self.graph, sources, None)
+        with self._lock:
+            self._flows[key] = flow
+            while len(self._flows) > 8:
+                self._flows.popitem(last=False)
+        return flow
 
     # ------------------------------------------------------------------ pruning (cached)
     def budget(self, node_threshold: float, edge_threshold: float) -> BudgetView:
