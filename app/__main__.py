@@ -20,7 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                "<graph file>.annotations.json. See docs/app.md.",
     )
     parser.add_argument("--graphs", metavar="DIR", default=None,
-                        help="folder with graph files (default: the repository's sample_graphs/)")
+                        help="folder with graph files (default: the sample graphs shipped with the app, app/sample_graphs/)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it "
                              "to the network, with no authentication)")

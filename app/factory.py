@@ -14,10 +14,9 @@ ASSETS = Path(__file__).parent / "assets"
 
 
 def default_graphs_dir() -> Path:
-    """The repository's sample_graphs/ (next to the app package: a source checkout or an
-    editable install); else ./sample_graphs."""
-    here = Path(__file__).resolve().parent.parent / "sample_graphs"
-    return here if here.is_dir() else Path.cwd() / "sample_graphs"
+    """The sample graphs shipped inside the app package (a checkout, an editable install and an
+    installed wheel all have them)."""
+    return Path(__file__).resolve().parent / "sample_graphs"
 
 
 def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None = None,

@@ -90,7 +90,7 @@ def test_page_serves_local_assets_only(client):
 
 
 def test_default_graphs_dir_is_the_repository_sample_graphs():
-    assert default_graphs_dir() == ROOT / "sample_graphs"
+    assert default_graphs_dir() == ROOT / "app" / "sample_graphs"
 
 
 def test_command_line_help_and_no_model_at_import():

@@ -268,14 +268,14 @@ def test_cli_features(tmp_path, toy_vlm, monkeypatch, capsys):
 
 
 def test_shipped_sample_store_matches_shipped_transcoders():
-    """sample_graphs/feature_examples was computed with the shipped toy transcoders; if those are
+    """app/sample_graphs/feature_examples was computed with the shipped toy transcoders; if those are
     retrained, recompute it (command in docs/feature_examples.md)."""
     from pathlib import Path
 
     from tracer.features.compute import transcoder_fingerprint
     from tracer.transcoders import default_transcoders_dir, load_transcoder_set
 
-    root = Path(__file__).resolve().parents[1] / "sample_graphs" / "feature_examples"
+    root = Path(__file__).resolve().parents[1] / "app" / "sample_graphs" / "feature_examples"
     if not root.exists():
         pytest.skip("no sample feature-examples store")
     store = ExampleStore(root)
@@ -286,5 +286,5 @@ def test_shipped_sample_store_matches_shipped_transcoders():
     if not (Path(default_transcoders_dir()) / "config.yaml").exists():
         pytest.skip("the shipped toy transcoders are not there")
     assert store.manifest["transcoder"]["fingerprint"] == transcoder_fingerprint(load_transcoder_set(None)), (
-        "sample_graphs/feature_examples is stale: recompute it with `python -m tracer features --data toy "
-        "--n-examples 600 --per-feature 8 --out sample_graphs/feature_examples`")
+        "app/sample_graphs/feature_examples is stale: recompute it with `python -m tracer features --data toy "
+        "--n-examples 600 --per-feature 8 --out app/sample_graphs/feature_examples`")

@@ -14,7 +14,7 @@ from tracer.toy.samples import ground_truth
 from tracer.models.loading import resolve_model_ref
 from pathlib import Path
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_graphs"
+SAMPLES = Path(__file__).resolve().parent.parent / "app" / "sample_graphs"
 
 
 def evidence_ratio(graph) -> float:

@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def write_graphs(folder: Path) -> dict[str, str]:
-    """Synthetic graphs for the browser tests (never written into sample_graphs/)."""
+    """Synthetic graphs for the browser tests (never written into app/sample_graphs/)."""
     from graph_factory import make_graph
 
     from tracer.graph import save_graph
@@ -137,11 +137,11 @@ def server(graphs):
 
 @pytest.fixture(scope="session")
 def sample_server():
-    """The app on the shipped sample_graphs/ (read only: no test edits annotations there)."""
+    """The app on the shipped app/sample_graphs/ (read only: no test edits annotations there)."""
     from app.factory import create_app, default_graphs_dir
 
     if not any(default_graphs_dir().glob("*.graph.safetensors")):
-        pytest.skip("no sample graphs in sample_graphs/")
+        pytest.skip("no sample graphs in app/sample_graphs/")
     srv = Server(create_app())
     yield srv
     srv.close()

@@ -2,7 +2,7 @@
 activation heatmap on the image) and the toy ground-truth region selected (the circuit that
 starts there highlighted).
 
-    python tests/browser/screenshot.py [--graphs sample_graphs] [--graph NAME] [--out docs/screenshot.png]
+    python tests/browser/screenshot.py [--graphs app/sample_graphs] [--graph NAME] [--out docs/screenshot.png]
 
 docs/screenshot.png was made with `--node-steps 4 --edge-steps 8 --height 1100` (node threshold
 0.6, edge threshold 0.9: a readable picture).
@@ -41,7 +41,7 @@ def pick_feature(state, name: str) -> str | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--graphs", default=str(ROOT / "sample_graphs"))
+    parser.add_argument("--graphs", default=str(ROOT / "app" / "sample_graphs"))
     parser.add_argument("--graph", default=None, help="file name (default: the first color-* graph, else the first)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--width", type=int, default=1600)

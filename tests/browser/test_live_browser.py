@@ -46,7 +46,7 @@ def live_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("live")
     src = default_graphs_dir() / SAMPLE
     if not src.exists():
-        pytest.skip(f"{SAMPLE} is not in sample_graphs/")
+        pytest.skip(f"{SAMPLE} is not in app/sample_graphs/")
     shutil.copy(src, folder / SAMPLE)
     srv = Server(create_app(folder, live=True))
     srv.folder = folder

@@ -37,6 +37,9 @@ def register(sub) -> None:
     train.add_argument("--threads", type=int, default=1,
                        help="torch CPU threads (use 1 when other work shares the cores)")
     train.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    train.add_argument("--overwrite", action="store_true",
+                       help="train from step 0 even if --out holds a finished model (replaced); without it such a "
+                            "folder is refused. A folder with a checkpoint is always resumed")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
@@ -73,7 +76,7 @@ def register(sub) -> None:
         "save them with their ground truth (answer, evidence objects, soft-token positions) in graph.info.",
         formatter_class=HelpFormatter,
     )
-    graphs.add_argument("--out", default="sample_graphs", help="output folder")
+    graphs.add_argument("--out", default="app/sample_graphs", help="output folder")
     graphs.add_argument("--model", default=None, help="model (default: the shipped toy VLM)")
     graphs.add_argument("--transcoders", default=None, help="transcoders (default: the shipped toy set)")
     graphs.add_argument("--per-type", type=int, default=1, help="graphs per question type")
@@ -90,7 +93,7 @@ def _train(args) -> int:
         aux_weight=args.aux_weight, seed=args.seed, eval_every=args.eval_every, device=args.device,
         threads=args.threads, num_workers=args.workers,
     )
-    out = train(args.out, cfg, progress=not args.no_progress)
+    out = train(args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"saved the toy VLM to {out}")
     return 0
 

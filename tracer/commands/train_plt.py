@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 MEMORY_HELP = """\
 what fits where (training state is fp32: weights + gradients + 2 Adam moments = 16 bytes per
@@ -106,6 +107,11 @@ def _run(args) -> int:
     from tracer.transcoders.sources import make_source
     from tracer.transcoders.training import PLTTrainConfig, train_plt
 
+    steps = max(1, args.tokens // args.batch_tokens)
+    if steps <= args.warmup_steps:
+        print(f"warning: {steps} optimizer steps (--tokens {args.tokens} / --batch-tokens {args.batch_tokens}) do not "
+              f"get past the {args.warmup_steps}-step learning-rate warm-up: the rate never reaches --lr "
+              f"(lower --warmup-steps or train on more --tokens)", file=sys.stderr)
     torch.set_num_threads(max(1, args.threads))
     source = make_source(args.data)
     model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device,

@@ -1,7 +1,7 @@
 """Read a feature-examples store: ours, or the published Gemma3 one (a local copy of
 `Jingcheng/gemma3-4b-it-plt-activations`). Layout in tracer/features/layout.py.
 
-    store = ExampleStore("sample_graphs/feature_examples")
+    store = ExampleStore("app/sample_graphs/feature_examples")
     for ex in store.top_examples(layer=2, feature=17, k=8):
         ex.value, ex.tokens[ex.token_position], ex.image, ex.image_cell
 

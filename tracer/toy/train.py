@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -103,10 +104,40 @@ def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainCo
     return loss, {"loss": loss.item(), "answer_loss": answer_loss.item(), "aux": aux.item(), "acc": acc.item()}
 
 
-def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True) -> Path:
-    """Train (or resume) the toy VLM into out_dir and save it as a Hugging Face folder."""
+def check_out_folder(out: Path, cfg: TrainConfig, overwrite: bool = False) -> None:
+    """Refuse to start from step 0 over a finished run (its checkpoint is gone, its model would be
+    overwritten), and a resume whose checkpoint is already at or past the requested steps."""
+    from tracer.errors import InputError
+
+    state_path = out / CHECKPOINT
+    if state_path.exists():
+        step = int(torch.load(state_path, map_location="cpu", weights_only=True)["step"])
+        if step >= cfg.steps:
+            raise InputError(f"{out} holds a checkpoint at step {step}, not before --steps {cfg.steps}: "
+                             f"nothing to train (raise --steps to continue it)")
+        return
+    if (out / "model.safetensors").exists() and not overwrite:
+        done = ""
+        log = out / "training_log.json"
+        if log.exists():
+            try:
+                evals = json.loads(log.read_text()).get("eval") or []
+                done = f" ({evals[-1]['step']} steps)" if evals else ""
+            except (ValueError, KeyError, TypeError):
+                pass
+        raise InputError(f"{out} already holds a trained toy VLM{done} and no checkpoint to resume: choose another "
+                         f"--out, or pass --overwrite to train a new one from step 0 over it")
+
+
+def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train (or resume from its checkpoint) the toy VLM into out_dir and save it as a Hugging
+    Face folder. A folder with a finished model is refused unless overwrite."""
     cfg = cfg or TrainConfig()
     out = Path(out_dir)
+    check_out_folder(out, cfg, overwrite)
+    if cfg.warmup >= cfg.steps:
+        print(f"warning: the learning-rate warm-up ({cfg.warmup} steps) is not shorter than the run ({cfg.steps} "
+              f"steps): the rate never reaches its peak (lower --warmup)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)

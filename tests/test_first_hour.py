@@ -1,0 +1,76 @@
+"""What a new user meets first: the installer's choice of torch build, and the training commands
+refusing to overwrite finished work or warning about settings that cannot do what was asked."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _installer():
+    spec = importlib.util.spec_from_file_location("install", ROOT / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("choice, installed, gpu, platform, expected", [
+    ("auto", None, False, "linux", "cpu"),          # no GPU: never PyPI's CUDA build on Linux
+    ("auto", None, True, "linux", "pypi"),          # a GPU: PyPI's CUDA build
+    ("auto", None, False, "darwin", "pypi"),        # PyPI's macOS build has no CUDA
+    ("auto", "2.13.0+cpu", False, "linux", "keep"),  # a fitting torch is kept
+    ("auto", "2.3.1", False, "linux", "cpu"),       # too old: replaced
+    ("auto", "2.15.0", True, "linux", "pypi"),      # too new: replaced
+    ("cpu", "2.13.0", True, "linux", "cpu"),        # explicit choices win
+    ("skip", None, False, "linux", "keep"),
+])
+def test_installer_picks_the_torch_build_for_the_machine(choice, installed, gpu, platform, expected):
+    assert _installer().choose_torch(choice, installed, gpu, platform) == expected
+
+
+def test_installer_help_explains_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        _installer().main(["--help"])
+    text = capsys.readouterr().out
+    for word in ("--test", "--torch", "--wheel", "CUDA", "CPU"):
+        assert word in text
+
+
+def test_toy_train_refuses_to_restart_over_a_finished_model(tmp_path, capsys):
+    from tracer.cli import main
+
+    finished = tmp_path / "run"
+    finished.mkdir()
+    (finished / "model.safetensors").write_bytes(b"weights")
+    (finished / "training_log.json").write_text('{"eval": [{"step": 4500}]}')
+    assert main(["toy", "train", "--out", str(finished), "--steps", "3", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a trained toy VLM (4500 steps)" in err and "--overwrite" in err
+    assert (finished / "model.safetensors").read_bytes() == b"weights"  # nothing lost
+
+
+def test_toy_train_refuses_a_resume_that_has_nothing_left_to_do(tmp_path, capsys):
+    from tracer.cli import main
+    from tracer.toy.train import CHECKPOINT
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": 500}, run / CHECKPOINT)
+    assert main(["toy", "train", "--out", str(run), "--steps", "500", "--no-progress"]) == 2
+    assert "checkpoint at step 500" in capsys.readouterr().err
+
+
+def test_train_plt_warns_when_the_run_is_shorter_than_its_warm_up(tmp_path, capsys):
+    from tracer.cli import main
+
+    # 4 steps against a 100-step warm-up; the missing model then stops the run before any work.
+    code = main(["train-plt", "--out", str(tmp_path / "plt"), "--model", str(tmp_path / "no-model"),
+                 "--tokens", "4096", "--batch-tokens", "1024", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "4 optimizer steps" in err and "100-step learning-rate warm-up" in err
