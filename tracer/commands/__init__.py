@@ -3,6 +3,6 @@
 from tracer.commands import attribute, toy
 from tracer.commands import train_plt, transcoders
 from tracer.commands import export, features
-from tracer.commands import attention, diff, steer
+from tracer.commands import attention, batch, diff, steer
 
-COMMANDS = [attribute, toy, transcoders, train_plt, export, features, steer, attention, diff]
+COMMANDS = [attribute, toy, transcoders, train_plt, export, features, steer, attention, diff, batch]

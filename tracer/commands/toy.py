@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tracer.commands.common import HelpFormatter
+from tracer.errors import InputError
 
 
 def register(sub) -> None:
@@ -57,8 +58,9 @@ def register(sub) -> None:
 
     sample = toy_sub.add_parser(
         "sample", help="write toy examples (images + questions + ground truth) to a folder",
-        description="Write N examples as PNG images plus examples.jsonl with question, answer, the "
-        "objects the answer depends on and the image soft-token positions under them.",
+        description="Write N examples as PNG images plus examples.jsonl with id, question, answer, the "
+        "objects the answer depends on and the image soft-token positions under them (evidence_tokens). "
+        "examples.jsonl is a batch file for `python -m tracer batch`, with its ground truth.",
         formatter_class=HelpFormatter,
     )
     sample.add_argument("--out", required=True, help="output folder")
@@ -67,6 +69,8 @@ def register(sub) -> None:
                         help="which split (they never share a scene layout)")
     sample.add_argument("--type", dest="question_type", default=None, help="only this question type")
     sample.add_argument("--seed", type=int, default=0, help="which examples of the split")
+    sample.add_argument("--jsonl", default="examples.jsonl", metavar="NAME",
+                        help="name of the batch file written in --out (the input of `python -m tracer batch`)")
     sample.set_defaults(handler=_sample)
 
     graphs = toy_sub.add_parser(
@@ -116,15 +120,17 @@ def _sample(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "examples.jsonl", "w") as f:
+    if Path(args.jsonl).name != args.jsonl or not args.jsonl.endswith(".jsonl"):
+        raise InputError(f"--jsonl must be a file name ending in .jsonl (it is written in --out), got {args.jsonl!r}")
+    with open(out / args.jsonl, "w") as f:
         for ex in world.examples(args.split, args.seed, 0, args.n, args.question_type):
-            record = ex.to_dict()
+            record = {"id": f"{args.split}-{ex.index:05d}", **ex.to_dict()}
             if ex.has_image:
                 name = f"{args.split}_{ex.index:05d}.png"
                 ex.image().save(out / name)
                 record["image"] = name
             f.write(json.dumps(record) + "\n")
-    print(f"wrote {args.n} examples to {out}")
+    print(f"wrote {args.n} examples to {out} ({out / args.jsonl})")
     return 0
 
 
