@@ -39,6 +39,12 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
                    help="model dtype")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="shard the work over this many Ray workers, each with its own model copy (the store is "
+                        "the same as one process writes); default: one process, no Ray")
+    p.add_argument("--address", default=None,
+                   help="run the workers on an existing Ray cluster ('auto' or host:port); implies Ray")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU cores reserved per Ray worker")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
@@ -55,18 +61,34 @@ def _run(args) -> int:
     if args.n_examples <= 0 or args.per_feature <= 0 or args.batch_size <= 0:
         print("error: --n-examples, --per-feature and --batch-size must be positive", file=sys.stderr)
         return 2
+    if args.workers is not None and args.workers <= 0 or not args.cpus_per_worker > 0:
+        print("error: --workers and --cpus-per-worker must be positive", file=sys.stderr)
+        return 2
     spec = parse_data_spec(args.data)  # a DataSpecError is printed by tracer.cli (exit 2)
     data = f"toy:{spec.split},seed={args.seed},start={args.start}" + (f",type={spec.question_type}"
                                                                        if spec.question_type else "")
+    names = {"model_name": args.model or "toy-vlm (shipped)", "transcoder_name": args.transcoders or "toy-plt (shipped)"}
+    if args.workers is not None or args.address is not None:
+        from tracer.features.distributed import compute_feature_examples_ray
+
+        out = compute_feature_examples_ray(
+            args.out, model=args.model, transcoders=args.transcoders, data=data, n_inputs=args.n_examples,
+            n_per_feature=args.per_feature, batch_size=args.batch_size, per_position=not args.no_per_position,
+            min_fraction=args.min_fraction, device=args.device, dtype=args.dtype, workers=args.workers,
+            address=args.address, cpus_per_worker=args.cpus_per_worker, progress=not args.no_progress, **names)
+        return _report(out)
     dtype = getattr(torch, args.dtype)
     model, processor = load_vlm(args.model, dtype=dtype, device=args.device, attn_implementation=FAST_ATTENTION)
     tset = load_transcoder_set(args.transcoders, device=args.device, dtype=dtype, model=model)
     out = compute_feature_examples(
         args.out, model, processor, tset, data=data, n_inputs=args.n_examples, n_per_feature=args.per_feature,
         batch_size=args.batch_size, per_position=not args.no_per_position, progress=not args.no_progress,
-        model_name=args.model or "toy-vlm (shipped)", transcoder_name=args.transcoders or "toy-plt (shipped)",
-        min_fraction=args.min_fraction,
+        min_fraction=args.min_fraction, **names,
     )
+    return _report(out)
+
+
+def _report(out) -> int:
     from tracer.features.store import ExampleStore
 
     store = ExampleStore(out)

@@ -152,6 +152,119 @@ def _prepare(processor, adapter, examples: list):
     return inputs, retained, per_example
 
 
+class FeatureScanner:
+    """One process's share of the work: a model with capture hooks on its MLP inputs, its
+    processor and transcoders. Scans inputs into top-k tables, and rescans the inputs that hold a
+    slot for per-position activations. Used in-process and by each Ray worker
+    (tracer.features.distributed)."""
+
+    def __init__(self, model, processor, transcoders):
+        from tracer.models import get_adapter
+
+        self.model, self.processor, self.transcoders = model, processor, transcoders
+        self.adapter = get_adapter(model)
+        self.layers = [int(layer) for layer in transcoders.layers]
+        self.d = {layer: int(transcoders[layer].d_transcoder) for layer in self.layers}
+
+    def manifest_extra(self, spec: DataSpec, count: int, model_name: str, transcoder_name: str) -> dict:
+        tpi = int(getattr(self.adapter, "tokens_per_image", 0) or 0)
+        return {
+            "model_name": model_name or str(getattr(self.model.config, "_name_or_path", "")),
+            "model_revision": None,
+            "transcoder": {"fingerprint": transcoder_fingerprint(self.transcoders), "name": transcoder_name,
+                           "source": _portable(getattr(self.transcoders, "source", "")),
+                           "feature_input_hook": getattr(self.transcoders, "feature_input_hook", "mlp.hook_in"),
+                           "d_transcoder": {str(layer): self.d[layer] for layer in self.layers}},
+            "dataset": {**spec.describe(), "count": count},
+            "image_token_id": self.adapter.image_token_id,
+            "tokens_per_image": tpi,
+            "tokens_per_side": int(round(tpi ** 0.5)) if tpi else 0,
+            "excluded_positions": "chat-template prefix (<bos><start_of_turn>user\\n) and padding",
+        }
+
+    def scan(self, spec: DataSpec, examples: list, first_id: int, tops: dict, batch_size: int,
+             on_record: Callable[[InputRecord], None], bar=None) -> None:
+        """Every example's record (on_record, in order) and its activations folded into tops
+        ({layer: top-k table}); input ids start at first_id."""
+        tok = self.processor.tokenizer
+        with MLPInputs(self.adapter, self.layers) as hooks:
+            for start, chunk in _batches(examples, int(batch_size)):
+                inputs, retained, per_example = _prepare(self.processor, self.adapter, chunk)
+                for b, ex in enumerate(chunk):
+                    valid, row, prefix, types = per_example[b]
+                    on_record(InputRecord(
+                        example_id=f"toy/{ex.split}/seed{spec.seed}/{ex.index:06d}",
+                        text=tok.decode(row[:1]) + _prompt_text(ex),
+                        token_ids=row, token_mask=[i >= prefix for i in range(len(row))], token_type_ids=types,
+                        tokens=[tok.decode([t]) for t in row],
+                        images=[ex.image()] if ex.has_image else [],
+                        metadata={"source": "toy", **ex.to_dict(), "seed": spec.seed},
+                    ))
+                captured = hooks.run(self.model, inputs)
+                _encode_batch(self.transcoders, captured, retained, first_id + start,
+                              lambda layer, i, p, f, v: tops[layer].update(i, p, f, v))
+                if bar is not None:
+                    bar.update(len(chunk))
+
+    def scan_positions(self, examples: dict, keys: dict, batch_size: int, bar=None) -> dict:
+        """For the inputs in `examples` ({input id: example}): the activations at every position
+        of the (input, feature) pairs that hold a slot. Returns {layer: [(slot, position, value)
+        arrays, ...]}; keys from slot_keys()."""
+        found: dict[int, list] = {layer: [] for layer in self.layers}
+
+        def collect(layer, inp, pos, feat, val):
+            k_sorted, order = keys[layer]
+            if not len(k_sorted):
+                return
+            key = inp.numpy().astype(np.int64) * self.d[layer] + feat.numpy().astype(np.int64)
+            j = np.minimum(np.searchsorted(k_sorted, key), len(k_sorted) - 1)
+            hit = k_sorted[j] == key
+            found[layer].append((order[j[hit]], pos.numpy()[hit], val.numpy()[hit]))
+
+        ids = sorted(examples)
+        with MLPInputs(self.adapter, self.layers) as hooks:
+            for start in range(0, len(ids), batch_size):
+                chunk_ids = ids[start: start + batch_size]
+                inputs, retained, _ = _prepare(self.processor, self.adapter, [examples[i] for i in chunk_ids])
+                captured = hooks.run(self.model, inputs)
+                id_map = torch.tensor(chunk_ids, dtype=torch.int64)
+                _encode_batch(self.transcoders, captured, retained, 0,
+                              lambda layer, local, pos, feat, val: collect(layer, id_map[local], pos, feat, val))
+                if bar is not None:
+                    bar.update(len(chunk_ids))
+        return found
+
+
+def slot_keys(tables: dict, d: dict) -> tuple[dict, list[int]]:
+    """Per layer, the sorted keys input_id * d + feature of its slots (and their slot order), and
+    the ids of the inputs that hold any slot."""
+    keys, needed = {}, set()
+    for layer, table in tables.items():
+        k = (table["input_ids"].astype(np.int64) * d[layer]
+             + np.repeat(table["feature_ids"].astype(np.int64), table["slot_counts"]))
+        order = np.argsort(k, kind="stable")
+        keys[layer] = (k[order], order)
+        needed.update(int(i) for i in np.unique(table["input_ids"]))
+    return keys, sorted(needed)
+
+
+def write_positions(writer: StoreWriter, tables: dict, found: dict, min_fraction: float) -> None:
+    """Per-slot activations over positions (what scan_positions found) into the store."""
+    for layer, table in tables.items():
+        n_slots = len(table["top_values"])
+        parts = found[layer]
+        slot = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        pos = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        val = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+        if min_fraction > 0 and len(slot):
+            keep = val >= min_fraction * table["top_values"][slot]
+            slot, pos, val = slot[keep], pos[keep], val[keep]
+        order = np.lexsort((pos, slot))
+        slot, pos, val = slot[order], pos[order], val[order]
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(slot, minlength=n_slots))]).astype(np.int64)
+        writer.set_example_activations(layer, offsets, pos, val)
+
+
 def compute_feature_examples(out: str | Path, model=None, processor=None, transcoders=None, *, data: str = "toy",
                              n_inputs: int = 600, n_per_feature: int = 8, batch_size: int = 32,
                              per_position: bool = True, progress: bool = True, model_name: str = "",
@@ -167,8 +280,6 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
     """
     from tqdm.auto import tqdm
 
-    from tracer.models import get_adapter
-
     if model is None or processor is None:
         from tracer.models import load_vlm
 
@@ -179,50 +290,22 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
 
         transcoders = load_transcoder_set(None, lazy_decoder=True)
         transcoder_name = transcoder_name or "toy-plt (shipped)"
-    adapter = get_adapter(model)
-    layers = [int(layer) for layer in transcoders.layers]
+    scanner = FeatureScanner(model, processor, transcoders)
     spec = parse_data_spec(data)
     examples = toy_examples(spec, int(n_inputs))
-    tok = processor.tokenizer
-    tpi = int(getattr(adapter, "tokens_per_image", 0) or 0)
-    extra = {
-        "model_name": model_name or str(getattr(model.config, "_name_or_path", "")),
-        "model_revision": None,
-        "transcoder": {"fingerprint": transcoder_fingerprint(transcoders), "name": transcoder_name,
-                       "source": _portable(getattr(transcoders, "source", "")),
-                       "feature_input_hook": getattr(transcoders, "feature_input_hook", "mlp.hook_in"),
-                       "d_transcoder": {str(layer): int(transcoders[layer].d_transcoder) for layer in layers}},
-        "dataset": {**spec.describe(), "count": len(examples)},
-        "image_token_id": adapter.image_token_id,
-        "tokens_per_image": tpi,
-        "tokens_per_side": int(round(tpi ** 0.5)) if tpi else 0,
-        "excluded_positions": "chat-template prefix (<bos><start_of_turn>user\\n) and padding",
-    }
-    writer = StoreWriter(out, {layer: transcoders[layer].d_transcoder for layer in layers}, n_per_feature,
-                         manifest_extra=extra)
+    writer = StoreWriter(out, scanner.d, n_per_feature,
+                         manifest_extra=scanner.manifest_extra(spec, len(examples), model_name, transcoder_name))
     try:
-        with MLPInputs(adapter, layers) as hooks:
-            bar = tqdm(total=len(examples), desc="feature examples", unit="input", disable=not progress)
-            for start, chunk in _batches(examples, int(batch_size)):
-                inputs, retained, per_example = _prepare(processor, adapter, chunk)
-                for b, ex in enumerate(chunk):
-                    valid, row, prefix, types = per_example[b]
-                    writer.add_input(InputRecord(
-                        example_id=f"toy/{ex.split}/seed{spec.seed}/{ex.index:06d}",
-                        text=tok.decode(row[:1]) + _prompt_text(ex),
-                        token_ids=row, token_mask=[i >= prefix for i in range(len(row))], token_type_ids=types,
-                        tokens=[tok.decode([t]) for t in row],
-                        images=[ex.image()] if ex.has_image else [],
-                        metadata={"source": "toy", **ex.to_dict(), "seed": spec.seed},
-                    ))
-                captured = hooks.run(model, inputs)
-                _encode_batch(transcoders, captured, retained, start,
-                              lambda layer, i, p, f, v: writer.update(layer, i, p, f, v))
-                bar.update(len(chunk))
+        bar = tqdm(total=len(examples), desc="feature examples", unit="input", disable=not progress)
+        scanner.scan(spec, examples, 0, writer.top, batch_size, writer.add_input, bar)
+        bar.close()
+        if per_position:
+            tables = {layer: writer.slot_table(layer) for layer in scanner.layers}
+            keys, ids = slot_keys(tables, scanner.d)
+            bar = tqdm(total=len(ids), desc="per-position activations", unit="input", disable=not progress)
+            found = scanner.scan_positions({i: examples[i] for i in ids}, keys, int(batch_size), bar)
             bar.close()
-            if per_position:
-                _example_activations(writer, transcoders, hooks, model, processor, adapter, examples, layers,
-                                     int(batch_size), progress, min_fraction)
+            write_positions(writer, tables, found, min_fraction)
         return writer.finish()
     except BaseException:
         writer.abort()
@@ -259,55 +342,4 @@ def _encode_batch(transcoders, captured: dict[int, torch.Tensor], retained: torc
         emit(layer, b_idx[r] + start, p_idx[r], f, v)
 
 
-def _example_activations(writer: StoreWriter, transcoders, hooks: MLPInputs, model, processor, adapter, examples,
-                         layers, batch_size, progress, min_fraction) -> None:
-    from tqdm.auto import tqdm
-
-    tables = {layer: writer.slot_table(layer) for layer in layers}
-    d = {layer: int(transcoders[layer].d_transcoder) for layer in layers}
-    keys, needed = {}, set()
-    for layer, t in tables.items():
-        k = t["input_ids"].astype(np.int64) * d[layer] + np.repeat(t["feature_ids"].astype(np.int64), t["slot_counts"])
-        order = np.argsort(k, kind="stable")
-        keys[layer] = (k[order], order)
-        needed.update(int(i) for i in np.unique(t["input_ids"]))
-    found: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {layer: [] for layer in layers}
-    ids = sorted(needed)
-
-    def collect(layer, inp, pos, feat, val):
-        k_sorted, order = keys[layer]
-        if not len(k_sorted):
-            return
-        key = inp.numpy().astype(np.int64) * d[layer] + feat.numpy().astype(np.int64)
-        j = np.minimum(np.searchsorted(k_sorted, key), len(k_sorted) - 1)
-        hit = k_sorted[j] == key
-        found[layer].append((order[j[hit]], pos.numpy()[hit], val.numpy()[hit]))
-
-    bar = tqdm(total=len(ids), desc="per-position activations", unit="input", disable=not progress)
-    for start in range(0, len(ids), batch_size):
-        chunk_ids = ids[start: start + batch_size]
-        chunk = [examples[i] for i in chunk_ids]
-        inputs, retained, _ = _prepare(processor, adapter, chunk)
-        captured = hooks.run(model, inputs)
-        id_map = torch.tensor(chunk_ids, dtype=torch.int64)
-
-        _encode_batch(transcoders, captured, retained, 0,
-                      lambda layer, local, pos, feat, val: collect(layer, id_map[local], pos, feat, val))
-        bar.update(len(chunk))
-    bar.close()
-    for layer in layers:
-        n_slots = len(tables[layer]["top_values"])
-        parts = found[layer]
-        slot = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-        pos = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-        val = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
-        if min_fraction > 0 and len(slot):
-            keep = val >= min_fraction * tables[layer]["top_values"][slot]
-            slot, pos, val = slot[keep], pos[keep], val[keep]
-        order = np.lexsort((pos, slot))
-        slot, pos, val = slot[order], pos[order], val[order]
-        offsets = np.concatenate([[0], np.cumsum(np.bincount(slot, minlength=n_slots))]).astype(np.int64)
-        writer.set_example_activations(layer, offsets, pos, val)
-
-
-__all__ = ["DataSpec", "DataSpecError", "MLPInputs", "compute_feature_examples", "parse_data_spec"]
+__all__ = ["DataSpec", "DataSpecError", "FeatureScanner", "MLPInputs", "compute_feature_examples", "parse_data_spec"]

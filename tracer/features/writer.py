@@ -80,11 +80,26 @@ class _LayerTop:
         cand_v[features[pick], b] = values[pick]
         cand_p[features[pick], b] = positions[pick]
         cand_i = first.unsqueeze(0).expand(self.d, -1)
-        all_v = torch.cat([self.values, cand_v], 1)
-        all_i = torch.cat([self.inputs, cand_i], 1)
-        all_p = torch.cat([self.positions, cand_p], 1)
-        top_v, idx = torch.topk(all_v, self.k, dim=1)
-        self.values = top_v
+        self._keep_top(torch.cat([self.values, cand_v], 1), torch.cat([self.inputs, cand_i], 1),
+                       torch.cat([self.positions, cand_p], 1))
+
+    def merge(self, other: "_LayerTop") -> None:
+        """Fold in the top-k of other inputs (a shard scanned elsewhere): the result is what one
+        scan over both sets of inputs gives, ties included."""
+        if (other.d, other.k) != (self.d, self.k):
+            raise ValueError("merging top-k tables of different shapes")
+        self.firing += other.firing
+        self._keep_top(torch.cat([self.values, other.values], 1), torch.cat([self.inputs, other.inputs], 1),
+                       torch.cat([self.positions, other.positions], 1))
+
+    def _keep_top(self, all_v: torch.Tensor, all_i: torch.Tensor, all_p: torch.Tensor) -> None:
+        # A total order, value descending then input id ascending, so that the slots do not depend
+        # on the order in which inputs were scanned (one process or merged shards agree exactly).
+        empty = all_i < 0
+        order = torch.argsort(torch.where(empty, torch.iinfo(torch.int64).max, all_i), dim=1, stable=True)
+        order = torch.gather(order, 1, torch.argsort(-torch.gather(all_v, 1, order), dim=1, stable=True))
+        idx = order[:, : self.k]
+        self.values = torch.gather(all_v, 1, idx)
         self.inputs = torch.gather(all_i, 1, idx)
         self.positions = torch.gather(all_p, 1, idx)
 
@@ -152,6 +167,10 @@ class StoreWriter:
     def update(self, layer: int, inputs, positions, features, values) -> None:
         self.top[int(layer)].update(torch.as_tensor(inputs), torch.as_tensor(positions), torch.as_tensor(features),
                                     torch.as_tensor(values))
+
+    def merge_top(self, layer: int, top: "_LayerTop") -> None:
+        """Fold in the top-k table of a shard scanned by another process."""
+        self.top[int(layer)].merge(top)
 
     def slot_table(self, layer: int) -> dict[str, np.ndarray]:
         return self.top[int(layer)].slots()
