@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 MEMORY_HELP = """\
@@ -46,7 +47,11 @@ def register(sub) -> None:
         "dead-feature loss, or JumpReLU with an L0 penalty; unit-norm decoder rows; fp32 Adam; seeded. "
         "Activations are streamed through a bounded buffer and layers are trained in groups. Writes "
         "config.yaml + layer_{i}.safetensors (loadable by tracer and circuit-tracer) and training_log.json "
-        "with a held-out report per layer (FVU, mean L0, dead features, next-token loss with the MLP replaced).",
+        "with a held-out report per layer (FVU, mean L0, dead features, next-token loss with the MLP replaced). "
+        "Several GPUs (or CPU processes): `torchrun --standalone --nproc_per_node N -m tracer train-plt ...` splits "
+        "the layer groups across the ranks (NCCL on GPUs, gloo on CPUs); each group trains exactly as in one "
+        "process, so the set is the same; each rank checkpoints its groups in OUT/.ranks/ and --resume picks "
+        "them up.",
         epilog=MEMORY_HELP, formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100),
     )
     p.add_argument("--out", required=True, help="output folder for the transcoder set")
@@ -113,8 +118,9 @@ def _run(args) -> int:
               f"get past the {args.warmup_steps}-step learning-rate warm-up: the rate never reaches --lr "
               f"(lower --warmup-steps or train on more --tokens)", file=sys.stderr)
     torch.set_num_threads(max(1, args.threads))
+    device = _init_distributed(args.device)
     source = make_source(args.data)
-    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device,
+    model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=device,
                                 attn_implementation=FAST_ATTENTION)
     cfg = PLTTrainConfig(
         layers=_layers(args.layers), group_size=args.group_size, width=args.width, activation=args.activation,
@@ -125,9 +131,32 @@ def _run(args) -> int:
         skip=args.skip, tokens=args.tokens, batch_tokens=args.batch_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, buffer_tokens=args.buffer_tokens, buffer_dtype=args.buffer_dtype,
         model_batch=args.model_batch, max_length=args.max_length, eval_examples=args.eval_examples,
-        seed=args.seed, device=args.device, threads=args.threads,
+        seed=args.seed, device=device, threads=args.threads,
     )
-    train_plt(model, processor, source, args.out, cfg, model_ref=args.model, progress=not args.no_progress,
-              resume=args.resume, evaluate=not args.no_eval)
-    print(f"saved the transcoder set to {args.out}")
+    try:
+        train_plt(model, processor, source, args.out, cfg, model_ref=args.model, progress=not args.no_progress,
+                  resume=args.resume, evaluate=not args.no_eval)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved the transcoder set to {args.out}")
     return 0
+
+
+def _init_distributed(device: str) -> str:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs) and
+    return this rank's device (cuda:LOCAL_RANK for a cuda device); else the device as given."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return device
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return device

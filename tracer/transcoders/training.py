@@ -487,7 +487,7 @@ def train_plt(model, processor, source, out: str | Path, cfg: PLTTrainConfig, mo
     in the published layout (config.yaml + layer_{i}.safetensors) plus training_log.json.
     """
     from tracer.models.base import get_adapter
-    from tracer.transcoders.loading import load_transcoder_set, save_transcoder_set
+    from tracer.transcoders.loading import load_transcoder_set
 
     torch.manual_seed(cfg.seed)
     if cfg.threads:
@@ -500,31 +500,35 @@ def train_plt(model, processor, source, out: str | Path, cfg: PLTTrainConfig, mo
     if cfg.activation not in ("topk", "jumprelu"):
         raise ValueError(f"activation must be topk or jumprelu, got {cfg.activation!r}")
     out = Path(out)
+    rank, world = distributed_rank()
     done: dict[int, PerLayerTranscoder] = {}
     log_data: dict = {"config": asdict(cfg), "model": _model_name(model_ref), "groups": []}
-    log_path = out / "training_log.json"
-    if resume and (out / "config.yaml").exists():
-        prev = load_transcoder_set(out, lazy_decoder=False)
-        done = {layer: prev[layer] for layer in prev.layers if layer in layers}
-        if log_path.exists():
-            log_data["groups"] = json.loads(log_path.read_text()).get("groups", [])
-        if log is not None:
+    if resume:
+        # the finished set and, after an interrupted multi-process run, every rank's partial set
+        for folder in [out, *sorted(out.glob(f"{RANKS_DIR}/rank*"))]:
+            if not (folder / "config.yaml").exists():
+                continue
+            prev = load_transcoder_set(folder, lazy_decoder=False)
+            done.update({layer: prev[layer] for layer in prev.layers if layer in layers})
+            if (folder / "training_log.json").exists():
+                log_data["groups"] += json.loads((folder / "training_log.json").read_text()).get("groups", [])
+        if log is not None and rank == 0:
             log(f"resuming: layers {sorted(done)} already trained in {out}")
     todo = [layer for layer in layers if layer not in done]
     size = cfg.group_size or len(todo) or 1
     groups = [todo[i:i + size] for i in range(0, len(todo), size)]
+    if world > 1:
+        # Layers split across ranks: each group is trained exactly as one process would (its data
+        # stream and initial weights depend only on the seed and its layers), so the set is the
+        # same; every rank saves what it trained in its own folder, rank 0 merges.
+        return _train_plt_ranked(model, processor, source, out, cfg, adapter, groups, done, log_data, model_ref,
+                                 progress, evaluate, log, rank, world)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    meta = {"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
 
     def save(current: dict[int, PerLayerTranscoder]) -> TranscoderSet:
-        tset = TranscoderSet(current, config=dict(meta), source=str(out))
-        save_transcoder_set(tset, out, model_name=_model_name(model_ref), num_model_layers=adapter.n_layers,
-                            extra={"training": {k: v for k, v in asdict(cfg).items()
-                                                if k not in ("device", "threads", "log_every")}})
-        log_path.write_text(json.dumps(log_data, indent=1))
-        return tset
+        return _save_set(current, out, cfg, model_ref, adapter.n_layers, log_data)
 
     for group in groups:
         trained, glog = train_group(model, processor, source, group, cfg, progress=progress, log=log)
@@ -536,23 +540,106 @@ def train_plt(model, processor, source, out: str | Path, cfg: PLTTrainConfig, mo
             log(f"trained layers {group} in {glog.seconds:.0f}s (model forward {glog.forward_seconds:.0f}s): "
                 + " ".join(f"L{layer} fvu={last.get(f'L{layer}', {}).get('fvu', float('nan')):.3f}" for layer in group))
     tset = save(dict(sorted(done.items())))
-    if evaluate:
-        from tracer.transcoders.evaluation import evaluate_layers, format_report, is_toy_model, toy_accuracy
+    if (out / RANKS_DIR).exists():  # partial sets of an interrupted torchrun, now merged
+        import shutil
 
-        tset = load_transcoder_set(out, lazy_decoder=False, device=cfg.device)
-        items = source.heldout_items(cfg.eval_examples, seed=cfg.seed)
-        report = evaluate_layers(model, processor, tset, items, batch_size=cfg.eval_batch, max_length=cfg.max_length,
-                                 progress=progress)
-        log_data["heldout"] = {str(k): v.to_dict() for k, v in report.items()}
-        accuracy = None
-        if is_toy_model(model, processor) and set(tset.layers) == set(range(adapter.n_layers)):
-            accuracy = toy_accuracy(model, processor, tset, per_type=max(50, cfg.eval_examples // 6),
-                                    progress=progress)
-            log_data["toy_accuracy_all_replaced"] = accuracy
-        log_path.write_text(json.dumps(log_data, indent=1))
-        if log is not None:
-            log(format_report(report, accuracy))
+        shutil.rmtree(out / RANKS_DIR, ignore_errors=True)
+    if evaluate:
+        tset = _evaluate_into_log(model, processor, source, out, cfg, adapter, log_data, progress, log)
     return tset, log_data
 
 
-__all__ = ["ActivationStream", "PLTTrainConfig", "train_group", "train_plt"]
+def _evaluate_into_log(model, processor, source, out: Path, cfg: PLTTrainConfig, adapter, log_data: dict,
+                       progress: bool, log) -> TranscoderSet:
+    """The held-out report of the saved set, added to its training_log.json."""
+    from tracer.transcoders.evaluation import evaluate_layers, format_report, is_toy_model, toy_accuracy
+    from tracer.transcoders.loading import load_transcoder_set
+
+    tset = load_transcoder_set(out, lazy_decoder=False, device=cfg.device)
+    items = source.heldout_items(cfg.eval_examples, seed=cfg.seed)
+    report = evaluate_layers(model, processor, tset, items, batch_size=cfg.eval_batch, max_length=cfg.max_length,
+                             progress=progress)
+    log_data["heldout"] = {str(k): v.to_dict() for k, v in report.items()}
+    accuracy = None
+    if is_toy_model(model, processor) and set(tset.layers) == set(range(adapter.n_layers)):
+        accuracy = toy_accuracy(model, processor, tset, per_type=max(50, cfg.eval_examples // 6), progress=progress)
+        log_data["toy_accuracy_all_replaced"] = accuracy
+    (out / "training_log.json").write_text(json.dumps(log_data, indent=1))
+    if log is not None:
+        log(format_report(report, accuracy))
+    return tset
+
+
+RANKS_DIR = ".ranks"  # inside the output folder: each rank's partial set during a torchrun
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in torch.distributed (0, 1 when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_set(current: dict[int, PerLayerTranscoder], folder: Path, cfg: PLTTrainConfig, model_ref, n_layers: int,
+              log_data: dict) -> TranscoderSet:
+    from tracer.transcoders.loading import save_transcoder_set
+
+    tset = TranscoderSet(dict(sorted(current.items())), config={"feature_input_hook": "mlp.hook_in",
+                                                                 "feature_output_hook": "mlp.hook_out"},
+                         source=str(folder))
+    save_transcoder_set(tset, folder, model_name=_model_name(model_ref), num_model_layers=n_layers,
+                        extra={"training": {k: v for k, v in asdict(cfg).items()
+                                            if k not in ("device", "threads", "log_every")}})
+    (folder / "training_log.json").write_text(json.dumps(log_data, indent=1))
+    return tset
+
+
+def _train_plt_ranked(model, processor, source, out: Path, cfg: PLTTrainConfig, adapter, groups, done, log_data,
+                      model_ref, progress, evaluate, log, rank: int, world: int):
+    import shutil
+
+    import torch.distributed as dist
+
+    from tracer.transcoders.loading import load_transcoder_set
+
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    dist.barrier()  # every rank has read what a previous run left ...
+    if rank == 0 and done and (out / RANKS_DIR).exists():
+        # ... and rank 0 consolidates it before any rank overwrites its partial folder
+        _save_set(done, out, cfg, model_ref, adapter.n_layers, log_data)
+        shutil.rmtree(out / RANKS_DIR, ignore_errors=True)
+    dist.barrier()
+    mine_folder = out / RANKS_DIR / f"rank{rank}"
+    mine: dict[int, PerLayerTranscoder] = {}
+    mine_log = {**log_data, "groups": []}
+    for group in groups[rank::world]:
+        trained, glog = train_group(model, processor, source, group, cfg, progress=progress and rank == 0, log=log)
+        mine.update(trained)
+        mine_log["groups"].append(asdict(glog))
+        _save_set(mine, mine_folder, cfg, model_ref, adapter.n_layers, mine_log)  # a checkpoint per group
+        if log is not None:
+            log(f"rank {rank}/{world}: trained layers {group} in {glog.seconds:.0f}s")
+    dist.barrier()
+    if rank == 0:
+        merged = dict(done)
+        groups_log = list(log_data["groups"])
+        for folder in sorted((out / RANKS_DIR).glob("rank*")):
+            if (folder / "config.yaml").exists():
+                part = load_transcoder_set(folder, lazy_decoder=False)
+                merged.update({layer: part[layer] for layer in part.layers})
+                groups_log += json.loads((folder / "training_log.json").read_text()).get("groups", [])
+        log_data["groups"] = sorted(groups_log, key=lambda g: g["layers"][0])
+        log_data["distributed"] = {"world_size": world, "mode": "layers split across ranks"}
+        _save_set(merged, out, cfg, model_ref, adapter.n_layers, log_data)
+        shutil.rmtree(out / RANKS_DIR, ignore_errors=True)
+        if evaluate:
+            _evaluate_into_log(model, processor, source, out, cfg, adapter, log_data, progress, log)
+    dist.barrier()
+    return load_transcoder_set(out, lazy_decoder=False, device=cfg.device), log_data
+
+
+__all__ = ["ActivationStream", "PLTTrainConfig", "distributed_rank", "train_group", "train_plt"]
