@@ -18,6 +18,8 @@ from pathlib import Path
 from tracer.graph import GraphFormatError
 from tracer.graph.formats import list_graph_files as _list_graph_files
 from tracer.graph.formats import open_any_graph
+from tracer.graph.graph import ATTENTION_GRAPH
+from tracer.graph.storage import read_metadata
 from tracer.graph.graphml import graph_to_graphml
 from tracer.graph.neuronpedia import graph_to_json
 
@@ -58,9 +60,30 @@ class GraphStore:
         self.keep = keep
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._kinds: dict[tuple, bool] = {}  # (name, mtime, size) -> is an attention graph
 
     def names(self) -> list[str]:
-        return list_graph_files(self.folder)
+        """The graphs of the folder, attribution graphs first: an attention graph made from one
+        of them (named attention-...) neither sorts first nor becomes the default graph."""
+        names = list_graph_files(self.folder)
+        return sorted(names, key=lambda n: self._is_attention(n))  # stable: by name within each kind
+
+    def _is_attention(self, name: str) -> bool:
+        if not name.endswith(".graph.safetensors"):
+            return False  # other tools' formats hold attribution graphs only
+        try:
+            st = (self.folder / name).stat()
+        except OSError:
+            return False
+        key = (name, st.st_mtime_ns, st.st_size)
+        if key not in self._kinds:
+            try:
+                meta = read_metadata(self.folder / name)
+                kind = (meta.get("info") or {}).get("kind") or (meta.get("config") or {}).get("kind")
+            except GraphFormatError:
+                kind = None
+            self._kinds[key] = kind == ATTENTION_GRAPH
+        return self._kinds[key]
 
     def path(self, name: str) -> Path:
         return resolve(self.folder, name)

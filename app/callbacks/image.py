@@ -3,6 +3,8 @@ region), region selection by click or drag, and the circuit that starts at the r
 
 from __future__ import annotations
 
+import json
+
 from dash import Input, Output, Patch, State, ctx, html, no_update
 
 from tracer.graph import GraphFormatError
@@ -80,6 +82,11 @@ def register(app, state) -> None:
             patch["data"][1]["showscale"] = heat is not None
             patch["data"][1]["text"] = heat_hover(session, image, heat)
             patch["layout"]["shapes"] = all_shapes(session, image, cells)
+            # a drag's selection box has become the region's outlines: drop it, else it stays drawn
+            # and swallows clicks on the cells under it (a new selectionrevision: plotly keeps a
+            # user's selections while the revision is unchanged)
+            patch["layout"]["selections"] = []
+            patch["layout"]["selectionrevision"] = json.dumps(region, sort_keys=True)
             return patch, note, {"display": "block"}, figure_key
         return base_figure(session, image, heat, cells), note, {"display": "block"}, figure_key
 

@@ -43,6 +43,16 @@ class Target:
         return {"label": self.label, "token_id": self.token_id, "probability": self.probability,
                 "kind": self.kind, "spec": self.spec}
 
+    def probability_text(self) -> str:
+        """'p=0.981' for a token; 'p(red)=0.981, p(blue)=0.012' for a contrast, whose own
+        probability is 0 (a direction has none): both tokens' probabilities when recorded."""
+        labels, probs = self.spec.get("labels") or [], self.spec.get("probabilities") or []
+        if self.kind == "direction" and probs and len(labels) == len(probs):
+            return ", ".join(f"p({lab})={float(p):.3f}" for lab, p in zip(labels, probs))
+        if self.kind == "direction":
+            return "a direction"
+        return f"p={self.probability:.3f}"
+
     @classmethod
     def from_dict(cls, d: dict) -> "Target":
         return cls(d["label"], int(d.get("token_id", -1)), float(d.get("probability", 0.0)),
@@ -203,6 +213,8 @@ class Graph:
         kind = self.node_kind(index)
         if kind == FEATURE:
             layer, pos, feat = self.features[index]
+            if self.kind == ATTENTION_GRAPH:  # a node is the residual stream there, not a feature
+                return f"resid L{layer} @{pos} {self.position_text(pos)}"
             return f"L{layer} #{feat} @{pos} {self.position_text(pos)}"
         if kind == ERROR:
             layer, pos = self.errors[index - self.error_offset]
@@ -214,7 +226,7 @@ class Graph:
                 return f"image{cell[0]} patch ({cell[1]},{cell[2]}) @{pos}"
             return f"{self.position_text(pos)} @{pos}"
         target = self.targets[index - self.logit_offset]
-        return f"logit {target.label!r} (p={target.probability:.3f})"
+        return f"logit {target.label!r} ({target.probability_text()})"
 
     def validate(self) -> None:
         """Raise GraphFormatError if the arrays do not fit together."""
