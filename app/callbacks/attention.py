@@ -12,6 +12,7 @@ from app import ids
 from app.callbacks.jobs import HIDDEN, comparison_outputs, live_session, open_session, result_graph_url
 from app.jobs import ACTIVE, DONE
 from app.live import LiveError, graph_identity, is_attention_graph
+from app.panels.attention import VISION_OFF
 from app.panels.live_render import attention_split_children, heads_children, job_line, overlay_layout_image
 from app.tasks import attention_job, heads_job, region_job, vision_job
 
@@ -85,7 +86,9 @@ def register(app, state) -> None:
         def nothing(note: str = ""):
             return (clear if shown and shown == figure_key else no_update), note, None
 
-        if not figure_key or kind == "off":  # no image figure drawn (no graph, text only), or off
+        if kind == "off":
+            return nothing(VISION_OFF)
+        if not figure_key:  # no image figure drawn (no graph, text only)
             return nothing()
         session, error = live_session(state, graph, need_transcoders=False, need_image=True)
         if session is None:

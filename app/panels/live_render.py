@@ -12,6 +12,7 @@ from app.jobs import ACTIVE, CANCELLED, DONE, ERROR, status_text
 
 BEFORE, AFTER = "#9aa5b1", "#f28e2b"
 OVERLAY_RGB = (150, 0, 255)
+OVERLAY_MAX_ALPHA = 140  # of 255: the strongest patch still shows the image (and the grid) under it
 
 # share of a trace's progress bar per phase (tracer's on_progress phases + the app's own)
 PHASES = [("loading", 0, 5), ("forward", 5, 5), ("encode", 10, 10), ("logit lanes", 20, 10), ("features", 30, 60),
@@ -164,7 +165,7 @@ def overlay_uri(grid_map: np.ndarray, min_side: int = 256) -> str:
     v = np.kron(v, np.ones((factor, factor)))
     rgba = np.zeros(v.shape + (4,), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2] = OVERLAY_RGB
-    rgba[..., 3] = np.round(np.clip(v, 0, 1) ** 0.8 * 210).astype(np.uint8)
+    rgba[..., 3] = np.round(np.clip(v, 0, 1) ** 0.8 * OVERLAY_MAX_ALPHA).astype(np.uint8)
     return image_to_data_uri(rgba)  # (H, W, 4) uint8: an RGBA PNG
 
 
@@ -173,4 +174,4 @@ def overlay_layout_image(grid_map: np.ndarray, width: int, height: int) -> dict:
     y pointing down, as the image panel draws them)."""
     return {"source": overlay_uri(grid_map), "xref": "x", "yref": "y", "x": -0.5, "y": -0.5,
             "sizex": width, "sizey": height, "sizing": "stretch", "xanchor": "left", "yanchor": "top",
-            "layer": "above", "opacity": 1.0, "name": "vision-attention"}
+            "layer": "above", "opacity": 0.9, "name": "vision-attention"}

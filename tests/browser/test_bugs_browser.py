@@ -50,3 +50,68 @@ def test_drag_box_goes_away_and_cells_under_it_stay_clickable(page, server, grap
     p = cell_center(page, 5, 5)
     page.mouse.click(p["x"], p["y"])
     page.wait_for_function(f"() => document.getElementById('{ids.REGION_INFO}').innerText.includes('cell (5,5)')")
+
+
+def figure_pixels(page):
+    """A screenshot of the image figure as an (H, W, 3) array and its page offset."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    box = page.locator(f"#{ids.IMAGE_FIGURE} .js-plotly-plot").bounding_box()
+    png = page.screenshot(clip=box)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float), box
+
+
+def test_heatmap_blends_with_the_image_and_hover_line_clears(page, server, graphs):
+    """Bug 9: the feature heatmap was nearly opaque (alpha 0.85) and hid the image under it.
+    Bug 10: the hover line kept the last cell after the pointer left the image."""
+    import numpy as np
+
+    _, names = graphs
+    open_app(page, server.url, names["image"])
+    # the feature with the largest activation on the image
+    key = page.evaluate(f"""() => {{
+        const f = {CY}.nodes().filter(n => n.data('kind') === 'feature' && n.id().startsWith('F_'));
+        return f.map(n => n.id());
+    }}""")
+    heat_key = None
+    from browser_helpers import click_node
+    for k in key:
+        pos = int(k.split("_")[-1])
+        if 2 <= pos < 66:  # an image soft token of the test graph
+            heat_key = k
+            break
+    assert heat_key is not None
+    click_node(page, heat_key)
+    page.wait_for_function(f"() => document.getElementById('{ids.IMAGE_NOTE}').innerText.includes('Heatmap')")
+    wait_idle(page)
+    page.mouse.move(2, 2)
+    page.wait_for_timeout(300)
+    z = np.array(figure_data(page, ids.IMAGE_FIGURE, "gd.data[1].z"))
+    row, col = np.unravel_index(np.argmax(z), z.shape)
+    p = cell_center(page, int(row), int(col))
+    after, box = figure_pixels(page)
+    x, y = int(p["x"] - box["x"]), int(p["y"] - box["y"])
+    heat = np.array([255.0, 60.0, 0.0])  # the colour scale's top
+    # the cell's mean colour on screen against the mean of the image pixels under it (the
+    # image is noise: compare means over the cell, inside its grid lines)
+    from tracer.graph import load_graph
+
+    folder, _ = graphs
+    img = load_graph(folder / names["image"]).images[0].astype(float)
+    side = img.shape[0] // z.shape[0]
+    under = img[row * side:(row + 1) * side, col * side:(col + 1) * side].reshape(-1, 3).mean(0)
+    q = cell_center(page, int(row) + 1, int(col))
+    half = int((q["y"] - p["y"]) / 2) - 3
+    shown = after[y - half:y + half + 1, x - half:x + half + 1].reshape(-1, 3).mean(0)
+    alpha = float(np.dot(shown - under, heat - under) / np.dot(heat - under, heat - under))
+    assert 0.2 < alpha <= 0.6, (under, shown, alpha)  # visible, and the image shows through
+
+    # the hover line names the hovered cell, and forgets it when the pointer leaves the image
+    q = cell_center(page, 1, 2)
+    page.mouse.move(q["x"], q["y"])
+    page.wait_for_function(f"() => document.getElementById('{ids.HOVER_INFO}').innerText.includes('cell (1,2)')")
+    page.mouse.move(2, 2)
+    page.wait_for_function(f"() => !document.getElementById('{ids.HOVER_INFO}').innerText.includes('cell (1,2)')")
