@@ -7,8 +7,39 @@ import pytest
 from app import ids
 
 from browser_helpers import CY, cell_center, figure_data, open_app, text_of, wait_idle
+from conftest import Server
 
 pytestmark = pytest.mark.browser
+
+CONTRAST = "zz-contrast-with-a-very-long-name-that-does-not-fit-the-header-of-the-explorer.graph.safetensors"
+ATTENTION = "attention-zz-contrast.graph.safetensors"
+
+
+@pytest.fixture(scope="module")
+def header_server(tmp_path_factory):
+    """A contrast graph (target 'red - blue') with a long name, and an attention graph whose name
+    sorts first."""
+    import numpy as np
+    from graph_factory import make_graph
+
+    from app.factory import create_app
+    from tracer.graph import Target, save_graph
+    from tracer.graph.graph import ATTENTION_GRAPH
+
+    folder = tmp_path_factory.mktemp("header")
+    g = make_graph(seed=7, n_logits=1)
+    g.targets = [Target("red - blue", -1, 0.0, "direction", {"plus": [100], "minus": [101], "labels": ["red", "blue"],
+                                                              "probabilities": [0.9312, 0.0405]})]
+    save_graph(g, folder / CONTRAST)
+    # an attention graph's nodes are (layer, position, -1): one per (layer, position)
+    a = next(a for a in (make_graph(seed=k, n_logits=1, n_features=8) for k in range(100))
+             if len({(int(l), int(p)) for l, p, _ in a.features}) == len(a.features))
+    a.features[:, 2] = -1
+    a.config, a.info = {"kind": ATTENTION_GRAPH}, {"kind": ATTENTION_GRAPH}
+    save_graph(a, folder / ATTENTION)
+    srv = Server(create_app(folder))
+    yield srv
+    srv.close()
 
 N_SELECTIONS = "(gd.layout.selections || []).length"
 
@@ -115,3 +146,36 @@ def test_heatmap_blends_with_the_image_and_hover_line_clears(page, server, graph
     page.wait_for_function(f"() => document.getElementById('{ids.HOVER_INFO}').innerText.includes('cell (1,2)')")
     page.mouse.move(2, 2)
     page.wait_for_function(f"() => !document.getElementById('{ids.HOVER_INFO}').innerText.includes('cell (1,2)')")
+
+
+def test_header_contrast_probabilities_tooltip_and_attention_graphs_last(page, header_server):
+    """Header items: a contrast target shows both tokens' probabilities (not p = 0); the status
+    line is cut to one line with the whole text as its tooltip. Bug 10: an attention graph
+    (named attention-..., sorting first) is neither listed first nor the default graph, and its
+    nodes read 'resid L3 @p', not 'L3 #-1'."""
+    open_app(page, header_server.url)
+    status = page.locator(f"#{ids.STATUS}")
+    page.wait_for_function(f"() => document.getElementById('{ids.STATUS}').innerText.includes('features')")
+    text = status.inner_text()
+    assert text.startswith(CONTRAST), text  # the default graph is the attribution graph
+    title = status.get_attribute("title")
+    assert "red - blue (p(red)=0.931, p(blue)=0.041)" in title and "(0.00)" not in title, title
+    assert title.startswith(CONTRAST) and title.endswith(text.split("targets: ")[-1])
+    style = page.evaluate(f"""() => {{ const el = document.getElementById('{ids.STATUS}'); const cs = getComputedStyle(el);
+        return {{overflow: cs.textOverflow, space: cs.whiteSpace, cut: el.scrollWidth > el.clientWidth,
+                 lines: Math.round(el.getBoundingClientRect().height / parseFloat(cs.lineHeight || 16))}}; }}""")
+    assert style["overflow"] == "ellipsis" and style["space"] == "nowrap" and style["cut"], style
+    # the attention graph is listed after the attribution graph
+    options = page.evaluate(f"""() => {{
+        const find = (n) => {{
+            if (!n || typeof n !== 'object') return null;
+            if (n.props && n.props.id === '{ids.GRAPH_DROPDOWN}') return n.props;
+            for (const k in n) {{ const r = find(n[k]); if (r) return r; }}
+            return null;
+        }};
+        return find(window.store.getState().layout).options.map(o => o.value);
+    }}""")
+    assert options == [CONTRAST, ATTENTION]
+    open_app(page, header_server.url, ATTENTION)
+    labels = page.evaluate(f"() => {CY}.nodes().filter(n => n.data('kind') === 'feature').map(n => n.data('label'))")
+    assert labels and all(lab.startswith("resid L") and "#-1" not in lab for lab in labels), labels[:3]
