@@ -10,6 +10,7 @@ unpickler (tracer.graph.reference_pt).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -23,8 +24,11 @@ from tracer.graph.storage import read_metadata
 from tracer.graph.graphml import graph_to_graphml
 from tracer.graph.neuronpedia import graph_to_json
 
-from app.annotations import Annotations
+from app.annotations import Annotations, AnnotationsError, annotations_path, save_annotations
 from app.view.session import GraphSession
+
+
+log = logging.getLogger(__name__)
 
 
 class GraphNotFound(LookupError):
@@ -106,6 +110,7 @@ class GraphStore:
             raise GraphFormatError(f"{name}: cannot read this graph ({type(err).__name__}: {err})") from err
         kwargs = {k: v for k, v in (("max_nodes", self.max_nodes), ("max_edges", self.max_edges)) if v}
         session = GraphSession(graph, name, path, **kwargs)
+        seed_annotations(session)
         with self._lock:
             for old in [k for k in self._sessions if k[0] == name]:
                 del self._sessions[old]
@@ -113,6 +118,27 @@ class GraphStore:
             while len(self._sessions) > self.keep:
                 self._sessions.popitem(last=False)
         return session
+
+
+def seed_annotations(session: GraphSession) -> None:
+    """A viewer JSON file carries its pins, supernodes and labels (tracer puts them in
+    graph.info["annotations"]): the first time it is opened they become its annotations file, so
+    re-opening an export restores them and later edits start from them."""
+    imported = (session.graph.info or {}).get("annotations")
+    path = annotations_path(session.path)
+    if not imported or path.exists():
+        return
+    keys = session.keys
+    try:
+        annotations = Annotations.from_dict({
+            "labels": {keys[i]: text for i, text in imported.get("labels", [])},
+            "pinned": [keys[i] for i in imported.get("pinned", [])],
+            "supernodes": [{"id": f"S_{k}", "label": s["label"], "members": [keys[i] for i in s["members"]]}
+                           for k, s in enumerate(imported.get("supernodes", []), 1)],
+        })
+        save_annotations(session.path, annotations)
+    except (AnnotationsError, IndexError, KeyError, TypeError, OSError) as err:  # the graph still opens
+        log.warning("%s: its pins, supernodes and labels were not restored (%s)", session.name, err)
 
 
 # ---------------------------------------------------------------------- exports

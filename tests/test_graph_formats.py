@@ -216,6 +216,23 @@ def plain_circuit_tracer_json(error_ids: str = "new") -> dict:
     return {"metadata": meta, "qParams": qp, "nodes": nodes, "links": links}
 
 
+def test_import_restores_pins_supernodes_and_labels():
+    """qParams.pinnedIds, qParams.supernodes and clerps come back by node index; ids of nodes that
+    are not in the file are dropped (a one-node group is no group)."""
+    g = make_graph(seed=2)
+    ids = node_ids(g)
+    data = graph_to_json(g, labels={3: "red-ness", ids[5]: "blue-ish"}, pinned_ids=[1, ids[2], "9_9_9"],
+                         supernodes=[["colour", ids[4], 6], {"label": "lonely", "members": [7, "9_9_9"]}])
+    back = json_to_graph(json.loads(json.dumps(data)))
+    ann = back.info["annotations"]
+    assert sorted(ann["labels"]) == [[3, "red-ness"], [5, "blue-ish"]]
+    assert ann["pinned"] == [1, 2]
+    assert ann["supernodes"] == [{"label": "colour", "members": [4, 6]}]
+    assert node_ids(back)[4] == ids[4]  # the indices are the same nodes
+    plain = json_to_graph(json.loads(json.dumps(graph_to_json(g))))
+    assert "annotations" not in plain.info
+
+
 @pytest.mark.parametrize("error_ids", ["new", "old"])
 def test_import_circuit_tracer_json(error_ids):
     data = plain_circuit_tracer_json(error_ids)

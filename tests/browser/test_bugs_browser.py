@@ -179,3 +179,52 @@ def test_header_contrast_probabilities_tooltip_and_attention_graphs_last(page, h
     open_app(page, header_server.url, ATTENTION)
     labels = page.evaluate(f"() => {CY}.nodes().filter(n => n.data('kind') === 'feature').map(n => n.data('label'))")
     assert labels and all(lab.startswith("resid L") and "#-1" not in lab for lab in labels), labels[:3]
+
+
+@pytest.fixture(scope="module")
+def export_server(tmp_path_factory):
+    from conftest import sparse_graph
+
+    from app.factory import create_app
+    from tracer.graph import save_graph
+
+    folder = tmp_path_factory.mktemp("export")
+    save_graph(sparse_graph(seed=11, n_features=200, n_logits=2, per_row=6), folder / "a.graph.safetensors")
+    srv = Server(create_app(folder))
+    srv.folder = folder
+    yield srv
+    srv.close()
+
+
+def test_reopening_a_neuronpedia_export_restores_pins_supernodes_and_labels(page, export_server, tmp_path):
+    """Header item: the app's own viewer-JSON export carries its pins and supernodes (qParams)
+    and labels (clerps); opening that file again showed none of them."""
+    from app.annotations import Annotations, load_annotations, save_annotations
+
+    folder = export_server.folder
+    open_app(page, export_server.url, "a.graph.safetensors")
+    feats = page.evaluate(f"""() => {CY}.nodes().filter(n => n.data('kind') === 'feature')
+        .sort((a, b) => b.data('influence') - a.data('influence')).slice(0, 5).map(n => n.id())""")
+    save_annotations(folder / "a.graph.safetensors", Annotations(
+        labels={feats[0]: "red-ness"}, pinned=[feats[0], feats[1]],
+        supernodes=[{"id": "S_1", "label": "colour words", "members": feats[3:5]}]))
+    page.locator(f"#{ids.REFRESH_BUTTON}").click()
+    page.wait_for_function(f"() => {CY}.nodes().filter(n => n.data('kind') === 'supernode').length === 1")
+    wait_idle(page)
+    with page.expect_download() as info:
+        page.locator(f"#{ids.EXPORT_JSON}").click()
+    info.value.save_as(folder / "b-exported.json")
+
+    # open the export as a graph of its own
+    open_app(page, export_server.url, "b-exported.json")
+    page.wait_for_function(f"() => {CY}.nodes().filter(n => n.data('kind') === 'supernode').length === 1")
+    wait_idle(page)
+    state = page.evaluate(f"""() => {{ const cy = {CY};
+        return {{pinned: cy.nodes().filter(n => n.data('pinned')).map(n => n.id()).sort(),
+                 labelled: cy.nodes().filter(n => n.data('labelled')).map(n => [n.id(), n.data('label')]),
+                 supers: cy.nodes().filter(n => n.data('kind') === 'supernode').map(n => n.data('display'))}}; }}""")
+    assert state["pinned"] == sorted(feats[:2]), state
+    assert state["labelled"] == [[feats[0], "red-ness"]], state
+    assert state["supers"] == ["colour words"], state
+    restored = load_annotations(folder / "b-exported.json")
+    assert restored.supernodes[0]["members"] == feats[3:5]
