@@ -76,8 +76,10 @@ def comparison_figure(result: dict, k: int) -> go.Figure:
         go.Bar(name="after", x=labels, y=[r["p_after"] for r in rows], marker_color=AFTER,
                hovertemplate="%{x}: p after %{y:.4f}<extra></extra>"),
     ])
-    fig.update_layout(barmode="group", height=210, margin={"l": 36, "r": 6, "t": 22, "b": 40},
-                      legend={"orientation": "h", "y": 1.12, "x": 0}, yaxis={"range": [0, 1], "title": None},
+    # the legend sits in the top margin, right-aligned, above the plot area (bars reach y = 1)
+    fig.update_layout(barmode="group", height=220, margin={"l": 36, "r": 6, "t": 30, "b": 40},
+                      legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+                      yaxis={"range": [0, 1], "title": None},
                       plot_bgcolor="white", paper_bgcolor="white", font={"size": 11})
     return fig
 
@@ -85,19 +87,35 @@ def comparison_figure(result: dict, k: int) -> go.Figure:
 def comparison_children(result: dict, k: int = 6) -> list:
     before, after = _tok(result["answer_before"]), _tok(result["answer_after"])
     changed = before != after
-    out: list = [html.Div(className="answer-line", children=[
+    out: list = []
+    if result.get("graph"):
+        out.append(html.Div([html.Span("On graph "), html.B(result["graph"])], className="note result-graph"))
+    out += [html.Div(className="answer-line", children=[
         html.B("Answer: "), html.Span(before, className="tok-chip"), " → ",
         html.Span(after, className="tok-chip" + (" changed" if changed else "")),
         html.Span("  (changed)" if changed else "  (unchanged)", className="note"),
     ])]
     rows = sorted(result["changes"], key=lambda r: -max(r["p_after"], r["p_before"]))[:k]
     out.append(html.Table(className="shares changes", children=[
-        html.Thead(html.Tr([html.Th("token"), html.Th("p before"), html.Th("p after"), html.Th("Δ logit")])),
+        html.Thead(html.Tr([html.Th("token"), html.Th("p before"), html.Th("p after"),
+                            html.Th("Δ raw logit", title="change of the token's logit itself")])),
         html.Tbody([html.Tr([html.Td(_tok(r["token"])), html.Td(f"{r['p_before']:.4f}"),
                              html.Td(f"{r['p_after']:.4f}"), html.Td(f"{r['logit_change']:+.3f}")],
                             **{"data-token": str(r["token"])})
                     for r in rows]),
     ]))
+    if result.get("target_changes"):
+        out.append(html.Table(className="shares target-changes", children=[
+            html.Thead(html.Tr([html.Th("graph target"), html.Th(
+                "Δ along the target", title="change along the graph's own target direction: W_U[t] − mean(W_U) "
+                "for a token, W_U[a] − W_U[b] for a contrast (what the graph's logit edges measure)")])),
+            html.Tbody([html.Tr([html.Td(t["label"]), html.Td(f"{t['change']:+.4f}")], **{"data-target": t["label"]})
+                        for t in result["target_changes"]]),
+        ]))
+        if result.get("direct_only"):
+            out.append(html.Div("Direct effects only: ablating one node moves its graph target by minus that node's "
+                                "edge into the logit node (edges are along the target direction, not the raw logit).",
+                                className="note"))
     gen = result.get("generation")
     if gen:
         out.append(html.Div(className="generations", children=[

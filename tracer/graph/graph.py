@@ -258,3 +258,23 @@ class Graph:
         if len(self.image_positions):
             need(int(self.image_positions.max()) < self.n_positions, "image position out of range")
         need(np.isfinite(self.adjacency).all(), "adjacency holds NaN or infinite values")
+
+
+def carrier_layers(graph: "Graph", target_node: int, source_node: int) -> range:
+    """The layers whose heads can lie on a path source -> target (node indices of graph): after
+    a feature's or error's own layer (it writes after its layer's attention), from layer 0 for an
+    embedding, up to a feature target's layer (it reads after its layer's attention) or the last
+    layer for a logit. Empty, e.g., for a last-layer feature into a logit: no head carries that.
+    (tracer.attention.heads_for_edge removes these layers' heads; here, without torch, so the
+    explorer can tell before it asks.)"""
+    kinds = graph.node_kind(source_node), graph.node_kind(target_node)
+    if kinds[0] == LOGIT or kinds[1] not in (FEATURE, LOGIT):
+        raise ValueError("an edge runs from a feature, error or embedding node into a feature or logit node")
+    if kinds[0] == FEATURE:
+        low = int(graph.features[source_node][0]) + 1
+    elif kinds[0] == ERROR:
+        low = int(graph.errors[source_node - graph.error_offset][0]) + 1
+    else:
+        low = 0
+    high = graph.n_layers - 1 if kinds[1] == LOGIT else int(graph.features[target_node][0])
+    return range(low, high + 1)
