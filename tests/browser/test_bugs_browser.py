@@ -228,3 +228,145 @@ def test_reopening_a_neuronpedia_export_restores_pins_supernodes_and_labels(page
     assert state["supers"] == ["colour words"], state
     restored = load_annotations(folder / "b-exported.json")
     assert restored.supernodes[0]["members"] == feats[3:5]
+
+
+# ---------------------------------------------------------------------- the live features (toy VLM)
+LIVE_COPY = "zz-copy-of-the-cross.graph.safetensors"
+STRONG = "F_3_538_84"  # the sample graph's strongest feature into its logit (layer 3 = the last layer)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The app with the live toy VLM on the sample graph and a copy of it (another graph of the
+    same model); the sample's strongest feature carries a label."""
+    import shutil
+
+    from test_live_browser import SAMPLE
+
+    from app.annotations import Annotations, save_annotations
+    from app.factory import create_app, default_graphs_dir
+
+    folder = tmp_path_factory.mktemp("live-bugs")
+    src = default_graphs_dir() / SAMPLE
+    if not src.exists():
+        pytest.skip(f"{SAMPLE} is not in sample_graphs/")
+    shutil.copy(src, folder / SAMPLE)
+    shutil.copy(src, folder / LIVE_COPY)
+    save_annotations(folder / SAMPLE, Annotations(labels={STRONG: "red detector"}))
+    srv = Server(create_app(folder, live=True))
+    srv.folder, srv.sample = folder, SAMPLE
+    yield srv
+    srv.app.state.live.queue.shutdown()
+    srv.close()
+
+
+def tap_edge(page, source: str, target: str) -> None:
+    page.evaluate(f"""([s, t]) => {{ const e = {CY}.edges().filter(e => e.data('source') === s && e.data('target') === t);
+        if (e.length !== 1) throw new Error('no edge ' + s + ' -> ' + t); e[0].emit('tap'); }}""", [source, target])
+
+
+def test_vision_attention_is_opt_in_and_blends_and_heads_need_a_carrier(page, live):
+    """Bug 8: a click on a cell started a vision-attention job (loading the model) by default.
+    Bug 9: the overlay was nearly opaque. Bug 7: "Which heads carry it?" was enabled for edges
+    no head can carry (a last-layer feature into the logit) and gave an empty table."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    open_app(page, live.url, live.sample)
+    p = cell_center(page, 2, 6)
+    page.mouse.click(p["x"], p["y"])
+    page.wait_for_function(f"() => document.getElementById('{ids.REGION_INFO}').innerText.includes('cell (2,6)')")
+    wait_idle(page)
+    assert text_of(page, ids.VISION_NOTE).startswith("Off: choose rollout")
+    assert not live.app.state.live.model.loaded  # nothing was queued, no model loaded
+    page.locator(f"#{ids.VISION_KIND} label", has_text="rollout").click()
+    page.wait_for_function(f"() => document.getElementById('{ids.VISION_NOTE}').innerText.startsWith('Purple')",
+                           timeout=60_000)
+    image = figure_data(page, ids.IMAGE_FIGURE, "gd.layout.images[0]")
+    png = Image.open(io.BytesIO(base64.b64decode(image["source"].split(",", 1)[1])))
+    strongest = png.getchannel("A").getextrema()[1] / 255 * image.get("opacity", 1)
+    assert 0.3 < strongest <= 0.6, strongest  # visible, and the image shows through its strongest patch
+
+    page.click(f"#{ids.ATTN_PANEL} > summary")
+    tap_edge(page, STRONG, "L_0")
+    page.wait_for_function(f"() => document.getElementById('{ids.EDGE_INFO}').innerText.startsWith('Edge')")
+    wait_idle(page)
+    assert "No attention head lies on this edge" in text_of(page, ids.EDGE_INFO)
+    assert page.locator(f"#{ids.HEADS_BUTTON}").is_disabled()
+    tap_edge(page, "F_2_188_84", "L_0")  # a layer-2 feature: layer 3's heads can carry it
+    page.wait_for_function(f"() => !document.getElementById('{ids.EDGE_INFO}').innerText.includes('No attention head')")
+    wait_idle(page)
+    assert page.locator(f"#{ids.HEADS_BUTTON}").is_enabled()
+
+
+def switch_graph(page, name: str) -> None:
+    from test_live_browser import opened_graph, wait_for
+
+    page.locator(f"#{ids.GRAPH_DROPDOWN}").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    wait_for(lambda: opened_graph(page) == name, 30, name)
+    wait_idle(page)
+
+
+def test_direct_steering_along_the_target_labels_and_results_per_graph(page, live):
+    """Bug 5: direct effects showed the raw logit change (-1.255 for F_3_538_84) against an edge
+    of 1.344 along W_U[t] - mean(W_U). Bug 10: rows read 'L3 #538 @84' instead of the node's
+    label; the chart legend overlapped the bars. Bug 3: steering and region results of a graph
+    stayed on screen under another graph."""
+    from test_live_browser import choose, steer_table
+
+    from browser_helpers import select_nodes
+    from tracer.graph import load_graph
+
+    g = load_graph(live.folder / live.sample)
+    node = next(i for i in range(g.n_features) if tuple(int(x) for x in g.features[i]) == (3, 84, 538))
+    edge = float(g.adjacency[g.n_features, node])
+
+    open_app(page, live.url, live.sample)
+    page.click(f"#{ids.STEER_PANEL} > summary")
+    select_nodes(page, [STRONG])
+    page.wait_for_function(f"() => document.getElementById('{ids.STEER_SELECTED}').innerText.startsWith('Add:')")
+    page.click(f"#{ids.STEER_ADD}")
+    page.wait_for_function("() => document.querySelectorAll('.steer-row').length === 1")
+    assert page.locator(".steer-row .steer-label").inner_text() == "red detector"
+    choose(page, {"type": ids.STEER_POSITIONS, "row": 1}, "this node's position")
+    page.locator(f"#{ids.STEER_FREEZE} label", has_text="direct effects only").click()
+    page.fill(f"#{ids.STEER_GENERATE}", "0")
+    wait_idle(page)
+    page.click(f"#{ids.STEER_RUN}")
+    table = steer_table(page, ids.STEER_RESULT)
+    assert "red" in table
+    along = page.locator(f"#{ids.STEER_RESULT} table.target-changes tbody tr[data-target='red'] td").all_inner_texts()
+    assert float(along[1]) == pytest.approx(-edge, abs=2e-3), (along, edge)  # minus the graph's edge
+    raw = page.locator(f"#{ids.STEER_RESULT} table.changes tr[data-token='red'] td").all_inner_texts()
+    assert abs(float(raw[3]) + edge) > 0.02  # the raw logit moves by another amount ...
+    assert "Δ raw logit" in page.locator(f"#{ids.STEER_RESULT} table.changes thead").inner_text()  # ... labelled
+    result = text_of(page, ids.STEER_RESULT)
+    assert "red detector: ablate @84" in result and f"On graph {live.sample}" in result
+    # the legend sits above the plot area, clear of the bars
+    boxes = figure_data(page, ids.STEER_CHART, """(() => {
+        const r = gd.querySelector('.legend').getBoundingClientRect();
+        const top = gd.getBoundingClientRect().top;
+        return [r.bottom, top + gd._fullLayout._size.t, r.top, top]; })()""")
+    assert boxes[0] <= boxes[1] + 1 and boxes[2] >= boxes[3], boxes
+
+    # a region ablation of this graph too
+    page.click(f"#{ids.TRUTH_REGION}")
+    wait_idle(page)
+    page.click(f"#{ids.ATTN_PANEL} > summary")
+    page.click(f"#{ids.REGION_ZERO}")
+    steer_table(page, ids.REGION_RESULT)
+    # another graph: neither result is shown as if it were that graph's
+    switch_graph(page, LIVE_COPY)
+    for result_id, chart_id in ((ids.STEER_RESULT, ids.STEER_CHART), (ids.REGION_RESULT, ids.REGION_CHART)):
+        page.wait_for_function(f"() => document.getElementById('{result_id}').innerText.includes('for another graph')")
+        assert live.sample in text_of(page, result_id)
+        assert not page.locator(f"#{chart_id}").is_visible()
+        assert page.locator(f"#{result_id} table.changes").count() == 0
+    # back: the results are the open graph's again
+    switch_graph(page, live.sample)
+    page.wait_for_selector(f"#{ids.STEER_RESULT} table.changes")
+    page.wait_for_selector(f"#{ids.REGION_RESULT} table.changes")
+    assert page.locator(f"#{ids.STEER_CHART}").is_visible()
