@@ -370,3 +370,31 @@ def test_direct_steering_along_the_target_labels_and_results_per_graph(page, liv
     page.wait_for_selector(f"#{ids.STEER_RESULT} table.changes")
     page.wait_for_selector(f"#{ids.REGION_RESULT} table.changes")
     assert page.locator(f"#{ids.STEER_CHART}").is_visible()
+
+
+def test_a_reloaded_tab_shows_its_running_traces_prompt(page, live):
+    """Bug 10: after a reload the trace form showed an empty prompt while its job ran."""
+    import threading
+
+    from test_live_browser import QUESTION, open_form
+
+    open_app(page, live.url, live.sample)
+    open_form(page)
+    page.fill(f"#{ids.TRACE_PROMPT}", QUESTION)
+    wait_idle(page)
+    gate = threading.Event()
+    queue = live.app.state.live
+    blocker = queue.submit("trace", lambda ctx: gate.wait(60), label="blocker")
+    try:
+        page.click(f"#{ids.TRACE_SUBMIT}")
+        page.wait_for_function(f"() => document.getElementById('{ids.TRACE_STATUS}').innerText.startsWith('queued')")
+        page.reload()
+        page.wait_for_function(f"() => {{ const el = document.getElementById('{ids.TRACE_OPEN}'); "
+                               "return el && el.innerText === 'Trace queued'; }")
+        open_form(page)
+        page.wait_for_function(f"() => document.getElementById('{ids.TRACE_PROMPT}').value === {QUESTION!r}")
+        page.click(f"#{ids.TRACE_CANCEL}")
+        page.wait_for_function(f"() => document.getElementById('{ids.TRACE_STATUS}').innerText === 'cancelled'")
+    finally:
+        gate.set()
+    queue.queue.wait(blocker, 10)
