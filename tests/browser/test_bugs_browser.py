@@ -176,6 +176,11 @@ def test_header_contrast_probabilities_tooltip_and_attention_graphs_last(page, h
         return find(window.store.getState().layout).options.map(o => o.value);
     }}""")
     assert options == [CONTRAST, ATTENTION]
+    # the region table too
+    p = cell_center(page, 0, 1)
+    page.mouse.click(p["x"], p["y"])
+    page.wait_for_selector(f"#{ids.REGION_INFO} table.shares")
+    assert "p(red)=0.931, p(blue)=0.041" in page.locator(f"#{ids.REGION_INFO} tbody tr").first.inner_text()
     open_app(page, header_server.url, ATTENTION)
     labels = page.evaluate(f"() => {CY}.nodes().filter(n => n.data('kind') === 'feature').map(n => n.data('label'))")
     assert labels and all(lab.startswith("resid L") and "#-1" not in lab for lab in labels), labels[:3]
