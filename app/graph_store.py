@@ -20,9 +20,9 @@ from tracer.graph import GraphFormatError
 from tracer.graph.formats import list_graph_files as _list_graph_files
 from tracer.graph.formats import open_any_graph
 from tracer.graph.graph import ATTENTION_GRAPH
-from tracer.graph.storage import read_metadata
 from tracer.graph.graphml import graph_to_graphml
 from tracer.graph.neuronpedia import graph_to_json
+from tracer.graph.storage import read_metadata
 
 from app.annotations import Annotations, AnnotationsError, annotations_path, save_annotations
 from app.view.session import GraphSession
