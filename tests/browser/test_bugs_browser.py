@@ -6,7 +6,7 @@ import pytest
 
 from app import ids
 
-from browser_helpers import CY, cell_center, figure_data, open_app, text_of, wait_idle
+from browser_helpers import CY, cell_center, click_node, figure_data, open_app, text_of, wait_idle
 from conftest import Server
 
 pytestmark = pytest.mark.browser
@@ -100,21 +100,14 @@ def test_heatmap_blends_with_the_image_and_hover_line_clears(page, server, graph
     Bug 10: the hover line kept the last cell after the pointer left the image."""
     import numpy as np
 
+    from tracer.graph import load_graph
+
     _, names = graphs
     open_app(page, server.url, names["image"])
-    # the feature with the largest activation on the image
-    key = page.evaluate(f"""() => {{
-        const f = {CY}.nodes().filter(n => n.data('kind') === 'feature' && n.id().startsWith('F_'));
-        return f.map(n => n.id());
-    }}""")
-    heat_key = None
-    from browser_helpers import click_node
-    for k in key:
-        pos = int(k.split("_")[-1])
-        if 2 <= pos < 66:  # an image soft token of the test graph
-            heat_key = k
-            break
-    assert heat_key is not None
+    # a feature at an image soft token (positions 2-65 of the test graph): it has a heatmap
+    heat_key = page.evaluate(f"""() => {CY}.nodes().map(n => n.id())
+        .find(k => k.startsWith('F_') && Number(k.split('_').pop()) >= 2 && Number(k.split('_').pop()) < 66)""")
+    assert heat_key
     click_node(page, heat_key)
     page.wait_for_function(f"() => document.getElementById('{ids.IMAGE_NOTE}').innerText.includes('Heatmap')")
     wait_idle(page)
@@ -128,8 +121,6 @@ def test_heatmap_blends_with_the_image_and_hover_line_clears(page, server, graph
     heat = np.array([255.0, 60.0, 0.0])  # the colour scale's top
     # the cell's mean colour on screen against the mean of the image pixels under it (the
     # image is noise: compare means over the cell, inside its grid lines)
-    from tracer.graph import load_graph
-
     folder, _ = graphs
     img = load_graph(folder / names["image"]).images[0].astype(float)
     side = img.shape[0] // z.shape[0]
