@@ -10,6 +10,7 @@ unpickler (tracer.graph.reference_pt).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -18,11 +19,16 @@ from pathlib import Path
 from tracer.graph import GraphFormatError
 from tracer.graph.formats import list_graph_files as _list_graph_files
 from tracer.graph.formats import open_any_graph
+from tracer.graph.graph import ATTENTION_GRAPH
 from tracer.graph.graphml import graph_to_graphml
 from tracer.graph.neuronpedia import graph_to_json
+from tracer.graph.storage import read_metadata
 
-from app.annotations import Annotations
+from app.annotations import Annotations, AnnotationsError, annotations_path, save_annotations
 from app.view.session import GraphSession
+
+
+log = logging.getLogger(__name__)
 
 
 class GraphNotFound(LookupError):
@@ -58,9 +64,30 @@ class GraphStore:
         self.keep = keep
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        self._kinds: dict[tuple, bool] = {}  # (name, mtime, size) -> is an attention graph
 
     def names(self) -> list[str]:
-        return list_graph_files(self.folder)
+        """The graphs of the folder, attribution graphs first: an attention graph made from one
+        of them (named attention-...) neither sorts first nor becomes the default graph."""
+        names = list_graph_files(self.folder)
+        return sorted(names, key=lambda n: self._is_attention(n))  # stable: by name within each kind
+
+    def _is_attention(self, name: str) -> bool:
+        if not name.endswith(".graph.safetensors"):
+            return False  # other tools' formats hold attribution graphs only
+        try:
+            st = (self.folder / name).stat()
+        except OSError:
+            return False
+        key = (name, st.st_mtime_ns, st.st_size)
+        if key not in self._kinds:
+            try:
+                meta = read_metadata(self.folder / name)
+                kind = (meta.get("info") or {}).get("kind") or (meta.get("config") or {}).get("kind")
+            except GraphFormatError:
+                kind = None
+            self._kinds[key] = kind == ATTENTION_GRAPH
+        return self._kinds[key]
 
     def path(self, name: str) -> Path:
         return resolve(self.folder, name)
@@ -83,6 +110,7 @@ class GraphStore:
             raise GraphFormatError(f"{name}: cannot read this graph ({type(err).__name__}: {err})") from err
         kwargs = {k: v for k, v in (("max_nodes", self.max_nodes), ("max_edges", self.max_edges)) if v}
         session = GraphSession(graph, name, path, **kwargs)
+        seed_annotations(session)
         with self._lock:
             for old in [k for k in self._sessions if k[0] == name]:
                 del self._sessions[old]
@@ -90,6 +118,27 @@ class GraphStore:
             while len(self._sessions) > self.keep:
                 self._sessions.popitem(last=False)
         return session
+
+
+def seed_annotations(session: GraphSession) -> None:
+    """A viewer JSON file carries its pins, supernodes and labels (tracer puts them in
+    graph.info["annotations"]): the first time it is opened they become its annotations file, so
+    re-opening an export restores them and later edits start from them."""
+    imported = (session.graph.info or {}).get("annotations")
+    path = annotations_path(session.path)
+    if not imported or path.exists():
+        return
+    keys = session.keys
+    try:
+        annotations = Annotations.from_dict({
+            "labels": {keys[i]: text for i, text in imported.get("labels", [])},
+            "pinned": [keys[i] for i in imported.get("pinned", [])],
+            "supernodes": [{"id": f"S_{k}", "label": s["label"], "members": [keys[i] for i in s["members"]]}
+                           for k, s in enumerate(imported.get("supernodes", []), 1)],
+        })
+        save_annotations(session.path, annotations)
+    except (AnnotationsError, IndexError, KeyError, TypeError, OSError) as err:  # the graph still opens
+        log.warning("%s: its pins, supernodes and labels were not restored (%s)", session.name, err)
 
 
 # ---------------------------------------------------------------------- exports

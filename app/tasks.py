@@ -69,12 +69,14 @@ def _comparison(result, top_k: int) -> dict:
 
 
 def steer_job(live: LiveState, graph, edits: list[dict], freeze_attention: bool, direct_only: bool, top_k: int,
-              generate: int):
+              generate: int, name: str = ""):
     """intervene (+ steered_generate) on the graph's prompt and image with the given edits:
-    dicts of FeatureIntervention's fields."""
+    dicts of FeatureIntervention's fields (plus an optional display "label"). name: the graph's,
+    recorded in the result (which graph it belongs to)."""
 
     def run(ctx):
         from tracer.interventions import FeatureIntervention, intervene, steered_generate
+        from tracer.interventions.common import as_bundle
 
         interventions = [FeatureIntervention(e["layer"], e["feature"], e["mode"], e.get("value"), e["positions"])
                          for e in edits]
@@ -85,9 +87,12 @@ def steer_job(live: LiveState, graph, edits: list[dict], freeze_attention: bool,
         r = intervene(session, graph.prompt, images, interventions, freeze_attention=freeze_attention,
                       direct_only=direct_only, top_k=top_k, chat=_chat(graph))
         out = _comparison(r, top_k)
-        out.update({"kind": "steer", "edits": [iv.label + f" @{_positions_label(iv.positions)}" for iv in interventions],
+        out.update({"kind": "steer", "graph": name,
+                    "edits": [_edit_label(e, iv) for e, iv in zip(edits, interventions)],
                     "applied": len(r.applied), "freeze_attention": bool(freeze_attention or direct_only),
-                    "direct_only": bool(direct_only)})
+                    "direct_only": bool(direct_only),
+                    # along the graph's own target directions: what its logit edges measure
+                    "target_changes": r.target_changes(graph.targets, as_bundle(session).adapter.unembedding)})
         if generate:
             ctx.check()
             ctx.progress("generating", 1, steps)
@@ -99,6 +104,13 @@ def steer_job(live: LiveState, graph, edits: list[dict], freeze_attention: bool,
     return run
 
 
+def _edit_label(edit: dict, iv) -> str:
+    """'<node label>: scale 2 @active' (the node's label as the graph shows it, else L2:F17)."""
+    what = iv.mode if iv.mode == "ablate" else f"{iv.mode} {iv.value:g}"
+    name = edit.get("label") or f"L{iv.layer}:F{iv.feature}"
+    return f"{name}: {what} @{_positions_label(iv.positions)}"
+
+
 def _positions_label(positions) -> str:
     if isinstance(positions, str):
         return positions
@@ -107,7 +119,7 @@ def _positions_label(positions) -> str:
     return ",".join(str(p) for p in positions)
 
 
-def region_job(live: LiveState, graph, cells: list[tuple[int, int, int]], mode: str, top_k: int):
+def region_job(live: LiveState, graph, cells: list[tuple[int, int, int]], mode: str, top_k: int, name: str = ""):
     def run(ctx):
         from tracer.interventions import ablate_region
 
@@ -115,7 +127,7 @@ def region_job(live: LiveState, graph, cells: list[tuple[int, int, int]], mode: 
         ctx.progress(f"{mode}-ablating {len(cells)} cell(s)", 0, 1)
         r = ablate_region(session, graph.prompt, _images(graph), cells, mode=mode, top_k=top_k, chat=_chat(graph))
         out = _comparison(r, top_k)
-        out.update({"kind": "region", "mode": mode, "cells": [list(c) for c in cells],
+        out.update({"kind": "region", "graph": name, "mode": mode, "cells": [list(c) for c in cells],
                     "positions": [int(p) for p in r.positions]})
         return out
 

@@ -259,7 +259,8 @@ def test_steering_rows_to_edits():
              "positions": "region"}]
     region = {"image": 0, "cells": [[2, 3], [2, 4]]}
     edits = edits_from_rows(rows, region)
-    assert edits[0] == {"layer": 2, "feature": 17, "mode": "ablate", "value": None, "positions": "active"}
+    assert edits[0] == {"layer": 2, "feature": 17, "mode": "ablate", "value": None, "positions": "active",
+                        "label": "a"}
     assert edits[1]["value"] == 3.0 and edits[1]["positions"] == [80]
     assert edits[2]["positions"] == [(0, 2, 3), (0, 2, 4)]
     with pytest.raises(LiveError, match="select an image region"):
@@ -476,10 +477,16 @@ def test_steer_region_vision_attention_and_heads_jobs(toy_live):
     i = int(top[0])
     one = [{"layer": int(g.features[i, 0]), "feature": int(g.features[i, 2]), "mode": "ablate", "value": None,
             "positions": [int(g.features[i, 1])]}]
-    run = toy_live.submit("steer", steer_job(toy_live, g, one, True, True, 100, 0))
+    one[0]["label"] = "red detector"
+    run = toy_live.submit("steer", steer_job(toy_live, g, one, True, True, 100, 0, name))
     assert toy_live.queue.wait(run, 60)["state"] == DONE
-    d = {c["token"]: c["logit_change"] for c in toy_live.queue.result(run)["changes"]}
+    r = toy_live.queue.result(run)
+    d = {c["token"]: c["logit_change"] for c in r["changes"]}
     assert d["red"] - d["blue"] == pytest.approx(-float(edges[i]), rel=2e-3, abs=2e-3)
+    # the result names its graph and its edits by label, and measures along the graph's target
+    assert r["graph"] == name and r["edits"] == [f"red detector: ablate @{int(g.features[i, 1])}"]
+    assert [t["label"] for t in r["target_changes"]] == ["red - blue"]
+    assert r["target_changes"][0]["change"] == pytest.approx(-float(edges[i]), rel=1e-4, abs=1e-5)
 
     cells = [(0, int(r_), int(c_)) for r_, c_ in session.ground_truth["cells"]] if session.ground_truth else \
         [(0, r_, c_) for r_ in range(3, 5) for c_ in range(3, 5)]

@@ -39,7 +39,7 @@ def call(client, output: str, inputs: list[dict], state: list[dict] | None = Non
     return r.status_code, (r.get_json() if r.status_code == 200 else None)
 
 
-OPEN = f"..{ids.STORE_GRAPH}.data...{ids.STATUS}.children...{ids.STATUS}.className.."
+OPEN = f"..{ids.STORE_GRAPH}.data...{ids.STATUS}.children...{ids.STATUS}.className...{ids.STATUS}.title.."
 
 
 def test_open_graph_callback(client):
@@ -55,6 +55,7 @@ def test_broken_graph_gives_a_message(client):
     assert status == 200
     assert data["response"][ids.STATUS]["className"] == "status error"
     assert "Cannot open this graph" in json.dumps(data["response"][ids.STATUS]["children"])
+    assert data["response"][ids.STATUS]["title"].startswith("Cannot open this graph")
 
 
 @pytest.mark.parametrize("name", ["../outside.graph.safetensors", "/etc/passwd", "..%2Foutside.graph.safetensors"])

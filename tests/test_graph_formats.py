@@ -216,6 +216,23 @@ def plain_circuit_tracer_json(error_ids: str = "new") -> dict:
     return {"metadata": meta, "qParams": qp, "nodes": nodes, "links": links}
 
 
+def test_import_restores_pins_supernodes_and_labels():
+    """qParams.pinnedIds, qParams.supernodes and clerps come back by node index; ids of nodes that
+    are not in the file are dropped (a one-node group is no group)."""
+    g = make_graph(seed=2)
+    ids = node_ids(g)
+    data = graph_to_json(g, labels={3: "red-ness", ids[5]: "blue-ish"}, pinned_ids=[1, ids[2], "9_9_9"],
+                         supernodes=[["colour", ids[4], 6], {"label": "lonely", "members": [7, "9_9_9"]}])
+    back = json_to_graph(json.loads(json.dumps(data)))
+    ann = back.info["annotations"]
+    assert sorted(ann["labels"]) == [[3, "red-ness"], [5, "blue-ish"]]
+    assert ann["pinned"] == [1, 2]
+    assert ann["supernodes"] == [{"label": "colour", "members": [4, 6]}]
+    assert node_ids(back)[4] == ids[4]  # the indices are the same nodes
+    plain = json_to_graph(json.loads(json.dumps(graph_to_json(g))))
+    assert "annotations" not in plain.info
+
+
 @pytest.mark.parametrize("error_ids", ["new", "old"])
 def test_import_circuit_tracer_json(error_ids):
     data = plain_circuit_tracer_json(error_ids)
@@ -538,3 +555,31 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert edges_by_id(back) == pytest.approx(edges_by_id(g))
     assert main(["import", str(tmp_path / "labels.json"), "--out", str(tmp_path / "x.graph.safetensors")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_target_probability_text_attention_labels_and_carrier_layers():
+    from tracer.graph.graph import ATTENTION_GRAPH, carrier_layers
+
+    assert Target("red", 44, 0.98123).probability_text() == "p=0.981"
+    contrast = Target("red - blue", -1, 0.0, "direction", {"plus": [44], "minus": [58], "labels": ["red", "blue"],
+                                                         "probabilities": [0.93, 0.041]})
+    assert contrast.probability_text() == "p(red)=0.930, p(blue)=0.041"
+    assert Target("custom", -1, 0.0, "direction", {"plus": [1]}).probability_text() == "a direction"
+    g = make_graph(seed=1, n_layers=3)
+    g.targets[0] = contrast
+    assert g.node_label(g.logit_offset) == "logit 'red - blue' (p(red)=0.930, p(blue)=0.041)"
+    i = 0
+    layer, pos, feat = (int(x) for x in g.features[i])
+    assert g.node_label(i).startswith(f"L{layer} #{feat} @{pos}")
+    g.info["kind"] = ATTENTION_GRAPH
+    assert g.node_label(i).startswith(f"resid L{layer} @{pos}")
+    # heads between a source and a target: after the source's layer, up to the target's
+    top = next(k for k in range(g.n_features) if g.features[k, 0] == 2)
+    low = next(k for k in range(g.n_features) if g.features[k, 0] == 0)
+    assert carrier_layers(g, g.logit_offset, top) == range(3, 3)  # a last-layer feature into a logit: none
+    assert carrier_layers(g, g.logit_offset, low) == range(1, 3)
+    assert carrier_layers(g, top, low) == range(1, 3)
+    assert carrier_layers(g, top, g.embedding_offset) == range(0, 3)
+    assert carrier_layers(g, top, g.error_offset) == range(int(g.errors[0, 0]) + 1, 3)
+    with pytest.raises(ValueError):
+        carrier_layers(g, g.embedding_offset, low)

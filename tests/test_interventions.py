@@ -79,6 +79,23 @@ def test_direct_only_ablation_moves_each_logit_by_minus_the_edge(exact):
         assert np.abs(_changes(r, directions) + logit_rows[:, node]).max() < TIGHT
 
 
+def test_target_changes_along_the_graphs_own_directions(exact):
+    """What the explorer shows for "direct effects only": the change along each target of the
+    graph (a token's W_U[t] - mean, the contrast's W_U[a] - W_U[b]) is minus the ablated node's
+    edge into that logit node; the raw logit change of the token is not (it misses the mean)."""
+    res, bundle, ex, _ = exact
+    g = res.graph
+    logit_rows = g.adjacency[g.n_features:]
+    node = int(np.argmax(np.abs(logit_rows[0, :g.n_features])))
+    layer, pos, feat = (int(x) for x in g.features[node])
+    r = _run64(bundle, ex, [FeatureIntervention(layer, feat, "ablate", positions=[pos])], direct_only=True)
+    changes = r.target_changes(g.targets, bundle.model.lm_head.weight)
+    assert [c["label"] for c in changes] == [t.label for t in g.targets]
+    assert np.abs(np.array([c["change"] for c in changes]) + logit_rows[:, node]).max() < TIGHT
+    assert g.targets[0].kind == "token"
+    assert abs(float(r.logit_changes[g.targets[0].token_id]) + logit_rows[0, node]) > 1e-6
+
+
 def test_direct_only_scale_set_and_every_active_position(exact):
     res, bundle, ex, directions = exact
     g = res.graph

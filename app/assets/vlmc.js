@@ -16,7 +16,7 @@
           ctx.triggered[0].prop_id.indexOf("hoverData") >= 0;
         if (fromImage) {
           var p = imageHover && imageHover.points && imageHover.points[0];
-          if (!p) { return window.dash_clientside.no_update; }
+          if (!p) { return ""; }  // the pointer left the image: no stale cell
           return "image " + (p.text || "").replace(/<br>/g, " · ") + "  ·  embedding node " + (p.customdata || "?");
         }
         if (!data || data.kind === "axis" || data.kind === "block") {

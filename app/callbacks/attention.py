@@ -8,10 +8,13 @@ from urllib.parse import quote
 import numpy as np
 from dash import Input, Output, Patch, State, ctx, html, no_update
 
+from tracer.graph.graph import carrier_layers
+
 from app import ids
 from app.callbacks.jobs import HIDDEN, comparison_outputs, live_session, open_session, result_graph_url
 from app.jobs import ACTIVE, DONE
 from app.live import LiveError, graph_identity, is_attention_graph
+from app.panels.attention import VISION_OFF
 from app.panels.live_render import attention_split_children, heads_children, job_line, overlay_layout_image
 from app.tasks import attention_job, heads_job, region_job, vision_job
 
@@ -85,7 +88,9 @@ def register(app, state) -> None:
         def nothing(note: str = ""):
             return (clear if shown and shown == figure_key else no_update), note, None
 
-        if not figure_key or kind == "off":  # no image figure drawn (no graph, text only), or off
+        if kind == "off":
+            return nothing(VISION_OFF)
+        if not figure_key:  # no image figure drawn (no graph, text only)
             return nothing()
         session, error = live_session(state, graph, need_transcoders=False, need_image=True)
         if session is None:
@@ -130,18 +135,18 @@ def register(app, state) -> None:
             return no_update, "Select an image region first (click a cell or drag a rectangle).", "job-status error"
         image = int(region.get("image", 0))
         cells = [(image, int(r), int(c)) for r, c in region["cells"]]
-        job_id = live.submit("region", region_job(live, session.graph, cells, mode, TOP_K),
+        job_id = live.submit("region", region_job(live, session.graph, cells, mode, TOP_K, session.name),
                              label=f"{mode}-ablate {len(cells)} cells of {session.name}")
         return {"id": job_id}, "queued", "job-status busy"
 
     @app.callback(
         Output(ids.REGION_STATUS, "children"), Output(ids.REGION_STATUS, "className"),
         Output(ids.REGION_CHART, "figure"), Output(ids.REGION_CHART, "style"), Output(ids.REGION_RESULT, "children"),
-        Input(ids.store_status("region"), "data"),
+        Input(ids.store_status("region"), "data"), Input(ids.STORE_GRAPH, "data"),
         prevent_initial_call=True,
     )
-    def show_region(status):
-        return comparison_outputs(live, status, "region ablation", TOP_K)
+    def show_region(status, graph):
+        return comparison_outputs(live, status, "region ablation", TOP_K, graph)
 
     # ------------------------------------------------------------------ attention graph
     @app.callback(
@@ -232,6 +237,9 @@ def register(app, state) -> None:
             if split is None:
                 return info + ": the graph stores the per-head split of its strongest edges only.", True, []
             return info, True, attention_split_children(split, labels)
+        why_not = _no_heads(session.graph, t, s)
+        if why_not:
+            return [info, html.Div(why_not, className="note")], True, []
         result = []
         if status and (status.get("meta") or {}).get("edge") == [session.name, t, s]:
             if status["state"] == DONE:
@@ -254,11 +262,24 @@ def register(app, state) -> None:
         s, t = (session.index.get((edge or {}).get(k)) for k in ("source", "target"))
         if s is None or t is None:
             return no_update, html.Div("Pick an edge between two graph nodes.", className="job-status error")
-        if session.kinds[t] not in ("feature", "logit") or session.kinds[s] == "logit":
-            return no_update, html.Div("The edge's target must be a feature or logit node.", className="job-status error")
+        why_not = _no_heads(session.graph, t, s)
+        if why_not:
+            return no_update, html.Div(why_not, className="job-status error")
         job_id = live.submit("heads", heads_job(live, session, t, s), label=f"heads of an edge of {session.name}",
                              meta={"edge": [session.name, t, s]})
         return {"id": job_id}, html.Div("queued", className="job-status busy")
+
+
+def _no_heads(graph, target: int, source: int) -> str:
+    """Why no attention head can carry the edge source -> target ('' when some can)."""
+    try:
+        layers = carrier_layers(graph, target, source)
+    except ValueError as err:
+        return str(err)
+    if not len(layers):
+        return ("No attention head lies on this edge: the source writes after the last attention layer "
+                "before its target (a direct path through the residual stream).")
+    return ""
 
 
 def _attention_split(graph, target: int, source: int) -> dict | None:

@@ -12,12 +12,14 @@ from app import ids
 from app.graph_store import GraphNotFound
 
 
-def describe(session) -> list:
+def describe(session) -> tuple[list, str]:
+    """The status line and its plain text (the tooltip: the line is cut to one line of the header)."""
     g = session.graph
     kind = f"{len(g.images)} image(s), {g.tokens_per_side}x{g.tokens_per_side} soft tokens" if len(g.images) else "text only"
-    targets = ", ".join(f"{t.label} ({t.probability:.2f})" for t in g.targets[:4])
-    return [html.B(session.name), f" · {g.n_features} features, {g.n_nodes} nodes, {kind} · model {g.model or '?'} · "
-            f"targets: {targets}"]
+    targets = "; ".join(f"{t.label} ({t.probability_text()})" for t in g.targets[:4])
+    more = f" and {len(g.targets) - 4} more" if len(g.targets) > 4 else ""
+    rest = f" · {g.n_features} features, {g.n_nodes} nodes, {kind} · model {g.model or '?'} · targets: {targets}{more}"
+    return [html.B(session.name), rest], session.name + rest
 
 
 def register(app, state) -> None:
@@ -37,16 +39,20 @@ def register(app, state) -> None:
 
     @app.callback(
         Output(ids.STORE_GRAPH, "data"), Output(ids.STATUS, "children"), Output(ids.STATUS, "className"),
+        Output(ids.STATUS, "title"),
         Input(ids.GRAPH_DROPDOWN, "value"),
     )
     def open_graph(name):
         if not name:
-            return ({"name": None}, f"No graph files in {state.graphs_dir} (looking for *.graph.safetensors, *.json, *.pt).",
-                    "status warning")
+            text = f"No graph files in {state.graphs_dir} (looking for *.graph.safetensors, *.json, *.pt)."
+            return {"name": None}, text, "status warning", text
         try:
             session = state.store.session(name)
         except GraphNotFound:
-            return {"name": None, "error": True}, f"{name!r} is not a graph in the graphs folder.", "status error"
+            text = f"{name!r} is not a graph in the graphs folder."
+            return {"name": None, "error": True}, text, "status error", text
         except GraphFormatError as err:
-            return ({"name": None, "error": True}, [html.B("Cannot open this graph. "), str(err)], "status error")
-        return {"name": name}, describe(session), "status"
+            return ({"name": None, "error": True}, [html.B("Cannot open this graph. "), str(err)], "status error",
+                    f"Cannot open this graph. {err}")
+        children, text = describe(session)
+        return {"name": name}, children, "status", text

@@ -3,6 +3,8 @@ region), region selection by click or drag, and the circuit that starts at the r
 
 from __future__ import annotations
 
+import json
+
 from dash import Input, Output, Patch, State, ctx, html, no_update
 
 from tracer.graph import GraphFormatError
@@ -80,6 +82,11 @@ def register(app, state) -> None:
             patch["data"][1]["showscale"] = heat is not None
             patch["data"][1]["text"] = heat_hover(session, image, heat)
             patch["layout"]["shapes"] = all_shapes(session, image, cells)
+            # a drag's selection box has become the region's outlines: drop it, else it stays drawn
+            # and swallows clicks on the cells under it (a new selectionrevision: plotly keeps a
+            # user's selections while the revision is unchanged)
+            patch["layout"]["selections"] = []
+            patch["layout"]["selectionrevision"] = json.dumps(region, sort_keys=True)
             return patch, note, {"display": "block"}, figure_key
         return base_figure(session, image, heat, cells), note, {"display": "block"}, figure_key
 
@@ -127,15 +134,20 @@ def register(app, state) -> None:
         except (GraphNotFound, GraphFormatError):
             return None, ""
         cells = [tuple(c) for c in region["cells"]]
+        g = current.session.graph
+
+        def target_of(key):  # a contrast shows both tokens' probabilities, not p = 0
+            return g.targets[current.session.index[key] - g.logit_offset]
+
         result = region_circuit(current.session, current.view, int(region.get("image", 0)), cells)
         rows = sorted(r for r, _ in cells), sorted(c for _, c in cells)
         where = (f"cell ({cells[0][0]},{cells[0][1]})" if len(cells) == 1 else
                  f"{len(cells)} cells (rows {rows[0][0]}–{rows[0][-1]}, cols {rows[1][0]}–{rows[1][-1]})")
         table = html.Table(className="shares", children=[
-            html.Thead(html.Tr([html.Th("logit"), html.Th("p"), html.Th("share from region (view)"),
+            html.Thead(html.Tr([html.Th("logit"), html.Th("probability"), html.Th("share from region (view)"),
                                 html.Th("(full graph)")])),
             html.Tbody([html.Tr([
-                html.Td(r["label"]), html.Td(f"{r['probability']:.3f}"),
+                html.Td(r["label"]), html.Td(target_of(r["key"]).probability_text()),
                 html.Td(html.Div([html.Div(className="bar", style={"width": f"{min(r['share_view'], 1) * 100:.1f}%"}),
                                   html.Span(f"{r['share_view'] * 100:.1f}%")], className="bar-cell")),
                 html.Td(f"{r['share_full'] * 100:.1f}%"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from dash import Input, Output, State, no_update
+from dash import Input, Output, State, html, no_update
 
 from tracer.graph import GraphFormatError
 
@@ -57,9 +57,10 @@ def result_graph_url(live, status):
     return f"?graph={quote(result['name'])}" if result.get("name") else no_update
 
 
-def comparison_outputs(live, status, what: str, top_k: int):
+def comparison_outputs(live, status, what: str, top_k: int, graph=None):
     """(status text, class, figure, figure style, table) of a before/after job (steering, region
-    ablation); a result stays shown while the next job runs."""
+    ablation); a result stays shown while the next job runs, and only with the graph it was
+    computed on (graph: the STORE_GRAPH data of the open graph)."""
     text, cls = job_line(status, what)
     if not status:
         return "", "job-status", no_update, HIDDEN, []
@@ -68,6 +69,11 @@ def comparison_outputs(live, status, what: str, top_k: int):
     result = live.queue.result(status["id"])
     if result is None:
         return "the result is no longer on the server", "job-status warning", no_update, HIDDEN, []
+    source, shown = result.get("graph"), (graph or {}).get("name")
+    if source and source != shown:
+        return "", "job-status", no_update, HIDDEN, html.Div(
+            [f"The last {what} result is for another graph, ", html.B(source), ": open it to see the result again."],
+            className="note other-graph")
     return "", "job-status", comparison_figure(result, top_k), SHOWN, comparison_children(result, top_k)
 
 

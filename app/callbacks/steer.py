@@ -32,8 +32,10 @@ def feature_rows(session, keys: list[str], annotations=None) -> tuple[list[dict]
             if feat < 0:
                 skipped.append(k)
                 continue
+            own = (annotations.labels.get(k) if annotations else None) or session.default_label(index).strip()
+            label = f"{supers[key]['label']}: {own}" if key in supers else own
             out.append({"key": k, "layer": layer, "feature": feat, "position": pos,
-                        "activation": float(g.activations[index]), "label": session.default_label(index).strip(),
+                        "activation": float(g.activations[index]), "label": label,
                         "mode": "ablate", "value": None, "positions": "active"})
     return out, skipped
 
@@ -72,7 +74,7 @@ def edits_from_rows(rows: list[dict], region: dict | None) -> list[dict]:
         else:
             raise LiveError(f"{r['label']}: unknown positions {where!r}")
         edits.append({"layer": int(r["layer"]), "feature": int(r["feature"]), "mode": mode, "value": value,
-                      "positions": positions})
+                      "positions": positions, "label": r.get("label", "")})
     return edits
 
 
@@ -188,15 +190,15 @@ def register(app, state) -> None:
             return no_update, str(err), "job-status error"
         freeze = freeze or []
         job_id = live.submit("steer", steer_job(live, session.graph, edits, "freeze" in freeze, "direct" in freeze,
-                                                top_k, generate),
+                                                top_k, generate, session.name),
                              label=f"steer {len(edits)} feature(s) of {session.name}", meta={"top_k": top_k})
         return {"id": job_id}, "queued", "job-status busy"
 
     @app.callback(
         Output(ids.STEER_STATUS, "children"), Output(ids.STEER_STATUS, "className"),
         Output(ids.STEER_CHART, "figure"), Output(ids.STEER_CHART, "style"), Output(ids.STEER_RESULT, "children"),
-        Input(ids.store_status("steer"), "data"),
+        Input(ids.store_status("steer"), "data"), Input(ids.STORE_GRAPH, "data"),
         prevent_initial_call=True,
     )
-    def show(status):
-        return comparison_outputs(live, status, "steering", ((status or {}).get("meta") or {}).get("top_k", 8))
+    def show(status, graph):
+        return comparison_outputs(live, status, "steering", ((status or {}).get("meta") or {}).get("top_k", 8), graph)

@@ -163,6 +163,18 @@ def register(app, state) -> None:
                 button, "trace-open busy" if active else "trace-open")
 
     @app.callback(
+        Output(ids.TRACE_PROMPT, "value"),
+        Input(ids.store_status("trace"), "data"), State(ids.TRACE_PROMPT, "value"),
+        prevent_initial_call=True,
+    )
+    def prompt_of_job(status, prompt):
+        """After a reload the tab re-attaches to its running trace: show that trace's prompt
+        (not an empty form, as if nothing were running)."""
+        if not status or status.get("state") not in ACTIVE or (prompt or "").strip():
+            return no_update
+        return (status.get("meta") or {}).get("prompt") or no_update
+
+    @app.callback(
         Output(ids.URL, "search", allow_duplicate=True),
         Input(ids.store_status("trace"), "data"),
         prevent_initial_call=True,

@@ -7,14 +7,19 @@ from dash import dcc, html
 from app import ids
 
 
+VISION_OFF = "Off: choose rollout or similarity to compute where the selected cell's vision attention comes from."
+
+
 def vision_strip() -> html.Div:
     """Under the image: where the vision tower's attention of the selected cell comes from."""
     return html.Div(className="vision-strip", children=[
         html.Span("Vision attention of the selected cell:", className="vision-title"),
-        dcc.RadioItems(id=ids.VISION_KIND, value="rollout", inline=True, className="vision-kind", options=[
+        # off by default: a map means a vision-tower run of the live model (4B parameters to load
+        # for Gemma3-4B), not something an exploratory click on a cell should start
+        dcc.RadioItems(id=ids.VISION_KIND, value="off", inline=True, className="vision-kind", options=[
             {"label": "off", "value": "off"}, {"label": "rollout", "value": "rollout"},
             {"label": "similarity", "value": "similarity"}]),
-        html.Div(id=ids.VISION_NOTE, className="note"),
+        html.Div(id=ids.VISION_NOTE, className="note", children=VISION_OFF),
         dcc.Store(id=ids.STORE_VISION_SHOWN, data=None),
     ])
 

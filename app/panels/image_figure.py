@@ -14,7 +14,8 @@ from tracer.graph.neuronpedia import image_to_data_uri
 
 from app.view.session import GraphSession
 
-HEAT_COLOURS = [[0.0, "rgba(255,110,0,0)"], [0.02, "rgba(255,110,0,0.12)"], [1.0, "rgba(255,60,0,0.85)"]]
+# at most half opaque: the image, the grid and the region outlines stay visible under the heat
+HEAT_COLOURS = [[0.0, "rgba(255,110,0,0)"], [0.02, "rgba(255,110,0,0.08)"], [1.0, "rgba(255,60,0,0.5)"]]
 REGION_COLOUR = "#00c8ff"
 
 

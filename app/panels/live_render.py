@@ -12,6 +12,7 @@ from app.jobs import ACTIVE, CANCELLED, DONE, ERROR, status_text
 
 BEFORE, AFTER = "#9aa5b1", "#f28e2b"
 OVERLAY_RGB = (150, 0, 255)
+OVERLAY_MAX_ALPHA = 140  # of 255: the strongest patch still shows the image (and the grid) under it
 
 # share of a trace's progress bar per phase (tracer's on_progress phases + the app's own)
 PHASES = [("loading", 0, 5), ("forward", 5, 5), ("encode", 10, 10), ("logit lanes", 20, 10), ("features", 30, 60),
@@ -75,8 +76,10 @@ def comparison_figure(result: dict, k: int) -> go.Figure:
         go.Bar(name="after", x=labels, y=[r["p_after"] for r in rows], marker_color=AFTER,
                hovertemplate="%{x}: p after %{y:.4f}<extra></extra>"),
     ])
-    fig.update_layout(barmode="group", height=210, margin={"l": 36, "r": 6, "t": 22, "b": 40},
-                      legend={"orientation": "h", "y": 1.12, "x": 0}, yaxis={"range": [0, 1], "title": None},
+    # the legend sits in the top margin, right-aligned, above the plot area (bars reach y = 1)
+    fig.update_layout(barmode="group", height=220, margin={"l": 36, "r": 6, "t": 30, "b": 40},
+                      legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+                      yaxis={"range": [0, 1], "title": None},
                       plot_bgcolor="white", paper_bgcolor="white", font={"size": 11})
     return fig
 
@@ -84,19 +87,35 @@ def comparison_figure(result: dict, k: int) -> go.Figure:
 def comparison_children(result: dict, k: int = 6) -> list:
     before, after = _tok(result["answer_before"]), _tok(result["answer_after"])
     changed = before != after
-    out: list = [html.Div(className="answer-line", children=[
+    out: list = []
+    if result.get("graph"):
+        out.append(html.Div([html.Span("On graph "), html.B(result["graph"])], className="note result-graph"))
+    out += [html.Div(className="answer-line", children=[
         html.B("Answer: "), html.Span(before, className="tok-chip"), " → ",
         html.Span(after, className="tok-chip" + (" changed" if changed else "")),
         html.Span("  (changed)" if changed else "  (unchanged)", className="note"),
     ])]
     rows = sorted(result["changes"], key=lambda r: -max(r["p_after"], r["p_before"]))[:k]
     out.append(html.Table(className="shares changes", children=[
-        html.Thead(html.Tr([html.Th("token"), html.Th("p before"), html.Th("p after"), html.Th("Δ logit")])),
+        html.Thead(html.Tr([html.Th("token"), html.Th("p before"), html.Th("p after"),
+                            html.Th("Δ raw logit", title="change of the token's logit itself")])),
         html.Tbody([html.Tr([html.Td(_tok(r["token"])), html.Td(f"{r['p_before']:.4f}"),
                              html.Td(f"{r['p_after']:.4f}"), html.Td(f"{r['logit_change']:+.3f}")],
                             **{"data-token": str(r["token"])})
                     for r in rows]),
     ]))
+    if result.get("target_changes"):
+        out.append(html.Table(className="shares target-changes", children=[
+            html.Thead(html.Tr([html.Th("graph target"), html.Th(
+                "Δ along the target", title="change along the graph's own target direction: W_U[t] − mean(W_U) "
+                "for a token, W_U[a] − W_U[b] for a contrast (what the graph's logit edges measure)")])),
+            html.Tbody([html.Tr([html.Td(t["label"]), html.Td(f"{t['change']:+.4f}")], **{"data-target": t["label"]})
+                        for t in result["target_changes"]]),
+        ]))
+        if result.get("direct_only"):
+            out.append(html.Div("Direct effects only: ablating one node moves its graph target by minus that node's "
+                                "edge into the logit node (edges are along the target direction, not the raw logit).",
+                                className="note"))
     gen = result.get("generation")
     if gen:
         out.append(html.Div(className="generations", children=[
@@ -164,7 +183,7 @@ def overlay_uri(grid_map: np.ndarray, min_side: int = 256) -> str:
     v = np.kron(v, np.ones((factor, factor)))
     rgba = np.zeros(v.shape + (4,), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2] = OVERLAY_RGB
-    rgba[..., 3] = np.round(np.clip(v, 0, 1) ** 0.8 * 210).astype(np.uint8)
+    rgba[..., 3] = np.round(np.clip(v, 0, 1) ** 0.8 * OVERLAY_MAX_ALPHA).astype(np.uint8)
     return image_to_data_uri(rgba)  # (H, W, 4) uint8: an RGBA PNG
 
 
@@ -173,4 +192,4 @@ def overlay_layout_image(grid_map: np.ndarray, width: int, height: int) -> dict:
     y pointing down, as the image panel draws them)."""
     return {"source": overlay_uri(grid_map), "xref": "x", "yref": "y", "x": -0.5, "y": -0.5,
             "sizex": width, "sizey": height, "sizing": "stretch", "xanchor": "left", "yanchor": "top",
-            "layer": "above", "opacity": 1.0, "name": "vision-attention"}
+            "layer": "above", "opacity": 0.9, "name": "vision-attention"}

@@ -312,6 +312,7 @@ def test_steer_the_answer_from_red_to_blue(page, live_server):
 
 def test_vision_overlay_region_ablation_attention_graph_and_heads(page, live_server):
     open_app(page, live_server.url, SAMPLE)
+    page.locator(f"#{ids.VISION_KIND} label", has_text="rollout").click()  # opt-in: off by default
     p = cell_center(page, 2, 6)  # a cell of the red cross
     page.mouse.click(p["x"], p["y"])
     page.wait_for_function(f"() => document.getElementById('{ids.VISION_NOTE}').innerText.startsWith('Purple')", timeout=60_000)
@@ -326,6 +327,7 @@ def test_vision_overlay_region_ablation_attention_graph_and_heads(page, live_ser
     page.wait_for_function(f"() => {n_images} === 1")
     page.locator(f"#{ids.VISION_KIND} label", has_text="off").click()
     page.wait_for_function(f"() => {n_images} === 0")
+    assert text_of(page, ids.VISION_NOTE).startswith("Off: choose rollout")
 
     # region ablation of the ground-truth region (the red cross)
     page.click(f"#{ids.TRUTH_REGION}")

@@ -15,12 +15,12 @@ from tracer.attention.graph import (
     ATTENTION_GRAPH_KIND, AttentionGraph, attention_graph, attention_graph_from_replacement, attention_output,
     head_contributions, head_edge_weights, is_attention_graph, mid_gradients, residual_stream, target_weights,
 )
-from tracer.attention.heads import HeadEffect, HeadsForEdge, heads_for_edge
+from tracer.attention.heads import HeadEffect, HeadsForEdge, carrier_layers, heads_for_edge
 from tracer.attention.vision import VisionAttentionMaps, upsample, vision_attention_maps
 
 __all__ = [
     "ATTENTION_GRAPH_KIND", "AttentionGraph", "HeadEffect", "HeadsForEdge", "VisionAttentionMaps", "attention_graph",
     "attention_graph_from_replacement", "attention_output", "head_contributions", "head_edge_weights",
-    "heads_for_edge", "is_attention_graph", "mid_gradients", "residual_stream", "target_weights", "upsample",
+    "carrier_layers", "heads_for_edge", "is_attention_graph", "mid_gradients", "residual_stream", "target_weights", "upsample",
     "vision_attention_maps",
 ]

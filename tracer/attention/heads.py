@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tracer.attribution.attribute import AttributionResult
-from tracer.graph.graph import EMBEDDING, ERROR, FEATURE, LOGIT
+from tracer.graph.graph import EMBEDDING, ERROR, FEATURE, LOGIT, carrier_layers
 
 
 @dataclass
@@ -102,10 +102,10 @@ def heads_for_edge(result: AttributionResult, target_node: int, source_node: int
     one batched pass of the transposed map per `batch_size` heads.
     """
     rep = result.replacement
-    column, low, _ = _source_column(result, source_node)
-    kind, high, vec, where = _target_injection(result, target_node)
+    column, _, _ = _source_column(result, source_node)
+    kind, _, vec, where = _target_injection(result, target_node)
     H = rep.weights[0].n_heads
-    candidates = [(l, h) for l in range(low, high + 1) for h in range(H)]
+    candidates = [(l, h) for l in carrier_layers(result.graph, target_node, source_node) for h in range(H)]
     lanes_total = 2 + len(candidates)  # all heads; no candidate heads; one removed per lane
     values = torch.zeros(lanes_total, dtype=rep.dtype)
     for start in range(0, lanes_total, batch_size):

@@ -43,6 +43,16 @@ class Target:
         return {"label": self.label, "token_id": self.token_id, "probability": self.probability,
                 "kind": self.kind, "spec": self.spec}
 
+    def probability_text(self) -> str:
+        """'p=0.981' for a token; 'p(red)=0.981, p(blue)=0.012' for a contrast, whose own
+        probability is 0 (a direction has none): both tokens' probabilities when recorded."""
+        labels, probs = self.spec.get("labels") or [], self.spec.get("probabilities") or []
+        if self.kind == "direction" and probs and len(labels) == len(probs):
+            return ", ".join(f"p({lab})={float(p):.3f}" for lab, p in zip(labels, probs))
+        if self.kind == "direction":
+            return "a direction"
+        return f"p={self.probability:.3f}"
+
     @classmethod
     def from_dict(cls, d: dict) -> "Target":
         return cls(d["label"], int(d.get("token_id", -1)), float(d.get("probability", 0.0)),
@@ -203,6 +213,8 @@ class Graph:
         kind = self.node_kind(index)
         if kind == FEATURE:
             layer, pos, feat = self.features[index]
+            if self.kind == ATTENTION_GRAPH:  # a node is the residual stream there, not a feature
+                return f"resid L{layer} @{pos} {self.position_text(pos)}"
             return f"L{layer} #{feat} @{pos} {self.position_text(pos)}"
         if kind == ERROR:
             layer, pos = self.errors[index - self.error_offset]
@@ -214,7 +226,7 @@ class Graph:
                 return f"image{cell[0]} patch ({cell[1]},{cell[2]}) @{pos}"
             return f"{self.position_text(pos)} @{pos}"
         target = self.targets[index - self.logit_offset]
-        return f"logit {target.label!r} (p={target.probability:.3f})"
+        return f"logit {target.label!r} ({target.probability_text()})"
 
     def validate(self) -> None:
         """Raise GraphFormatError if the arrays do not fit together."""
@@ -246,3 +258,23 @@ class Graph:
         if len(self.image_positions):
             need(int(self.image_positions.max()) < self.n_positions, "image position out of range")
         need(np.isfinite(self.adjacency).all(), "adjacency holds NaN or infinite values")
+
+
+def carrier_layers(graph: "Graph", target_node: int, source_node: int) -> range:
+    """The layers whose heads can lie on a path source -> target (node indices of graph): after
+    a feature's or error's own layer (it writes after its layer's attention), from layer 0 for an
+    embedding, up to a feature target's layer (it reads after its layer's attention) or the last
+    layer for a logit. Empty, e.g., for a last-layer feature into a logit: no head carries that.
+    (tracer.attention.heads_for_edge removes these layers' heads; here, without torch, so the
+    explorer can tell before it asks.)"""
+    kinds = graph.node_kind(source_node), graph.node_kind(target_node)
+    if kinds[0] == LOGIT or kinds[1] not in (FEATURE, LOGIT):
+        raise ValueError("an edge runs from a feature, error or embedding node into a feature or logit node")
+    if kinds[0] == FEATURE:
+        low = int(graph.features[source_node][0]) + 1
+    elif kinds[0] == ERROR:
+        low = int(graph.errors[source_node - graph.error_offset][0]) + 1
+    else:
+        low = 0
+    high = graph.n_layers - 1 if kinds[1] == LOGIT else int(graph.features[target_node][0])
+    return range(low, high + 1)

@@ -55,7 +55,10 @@ back to a ``Target`` with ``token_id == -1``.
 Import
 ------
 `json_to_graph` rebuilds a Graph from what the JSON holds: the nodes present (an exported,
-pruned graph has only some features and errors), and the links as adjacency entries. Target
+pruned graph has only some features and errors), and the links as adjacency entries. The
+viewer state (``qParams.pinnedIds``, ``qParams.supernodes`` and the nodes' clerps) goes into
+``graph.info["annotations"]`` by node index, from which the explorer restores its pins,
+supernodes and labels. Target
 values, constant terms and unexplored mass are restored only from our own unpruned exports;
 otherwise they are NaN and ``graph.info["sum_rule_checkable"]`` is False.
 """
@@ -735,6 +738,9 @@ def json_to_graph(data: dict, source: str = "") -> Graph:
     }
     if clerps:
         info["clerps"] = clerps
+    annotations = _imported_annotations(data.get("qParams"), clerps, index)
+    if annotations:
+        info["annotations"] = annotations
     if not have_terms:
         info["sum_rule"] = ("not checkable: the viewer JSON holds only the kept edges, without target values "
                             "or constant terms")
@@ -754,6 +760,26 @@ def json_to_graph(data: dict, source: str = "") -> Graph:
     except GraphFormatError as err:
         raise GraphFormatError(f"{where}{err}") from None
     return graph
+
+
+def _imported_annotations(qparams, clerps: dict[str, str], index: dict[str, int]) -> dict:
+    """The viewer state a file carries, by graph node index: ``{"labels": [[index, clerp], ...],
+    "pinned": [index, ...], "supernodes": [{"label", "members": [index, ...]}, ...]}`` (what the
+    explorer's annotations hold; ids of nodes that are not in the file are left out)."""
+    qparams = qparams if isinstance(qparams, dict) else {}
+    labels = [[index[nid], text] for nid, text in clerps.items() if nid in index]
+    pins = qparams.get("pinnedIds")
+    pinned = list(dict.fromkeys(index[str(x)] for x in pins if str(x) in index)) if isinstance(pins, list) else []
+    supernodes = []
+    for group in qparams.get("supernodes") if isinstance(qparams.get("supernodes"), list) else []:
+        if not isinstance(group, list) or len(group) < 2:
+            continue
+        members = list(dict.fromkeys(index[str(x)] for x in group[1:] if str(x) in index))
+        if len(members) >= 2:  # a group of one node is no group
+            supernodes.append({"label": str(group[0]), "members": members})
+    if not (labels or pinned or supernodes):
+        return {}
+    return {"labels": labels, "pinned": pinned, "supernodes": supernodes}
 
 
 def load_neuronpedia_json(path: str | Path) -> Graph:

@@ -334,6 +334,17 @@ class InterventionResult(NextTokenComparison):
         d = direction.to(self.final_hidden_after.dtype)
         return float(d @ (self.final_hidden_after - self.final_hidden_before))
 
+    def target_changes(self, targets, unembedding: torch.Tensor) -> list[dict]:
+        """Per logit target of a graph (tracer.graph.Target), the change of its value along the
+        graph's own direction (W_U[t] - mean W_U for a token, W_U[a] - W_U[b] for a contrast):
+        the quantity the graph's logit edges measure, so with direct_only the ablation of one
+        feature node moves it by exactly minus that node's edge. Raw logit changes are in
+        changes()."""
+        from tracer.attribution.targets import resolve_directions
+
+        resolved = resolve_directions(list(targets), unembedding, self.final_hidden_after.dtype)
+        return [{"label": r.target.label, "change": self.target_change(r.direction)} for r in resolved]
+
     def to_dict(self) -> dict:
         out = super().to_dict()
         out.update({"interventions": [iv.to_dict() for iv in self.interventions],
