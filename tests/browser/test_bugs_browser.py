@@ -245,7 +245,7 @@ def live(tmp_path_factory):
     folder = tmp_path_factory.mktemp("live-bugs")
     src = default_graphs_dir() / SAMPLE
     if not src.exists():
-        pytest.skip(f"{SAMPLE} is not in sample_graphs/")
+        pytest.skip(f"{SAMPLE} is not in app/sample_graphs/")
     shutil.copy(src, folder / SAMPLE)
     shutil.copy(src, folder / LIVE_COPY)
     save_annotations(folder / SAMPLE, Annotations(labels={STRONG: "red detector"}))
