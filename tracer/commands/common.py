@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -130,11 +131,12 @@ def check_writable(path: str | Path, folder: bool = False) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"cannot write {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: no permission to write in {existing}")
-    if not folder and path.exists() and not os.access(path, os.W_OK):
-        # replaced by rename, which needs only the folder; still, say so rather than overwrite a read-only file
-        raise InputError(f"cannot write {path}: the file is read-only")
+    try:  # the one honest test (permissions, read-only mounts, /proc): create a file there
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tracer-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {existing} is not writable ({err.strerror or err})") from None
     return path
 
 

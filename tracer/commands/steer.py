@@ -103,10 +103,12 @@ def _steer(args) -> int:
                      " (attention frozen)" if args.freeze_attention else ""))
             print(f"edited {len(r.applied)} (feature, position) activations")
             for iv in features:
-                if not any(a["layer"] == iv.layer and a["feature"] == iv.feature for a in r.applied):
-                    print(f"warning: {iv.label} edits nothing: the feature is not active at positions "
-                          f"{args.positions!r} of this prompt (try --positions last or all; list features worth "
-                          "steering with --graph G --top-features N)", file=sys.stderr)
+                if not any(a["layer"] == iv.layer and a["feature"] == iv.feature and a["before"] != a["after"]
+                           for a in r.applied):
+                    print(f"warning: {iv.label} changes no activation: the feature is not active at positions "
+                          f"{args.positions!r} of this prompt (ablate and scale only change an active feature; "
+                          "use :set:VALUE, or find features worth steering with --graph G --top-features N)",
+                          file=sys.stderr)
             print(r.format())
             print(f"answer: {r.answer_before!r} -> {r.answer_after!r}")
             report["intervention"] = r.to_dict()

@@ -34,6 +34,11 @@ def _looks_local(ref: str) -> bool:
 FAST_ATTENTION = "sdpa"
 
 
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 @contextmanager
 def hub_offline():
     """No Hugging Face hub requests inside (the local cache still answers): for names read from a
@@ -90,8 +95,8 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
     except OSError as err:  # not on the hub, no network, HF_HUB_OFFLINE=1 without a cached copy, no weights
         hint = (f" (a name read from a file is only looked up locally; pass --model {path} to fetch it)"
                 if local_only and not _looks_local(path) else "")
-        raise ModelLoadError(f"cannot load model {path!r}: {err}{hint}") from err
+        raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}{hint}") from err
     except ValueError as err:  # custom code (refused), an unknown architecture, a broken config
-        raise ModelLoadError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from err
+        raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}") from err
     model.to(device).eval()
     return model, processor
