@@ -29,9 +29,9 @@ class ResolvedTarget:
 def resolve_token(tokenizer, text: str) -> int:
     """A token id from '#123', an exact vocabulary entry, or text that encodes to one known token.
     Text the tokenizer only knows as its unknown token is refused, not traced as `<unk>`."""
-    text = text.strip() if text.strip() else text
-    if not text:
+    if not text.strip():
         raise TargetError("an empty target: give a token, 'A - B' or '#<id>'")
+    text = text.strip()
     if text.startswith("#") and len(text) > 1:
         try:
             token_id = int(text[1:])
