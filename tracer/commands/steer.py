@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--direct-only", action="store_true",
                    help="freeze attention, norms and every other MLP output: only the edited features' direct "
                    "effects remain (a logit then moves by exactly minus the features' attribution edges)")
-    p.add_argument("--generate", type=int, default=0, metavar="N",
+    p.add_argument("--generate", type=non_negative_int, default=0, metavar="N",
                    help="also generate N tokens greedily before and after the edit (attention live)")
     p.add_argument("--ablate-region", default=None, metavar="CELLS",
                    help="instead of feature edits: ablate these image cells 'row,col;row,col' (one cell: 'row,col'; "
