@@ -385,3 +385,12 @@ def test_a_graph_naming_a_custom_code_folder_does_not_run_it(custom_code_folder,
     assert "contains custom code" in _one_error_line(capsys)
     assert _tokenizer_for(str(folder)) is None  # a reference .pt's cfg.tokenizer_name
     assert not marker.exists()
+
+
+def test_attention_checks_every_option_before_writing_anything(files, tmp_path, capsys):
+    ex, image = files["example"], files["image"]
+    stem = tmp_path / "att"
+    assert main(["attention", "--prompt", ex.question, "--image", str(image), "--rollout-layers", "99",
+                 "-o", str(stem)]) == 2
+    assert "last_layers must be in 1.." in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []  # not even the heads file

@@ -57,16 +57,22 @@ def _attention(args) -> int:
     from tracer.commands.attribute import slug_from
     from tracer.graph import save_graph
     from tracer.interventions.common import prompt_inputs
+    from tracer.models.precision import model_precision
     from tracer.session import TracingSession
 
     stem = _stem(args.out)
     check_graph_output(stem.with_name(stem.name + ".graph.safetensors"))
     image = image_from_args(args)
     session = TracingSession(args.model, args.transcoders, device=args.device, dtype=args.dtype)
-    try:
+    maps = None
+    try:  # everything is computed before anything is written: a bad option leaves no partial output
         pi = prompt_inputs(session, args.prompt, image, chat=not args.no_chat)
         ag = attention_graph(session, pi, targets=args.target, max_n_logits=args.max_n_logits,
                              desired_logit_prob=args.desired_logit_prob)
+        if image is not None and not args.no_vision:
+            with model_precision(session.model):
+                maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers,
+                                             identity_weight=args.identity_weight)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -75,8 +81,7 @@ def _attention(args) -> int:
     written = []
     heads_path = ag.save_npz(stem.with_name(stem.name + ".heads.npz"))
     graph.info["heads_file"] = heads_path.name
-    if image is not None and not args.no_vision:
-        maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers, identity_weight=args.identity_weight)
+    if maps is not None:
         vision_path = maps.save_npz(stem.with_name(stem.name + ".vision.npz"))
         graph.info["vision_maps_file"] = vision_path.name
         written.append(vision_path)
