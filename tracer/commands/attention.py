@@ -57,7 +57,6 @@ def _attention(args) -> int:
     from tracer.commands.attribute import slug_from
     from tracer.graph import save_graph
     from tracer.interventions.common import prompt_inputs
-    from tracer.models.precision import model_precision
     from tracer.session import TracingSession
 
     stem = _stem(args.out)
@@ -70,9 +69,8 @@ def _attention(args) -> int:
         ag = attention_graph(session, pi, targets=args.target, max_n_logits=args.max_n_logits,
                              desired_logit_prob=args.desired_logit_prob)
         if image is not None and not args.no_vision:
-            with model_precision(session.model):
-                maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers,
-                                             identity_weight=args.identity_weight)
+            maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers,
+                                         identity_weight=args.identity_weight)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
