@@ -131,10 +131,14 @@ def test_dtypes_and_devices_are_checked_before_loading(argv, message, capsys):
 
 
 def test_steering_values_must_be_finite(capsys):
+    from tracer.interventions import FeatureIntervention
+
     assert main(["steer", "--prompt", "x", "--feature", "1:2:set:nan"]) == 2
     assert "must be a finite number" in _one_error_line(capsys)
     assert main(["steer", "--prompt", "x", "--feature", "1:2:scale:inf"]) == 2
     assert "must be a finite number" in _one_error_line(capsys)
+    with pytest.raises(ValueError, match="finite"):  # the library refuses it too (the app's steering)
+        FeatureIntervention(1, 2, "set", float("nan"))
 
 
 @pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 
 from tracer.commands.common import (
@@ -82,10 +81,6 @@ def _steer(args) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for iv in features:
-        if not math.isfinite(iv.value):
-            print(f"error: feature spec {iv.label}: the value must be a finite number", file=sys.stderr)
-            return 2
     chat = not args.no_chat
     session = _session(args, need_transcoders=bool(features))
     report: dict = {}
