@@ -188,3 +188,19 @@ def test_a_float64_model_gets_float64_softmaxes_without_the_caller_asking(scene)
         for h in hooks:
             h.remove()
     assert seen and all(w.dtype == torch.float64 and (w.sum(-1) - 1).abs().max() < 1e-13 for w in seen)
+
+
+def test_a_float64_graph_with_float32_activations_verifies_at_their_precision(scene, tmp_path, capsys):
+    """Files written before activations were kept in float64: edges and sums are still checked at
+    1e-10, the activations at what float32 storage can hold."""
+    from tracer.graph import save_graph
+    from tracer.session import TracingSession
+
+    session = TracingSession(dtype="float64")
+    graph = session.attribute("What color is fire?", max_feature_nodes=20, progress=False)
+    graph.activations = graph.activations.astype(np.float32)
+    report = session.verify(graph)
+    assert report.ok and report.perturbation_max_rel <= BAR and report.sum_rule_max_rel <= BAR
+    assert 0 < report.activation_max_rel < 1e-6
+    # written again, such a graph keeps float64 throughout
+    assert load_graph(save_graph(graph, tmp_path / "old.graph.safetensors")).activations.dtype == np.float64
