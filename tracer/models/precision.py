@@ -22,11 +22,15 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 
-def _rmsnorm_forward(self, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float64:
-        return _originals["rmsnorm"](self, x)
-    out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-    return out * (1.0 + self.weight.to(x.dtype))
+def _rmsnorm(original):
+    """Gemma3RMSNorm.forward that keeps float64 in float64; other dtypes go to HF's own (bound
+    here, not looked up at call time: a call still in flight when the patch is removed works)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float64:
+            return original(self, x)
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out * (1.0 + self.weight.to(x.dtype))
+    return forward
 
 
 def _eager_attention(original):
@@ -58,7 +62,7 @@ def _patch_sites():
     from transformers.models.siglip import modeling_siglip
 
     return [
-        (modeling_gemma3.Gemma3RMSNorm, "forward", "rmsnorm", lambda original: _rmsnorm_forward),
+        (modeling_gemma3.Gemma3RMSNorm, "forward", "rmsnorm", _rmsnorm),
         (modeling_gemma3, "eager_attention_forward", "gemma3_attention", _eager_attention),
         (modeling_siglip, "eager_attention_forward", "siglip_attention", _eager_attention),
     ]
