@@ -151,7 +151,8 @@ def test_the_app_refuses_a_port_out_of_range(port, capsys):
     assert "--port" in _one_error_line(capsys)
 
 
-@pytest.mark.parametrize("argv, message", [(["--dtype", "int8"], "unknown dtype"), (["--device", "tpu"], "unknown device")])
+@pytest.mark.parametrize("argv, message", [(["--dtype", "int8"], "unknown dtype"),
+                                           (["--device", "tpu"], "unknown device")])
 def test_the_app_checks_dtype_and_device_at_start(argv, message, capsys):
     from app.__main__ import parse_args
 
@@ -283,7 +284,8 @@ def test_region_syntax_cells_versus_positions():
     assert parse_region("2,3;2,4") == [(0, 2, 3), (0, 2, 4)]
     assert parse_region("1,2,3; (0,0,1)") == [(1, 2, 3), (0, 0, 1)]
     assert parse_region("pos:40,41") == [40, 41]
-    for bad, message in [("9,9;9,9", "twice"), ("2,3;0,2,3", "twice"), ("pos:9,9", "twice"), ("1,2,3,4", "not an image cell"),
+    for bad, message in [("9,9;9,9", "twice"), ("2,3;0,2,3", "twice"), ("pos:9,9", "twice"),
+                         ("1,2,3,4", "not an image cell"),
                          ("a,b", "not an image cell"), ("-1,2", "not an image cell"), ("pos:x", "integers"),
                          (";", "empty"), ("pos:", "empty")]:
         with pytest.raises(InputError, match=message):

@@ -47,7 +47,8 @@ def scene(tmp_path_factory):
 def test_attribute_float64_then_verify_passes_at_float64_precision(kind, scene, tmp_path, capsys):
     ex, image = scene
     out = tmp_path / f"{kind}.graph.safetensors"
-    prompt = ["--prompt", ex.question, "--image", str(image)] if kind == "image" else ["--prompt", "What color is grass?"]
+    prompt = ["--prompt", ex.question, "--image", str(image)] if kind == "image" else \
+        ["--prompt", "What color is grass?"]
     assert main(["attribute", *prompt, "--dtype", "float64", "--max_feature_nodes", "40", "--quiet", "--verify",
                  "-o", str(out)]) == 0
     first = capsys.readouterr().out

@@ -62,7 +62,8 @@ def check_device(device: str | torch.device) -> torch.device:
         raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r}: this torch build has no CUDA or no GPU is visible; use --device cpu")
+            raise ModelLoadError(f"device {device!r}: this torch build has no CUDA or no GPU is visible; "
+                                 "use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
