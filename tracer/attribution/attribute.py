@@ -14,6 +14,7 @@ still closes.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -60,7 +61,7 @@ class AttributionConfig:
             value = getattr(self, name)
             if value is None and none_ok:
                 return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
                 raise SettingError(f"{name} must be an integer of at least {low}"
                                    f"{' (or None: no limit)' if none_ok else ''}, got {value!r}")
 
@@ -69,7 +70,7 @@ class AttributionConfig:
         count("batch_size", 1)
         count("top_logit_k", 0)
         p = self.desired_logit_prob
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0 < p <= 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or not 0 < p <= 1:
             raise SettingError(f"desired_logit_prob must be above 0 and at most 1, got {p!r}")
         if self.offload not in (None, "cpu"):
             raise SettingError(f"offload must be None or 'cpu', got {self.offload!r}")
