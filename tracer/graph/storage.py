@@ -53,11 +53,9 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
     }
     for name in _OPTIONAL:
         value = getattr(graph, name)
-        if value is not None:
-            tensors[name] = np.ascontiguousarray(value)
-    if graph.feature_position_activations is not None:
-        tensors["feature_position_activations"] = np.ascontiguousarray(graph.feature_position_activations,
-                                                                       graph.stored_dtype)
+        if value is not None:  # activations in the graph's precision, the rest as they are
+            dtype = graph.stored_dtype if name == "feature_position_activations" else None
+            tensors[name] = np.ascontiguousarray(value, dtype)
     for k, image in enumerate(graph.images):
         tensors[f"image_{k}"] = np.ascontiguousarray(image, np.uint8)
     meta = {
