@@ -59,7 +59,6 @@ def _steer(args) -> int:
     from tracer.interventions import (
         FeatureIntervention, ablate_region, intervene, parse_positions, steered_generate,
     )
-
     from tracer.interventions.common import parse_region
 
     if args.top_features is not None or args.graph:
