@@ -9,6 +9,7 @@ from pathlib import Path
 
 def parse_args(argv=None) -> argparse.Namespace:
     from app.view.budget import MAX_EDGES, MAX_NODES
+    from tracer.commands.common import port, positive_int
 
     parser = argparse.ArgumentParser(
         prog="python -m app",
@@ -24,15 +25,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes it "
                              "to the network, with no authentication)")
-    parser.add_argument("--port", type=int, default=8050, help="port to listen on (default 8050)")
+    parser.add_argument("--port", type=port, default=8050, help="port to listen on, 1..65535 (default 8050)")
     parser.add_argument("--debug", action="store_true",
                         help="Dash debug mode: in-browser error pane, hot reload of code and assets")
     parser.add_argument("--examples", metavar="PATH", default=None,
                         help="feature-examples store for top-activating examples (default: DIR/feature_examples "
                              "if it exists)")
-    parser.add_argument("--max-nodes", type=int, default=MAX_NODES,
+    parser.add_argument("--max-nodes", type=positive_int, default=MAX_NODES,
                         help=f"display budget: most nodes drawn at once (default {MAX_NODES})")
-    parser.add_argument("--max-edges", type=int, default=MAX_EDGES,
+    parser.add_argument("--max-edges", type=positive_int, default=MAX_EDGES,
                         help=f"display budget: most edges drawn at once (default {MAX_EDGES})")
     live = parser.add_argument_group(
         "live features", "New trace, steering, region ablation and attention need a model. By default the shipped "
@@ -49,6 +50,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--no-live cannot be combined with --model, --transcoders, --device or --dtype")
     if args.model not in (None, "toy") and not args.transcoders:
         parser.error("--model needs --transcoders (the transcoder set of that model)")
+    if args.dtype is not None or args.device is not None:  # checked now, not at the first live job
+        from tracer.errors import InputError
+        from tracer.models.loading import check_device
+        from tracer.session import parse_dtype
+
+        try:
+            if args.dtype is not None:
+                parse_dtype(args.dtype)
+            if args.device is not None:
+                check_device(args.device)
+        except InputError as err:
+            parser.error(str(err))
     return args
 
 

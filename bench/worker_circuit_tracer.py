@@ -76,10 +76,10 @@ def main(spec_path: str) -> None:
         tokenizer_file=os.path.join(model_dir, "tokenizer.json"), bos_token="<bos>", eos_token="<eos>",
         pad_token="<pad>", unk_token="<unk>",
     )
-    hf_config = AutoConfig.from_pretrained(model_dir)
+    hf_config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     hf_config._attn_implementation = "eager"
     hf_model, loading = AutoModelForImageTextToText.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+        model_dir, dtype=torch.float32, attn_implementation="eager", output_loading_info=True, trust_remote_code=False)
     hf_model.eval()
     # transformers 4.57 names the SigLIP tower's weights differently from the transformers 5 file,
     # so the vision tower loads with fresh weights: harmless for a text-only prompt, but nothing

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
+from tracer.errors import InputError
 from tracer.models.base import get_adapter
-from tracer.models.loading import load_vlm, resolve_model_ref
+from tracer.models.loading import check_device, hub_offline, load_vlm, resolve_model_ref
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64, "fp64": torch.float64}
@@ -22,7 +23,7 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype:
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}") from None
+        raise InputError(f"unknown dtype {name!r}; choose from {', '.join(sorted(DTYPES))}") from None
 
 
 def default_device() -> str:
@@ -32,20 +33,27 @@ def default_device() -> str:
 class TracingSession:
     def __init__(self, model: str | Path | None = None, transcoders: str | Path | None = None, *,
                  device: str | None = None, dtype: str | torch.dtype | None = None,
-                 lazy_encoder: bool = False, lazy_decoder: bool = True):
+                 lazy_encoder: bool = False, lazy_decoder: bool = True, model_from_file: bool = False,
+                 transcoders_from_file: bool = False):
+        """*_from_file: that name was read from a file (a graph), not given by the user: it is
+        loaded from a local folder or the local Hugging Face cache only, never from the hub."""
+        from contextlib import nullcontext
+
         from tracer.transcoders import load_transcoder_set
 
         model = None if model in (None, "toy") else model
         transcoders = None if transcoders in (None, "toy-plt") else transcoders
-        self.device = device or default_device()
         self.dtype = parse_dtype(dtype)
+        self.device = str(check_device(device)) if device else default_device()
         self.model_ref = resolve_model_ref(model) if model is not None else "toy"
-        self.model, self.processor = load_vlm(model, dtype=self.dtype, device=self.device)
+        self.model, self.processor = load_vlm(model, dtype=self.dtype, device=self.device, local_only=model_from_file)
         self.adapter = get_adapter(self.model)
         # Transcoders compute in the model's precision (float64 runs stay exact).
         tc_dtype = self.dtype if self.dtype in (torch.float32, torch.float64) else None
-        self.transcoders = load_transcoder_set(transcoders, lazy_encoder=lazy_encoder, lazy_decoder=lazy_decoder,
-                                               device=self.device, dtype=tc_dtype, model=self.adapter)
+        with hub_offline() if transcoders_from_file else nullcontext():
+            self.transcoders = load_transcoder_set(transcoders, lazy_encoder=lazy_encoder,
+                                                   lazy_decoder=lazy_decoder, device=self.device, dtype=tc_dtype,
+                                                   model=self.adapter)
         self.transcoders_ref = str(transcoders) if transcoders is not None else "toy-plt"
 
     @classmethod

@@ -27,6 +27,7 @@ import torch
 
 from tracer.interventions.common import as_bundle, prompt_inputs
 from tracer.models.base import PromptInputs, load_image
+from tracer.models.precision import model_precision
 
 
 def vision_parts(model):
@@ -189,7 +190,8 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
             handles.append(layers[i].self_attn.register_forward_hook(attn_hook(i)))
         for i, layer in enumerate(layers):
             handles.append(layer.register_forward_hook(layer_hook(i)))
-        out = tower(pixel_values=pixel_values)
+        with model_precision(param.dtype):  # a float64 tower keeps its softmaxes in float64
+            out = tower(pixel_values=pixel_values)
     finally:
         cfg._attn_implementation = saved
         for h in handles:

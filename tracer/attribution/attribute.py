@@ -13,6 +13,8 @@ still closes.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 from tracer.attribution.record import compute_dtype_for, record_forward
 from tracer.attribution.replacement import LocalReplacement
 from tracer.attribution.targets import ResolvedTarget, resolve_targets
+from tracer.errors import InputError
 from tracer.graph.graph import Graph
 from tracer.graph.pruning import graph_scores
 from tracer.models.base import PromptInputs, VLMAdapter, get_adapter, prepare_prompt
@@ -50,6 +53,31 @@ class AttributionConfig:
     # AttributionCancelled.
     on_progress: Callable[[str, int, int], None] | None = None
     should_stop: Callable[[], bool] | None = None
+
+    def validate(self) -> None:
+        """Raise SettingError for a setting that would give a wrong graph or none (the CLI, the app
+        and library callers all pass through here)."""
+        def count(name: str, low: int, none_ok: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and none_ok:
+                return
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise SettingError(f"{name} must be an integer of at least {low}"
+                                   f"{' (or None: no limit)' if none_ok else ''}, got {value!r}")
+
+        count("max_n_logits", 1)
+        count("max_feature_nodes", 1, none_ok=True)
+        count("batch_size", 1)
+        count("top_logit_k", 0)
+        p = self.desired_logit_prob
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not math.isfinite(p) or not 0 < p <= 1:
+            raise SettingError(f"desired_logit_prob must be above 0 and at most 1, got {p!r}")
+        if self.offload not in (None, "cpu"):
+            raise SettingError(f"offload must be None or 'cpu', got {self.offload!r}")
+
+
+class SettingError(InputError):
+    """An attribution setting out of its range (e.g. max_feature_nodes 0, desired_logit_prob nan)."""
 
 
 class AttributionCancelled(RuntimeError):
@@ -113,6 +141,7 @@ def attribute_full(model, processor, transcoders, prompt: str | PromptInputs, im
         if not hasattr(cfg, key):
             raise TypeError(f"unknown attribution setting {key!r}")
         setattr(cfg, key, value)
+    cfg.validate()
     adapter = get_adapter(model)
     previous_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = bool(cfg.tf32)
@@ -296,7 +325,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
         del R
 
     features = t_np[sel_np[order]]  # (n_sel, 3) int64: layer, position, feature
-    acts = rep.active_values().to(store)[sel_sorted].float().cpu().numpy()
+    acts = rep.active_values().to(store)[sel_sorted].to(edge_dtype).cpu().numpy()
     kept = rep.kept_positions.cpu().numpy()
     errors = np.array([(l, p) for l in range(rep.n_layers) for p in kept], dtype=np.int64).reshape(-1, 2)
 
@@ -307,7 +336,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
         tokens=list(prompt.tokens),
         n_layers=rep.n_layers,
         features=features,
-        activations=acts.astype(np.float32),
+        activations=acts,
         errors=errors,
         targets=[t.target for t in targets],
         adjacency=adjacency.numpy(),
@@ -325,7 +354,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     )
     graph.config["dtype"] = str(adapter.dtype).replace("torch.", "")
     if cfg.feature_position_activations and n_sel:
-        graph.feature_position_activations = _position_activations(rep, features)
+        graph.feature_position_activations = _position_activations(rep, features, graph.stored_dtype)
     if cfg.top_logit_k and n_sel:
         ids_top, val_top, ids_bot, val_bot = _feature_logit_effects(rep, adapter, features, cfg.top_logit_k)
         graph.top_logit_ids, graph.top_logit_values = ids_top, val_top
@@ -340,14 +369,14 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     return graph
 
 
-def _position_activations(rep: LocalReplacement, features: np.ndarray) -> np.ndarray:
+def _position_activations(rep: LocalReplacement, features: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Activation of each selected feature (its layer and index) at every position."""
-    out = np.zeros((len(features), rep.n_positions), dtype=np.float32)
+    out = np.zeros((len(features), rep.n_positions), dtype=dtype)
     for layer in np.unique(features[:, 0]):
         act = rep.active[int(layer)]
         a_feat = act.features.cpu().numpy()
         a_pos = act.positions.cpu().numpy()
-        a_val = act.activations.float().cpu().numpy()
+        a_val = act.activations.cpu().numpy()
         idx = np.flatnonzero(features[:, 0] == layer)
         lookup: dict[int, list[int]] = {}
         for k in idx:

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from tracer.attribution.replacement import LocalReplacement
+from tracer.models.precision import model_precision
 
 _FROZEN_ATTENTION = "tracer_frozen_pattern"
 _patterns: dict[int, torch.Tensor] = {}
@@ -166,6 +167,7 @@ def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = No
         captured["residual"] = args[0][0].to(rep.dtype)
 
     with ExitStack() as stack:
+        stack.enter_context(model_precision(adapter))
         stack.enter_context(frozen_norms(adapter, record, rep.dtype))
         for i in range(rep.n_layers):
             stack.callback(adapter.mlp(i).register_forward_hook(mlp_replacement(i)).remove)

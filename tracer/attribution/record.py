@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tracer.models.base import PromptInputs, VLMAdapter
+from tracer.models.precision import model_precision
 
 
 @dataclass
@@ -112,19 +113,23 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
 
 
 class eager_attention:
-    """Run with eager attention (the only implementation that returns patterns), then restore."""
+    """Run with eager attention (the only implementation that returns patterns), then restore.
+    A float64 model also runs its norms and softmaxes in float64 inside (models.precision)."""
 
     def __init__(self, adapter: VLMAdapter):
         self.configs = [adapter.model.config, adapter.text_config]
+        self.precision = model_precision(adapter)
         self.saved = []
 
     def __enter__(self):
         self.saved = [getattr(c, "_attn_implementation", None) for c in self.configs]
         for c in self.configs:
             c._attn_implementation = "eager"
+        self.precision.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self.precision.__exit__(*exc)
         for c, value in zip(self.configs, self.saved):
             c._attn_implementation = value
         return False

@@ -27,21 +27,32 @@ class ResolvedTarget:
 
 
 def resolve_token(tokenizer, text: str) -> int:
-    """A token id from '#123', an exact vocabulary entry, or text that encodes to one token."""
-    text = text.strip() if text.strip() else text
-    if text.startswith("#") and text[1:].isdigit():
-        token_id = int(text[1:])
-        if token_id >= len(tokenizer):
-            raise TargetError(f"token id {token_id} is outside the vocabulary ({len(tokenizer)})")
-        return token_id
+    """A token id from '#123', an exact vocabulary entry, or text that encodes to one known token.
+    Text the tokenizer only knows as its unknown token is refused, not traced as `<unk>`."""
+    if not text.strip():
+        raise TargetError("an empty target: give a token, 'A - B' or '#<id>'")
+    text = text.strip()
+    if text.startswith("#") and len(text) > 1:
+        try:
+            token_id = int(text[1:])
+        except ValueError:
+            token_id = None  # '#' followed by text: maybe a token that starts with '#'
+        if token_id is not None:
+            if not 0 <= token_id < len(tokenizer):
+                raise TargetError(f"token id {token_id} is outside the vocabulary (0..{len(tokenizer) - 1})")
+            return token_id
     vocab = tokenizer.get_vocab()
     if text in vocab:
         return int(vocab[text])
+    unk = getattr(tokenizer, "unk_token_id", None)
     for candidate in (text, " " + text):
         ids = tokenizer.encode(candidate, add_special_tokens=False)
-        if len(ids) == 1:
+        if len(ids) == 1 and (unk is None or ids[0] != unk):
             return int(ids[0])
     ids = tokenizer.encode(text, add_special_tokens=False)
+    if unk is not None and unk in ids:
+        raise TargetError(f"target {text!r} is not in the model's vocabulary (it reads as "
+                          f"{tokenizer.convert_ids_to_tokens(ids)}); give a known token or '#<id>'")
     raise TargetError(
         f"target {text!r} is not a single token (it encodes to {len(ids)} tokens: "
         f"{tokenizer.convert_ids_to_tokens(ids)}); give one token or '#<id>'"
@@ -72,6 +83,8 @@ def resolve_directions(targets: list[Target], unembedding: torch.Tensor,
             vec = W_U[plus].to(dtype).sum(0) - W_U[minus].to(dtype).sum(0)
         else:
             vec = W_U[t.token_id].to(dtype) - mean
+        if not bool(vec.any()):  # nothing to explain: every edge would be 0
+            raise TargetError(f"target {t.label!r} is an empty direction (its vector is zero)")
         out.append(ResolvedTarget(t, vec))
     return out
 
@@ -93,6 +106,8 @@ def resolve_targets(specs: list[str] | None, logits: torch.Tensor, unembedding: 
             else:
                 ib = resolve_token(tokenizer, b)
                 label_b = tokenizer.convert_ids_to_tokens(ib)
+                if ib == ia:
+                    raise TargetError(f"target {spec!r} contrasts a token with itself: an empty direction")
                 chosen.append(Target(label=f"{label_a} - {label_b}", token_id=-1, probability=0.0, kind="direction",
                                      spec={"plus": [ia], "minus": [ib], "labels": [label_a, label_b],
                                            "probabilities": [float(probs[ia]), float(probs[ib])]}))

@@ -5,6 +5,12 @@ replacement model is run forward through the Hugging Face modules with that one 
 (tracer.attribution.frozen); the change of every checked target must equal the stored edge
 A[target, source]. The sum rule is checked on every stored target row. Feature activations and
 tokens must match what the graph recorded.
+
+What can be checked depends on the graph: an attribution graph computed by this tracer is checked
+fully, in its own precision (a float64 graph at float64 tolerances). A graph imported from viewer
+JSON may be pruned: the edges it kept are checked, the sum rule only if it stores target values
+and constants. Reference .pt graphs (edges in another tool's conventions, no values) and attention
+graphs (no transcoder features) cannot be verified: `check_verifiable` says why.
 """
 
 from __future__ import annotations
@@ -17,14 +23,42 @@ import torch
 from tracer.attribution.frozen import Perturbation, frozen_forward, target_values
 from tracer.attribution.replay import ReplayError, replay
 from tracer.attribution.targets import resolve_directions
-from tracer.graph.graph import Graph
+from tracer.errors import InputError
+from tracer.graph.graph import ATTENTION_GRAPH, Graph
 
 # Relative tolerances by the precision the graph was computed in.
-TOLERANCE = {"float64": 1e-8, "float32": 2e-3, "bfloat16": 5e-2, "float16": 5e-2}
+TOLERANCE = {"float64": 1e-10, "float32": 2e-3, "bfloat16": 5e-2, "float16": 5e-2}
 
 
-class VerificationError(RuntimeError):
-    """The graph does not belong to this model / transcoder set / prompt."""
+class VerificationError(InputError):
+    """The graph does not belong to this model / transcoder set / prompt, or is of a kind that
+    cannot be verified."""
+
+
+def check_verifiable(graph: Graph) -> None:
+    """Raise VerificationError saying why, for a graph whose edges cannot be checked at all."""
+    if graph.kind == ATTENTION_GRAPH:
+        raise VerificationError(
+            "an attention graph cannot be verified: its nodes are (layer, position) residual-stream states, not "
+            "transcoder features, and verify checks feature edges (perturbation identity, sum rule); verify the "
+            "attribution graph of the same prompt instead (python -m tracer attribute ... --verify)")
+    if graph.info.get("imported_from") == "reference-pt":
+        raise VerificationError(
+            "a graph imported from a reference .pt cannot be verified: its edges follow the reference tool's "
+            "conventions (dropped positions, its own token-edge scaling) and it stores no target values or "
+            "constant terms")
+
+
+def graph_dtype(graph: Graph) -> str:
+    """The dtype the graph was computed in (its model's): float64 graphs verify at float64 tolerances."""
+    name = str(graph.config.get("dtype") or graph.precision)
+    return name if name in TOLERANCE else graph.precision
+
+
+def tolerance_for(graph: Graph, model_dtype: torch.dtype) -> float:
+    """The graph's tolerance, or the model's if the model runs coarser than the graph was computed."""
+    model_name = str(model_dtype).replace("torch.", "")
+    return max(TOLERANCE[graph_dtype(graph)], TOLERANCE.get(model_name, TOLERANCE["float32"]))
 
 
 @dataclass
@@ -38,22 +72,32 @@ class VerifyReport:
     activation_max_abs: float
     tolerance: float
     worst: dict = field(default_factory=dict)
+    activation_max_rel: float = 0.0  # relative to max(1, |activation|)
+    sum_rule_checked: bool = True  # False: the graph stores no values / constants (imported)
+    only_stored_edges: bool = False  # pruned (imported) graph: only the edges it kept are compared
+    precision: str = "float32"  # the dtype the graph was computed in
+    activation_storage_rel: float = 0.0  # rounding of the stored activations (float32 files: ~6e-8)
 
     @property
     def ok(self) -> bool:
-        return (self.perturbation_max_rel <= self.tolerance and self.sum_rule_max_rel <= self.tolerance
-                and self.activation_max_abs <= self.tolerance * 10)
+        return (self.perturbation_max_rel <= self.tolerance
+                and (not self.sum_rule_checked or self.sum_rule_max_rel <= self.tolerance)
+                and self.activation_max_rel <= max(self.tolerance * 10, self.activation_storage_rel))
 
     def format(self) -> str:
+        kept = " (the edges the pruned graph kept)" if self.only_stored_edges else ""
         lines = [
-            f"perturbation identity: {self.n_sources} sources x {self.n_targets} targets, "
+            f"perturbation identity: {self.n_sources} sources x {self.n_targets} targets{kept}, "
             f"worst |Δ - A| = {self.perturbation_max_abs:.3e} ({self.perturbation_max_rel:.3e} of the largest edge)",
-            f"sum rule: worst residual {self.sum_rule_max_abs:.3e} ({self.sum_rule_max_rel:.3e} relative)",
-            f"feature activations: worst difference {self.activation_max_abs:.3e}",
+            f"sum rule: worst residual {self.sum_rule_max_abs:.3e} ({self.sum_rule_max_rel:.3e} relative)"
+            if self.sum_rule_checked else
+            "sum rule: not checkable (the graph stores no target values and constant terms, or was pruned)",
+            f"feature activations: worst difference {self.activation_max_abs:.3e} "
+            f"({self.activation_max_rel:.3e} relative)",
         ]
         if self.worst:
             lines.append(f"worst edge: {self.worst}")
-        lines.append(f"{'PASS' if self.ok else 'FAIL'} (tolerance {self.tolerance:g} relative)")
+        lines.append(f"{'PASS' if self.ok else 'FAIL'} (tolerance {self.tolerance:g} relative, {self.precision} graph)")
         return "\n".join(lines)
 
 
@@ -79,6 +123,9 @@ def sample_sources(graph: Graph, n: int, rng: np.random.Generator) -> list[int]:
 @torch.no_grad()
 def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 24, max_feature_targets: int = 300,
                  seed: int = 0, tolerance: float | None = None) -> VerifyReport:
+    check_verifiable(graph)
+    if n_sources < 1:
+        raise VerificationError(f"n_sources must be at least 1, got {n_sources}")
     try:
         rep = replay(graph, model, processor, transcoders).replacement
     except ReplayError as err:
@@ -86,7 +133,7 @@ def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 2
     adapter = rep.adapter
 
     # feature activations must be those the graph recorded
-    act_err = 0.0
+    act_err = act_rel = 0.0
     for layer in range(graph.n_layers):
         mine = graph.features[:, 0] == layer
         if not mine.any():
@@ -99,12 +146,16 @@ def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 2
                 raise VerificationError(f"feature {f} at layer {layer}, position {p} is in the graph but not active "
                                         "in this run: wrong transcoders?")
             act_err = max(act_err, abs(lookup[(p, f)] - v))
+            act_rel = max(act_rel, abs(lookup[(p, f)] - v) / max(1.0, abs(v)))
 
-    dtype_name = str(graph.config.get("dtype", "float32"))
-    tol = tolerance if tolerance is not None else TOLERANCE.get(dtype_name, 2e-3)
+    tol = tolerance if tolerance is not None else tolerance_for(graph, adapter.dtype)
     residual = graph.sum_rule_residual()
-    sum_abs = float(np.abs(residual).max()) if len(residual) else 0.0
-    sum_rel = float((np.abs(residual) / np.maximum(1.0, np.abs(graph.values))).max()) if len(residual) else 0.0
+    sum_checked = graph.info.get("sum_rule_checkable", True) is not False and bool(np.isfinite(residual).all())
+    sum_abs = float(np.abs(residual).max()) if len(residual) and sum_checked else 0.0
+    sum_rel = (float((np.abs(residual) / np.maximum(1.0, np.abs(graph.values))).max())
+               if len(residual) and sum_checked else 0.0)
+    # an imported graph may be pruned: a zero it stores can be an edge it dropped
+    only_stored = bool(graph.info.get("imported_from"))
 
     rng = np.random.default_rng(seed)
     directions = target_directions(graph, adapter.unembedding, rep.dtype)
@@ -130,6 +181,8 @@ def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 2
         changed = target_values(rep, frozen_forward(rep, pert), directions, feats, encoders).cpu().numpy() - base
         stored = graph.adjacency[rows, node].astype(np.float64)
         diff = np.abs(changed - stored)
+        if only_stored:
+            diff = np.where(stored != 0, diff, 0.0)
         scale = max(scale, float(np.abs(stored).max()))
         k = int(diff.argmax())
         if diff[k] > worst_abs:
@@ -140,5 +193,9 @@ def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 2
     return VerifyReport(
         n_sources=len(sources), n_targets=len(rows), perturbation_max_abs=worst_abs,
         perturbation_max_rel=worst_abs / max(scale, 1e-30), sum_rule_max_abs=sum_abs, sum_rule_max_rel=sum_rel,
-        activation_max_abs=act_err, tolerance=tol, worst=worst,
+        activation_max_abs=act_err, tolerance=tol, worst=worst, activation_max_rel=act_rel,
+        # float64 graphs written before activations were stored in float64 hold float32 ones
+        activation_storage_rel=float(np.finfo(graph.activations.dtype).eps) if graph.activations.dtype != np.float64
+        else 0.0,
+        sum_rule_checked=sum_checked, only_stored_edges=only_stored, precision=graph_dtype(graph),
     )

@@ -5,7 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tracer.commands.common import HelpFormatter, add_model_arguments, add_prompt_arguments, image_from_args
+from tracer.commands.common import (
+    HelpFormatter, add_model_arguments, add_prompt_arguments, check_graph_output, image_from_args, non_negative_float,
+    positive_int, probability,
+)
 
 
 def register(sub) -> None:
@@ -27,13 +30,14 @@ def register(sub) -> None:
                    help="output path stem: writes <out>.graph.safetensors, <out>.heads.npz, <out>.vision.npz")
     p.add_argument("--target", action="append", default=None,
                    help="explain this token (repeatable; 'A - B' for a logit difference); default: salient logits")
-    p.add_argument("--max-n-logits", type=int, default=10, help="at most this many salient logits")
-    p.add_argument("--desired-logit-prob", type=float, default=0.95, help="salient logits up to this probability")
-    p.add_argument("--max-nodes", type=int, default=None,
+    p.add_argument("--max-n-logits", type=positive_int, default=10, help="at most this many salient logits")
+    p.add_argument("--desired-logit-prob", type=probability, default=0.95,
+                   help="salient logits up to this probability")
+    p.add_argument("--max-nodes", type=positive_int, default=None,
                    help="keep only this many (layer, position) nodes in the graph file, most influential first")
-    p.add_argument("--rollout-layers", type=int, default=None,
+    p.add_argument("--rollout-layers", type=positive_int, default=None,
                    help="vision rollout over this many last vision layers (default: all)")
-    p.add_argument("--identity-weight", type=float, default=0.5,
+    p.add_argument("--identity-weight", type=non_negative_float, default=0.5,
                    help="weight of the identity mixed into each vision layer's attention for rollout")
     p.add_argument("--no-vision", action="store_true", help="skip the vision attention maps")
     p.add_argument("--slug", default=None, help="name of the graph (default: from the prompt)")
@@ -55,13 +59,18 @@ def _attention(args) -> int:
     from tracer.interventions.common import prompt_inputs
     from tracer.session import TracingSession
 
-    image = image_from_args(args)
     stem = _stem(args.out)
+    check_graph_output(stem.with_name(stem.name + ".graph.safetensors"))
+    image = image_from_args(args)
     session = TracingSession(args.model, args.transcoders, device=args.device, dtype=args.dtype)
-    try:
+    maps = None
+    try:  # everything is computed before anything is written: a bad option leaves no partial output
         pi = prompt_inputs(session, args.prompt, image, chat=not args.no_chat)
         ag = attention_graph(session, pi, targets=args.target, max_n_logits=args.max_n_logits,
                              desired_logit_prob=args.desired_logit_prob)
+        if image is not None and not args.no_vision:
+            maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers,
+                                         identity_weight=args.identity_weight)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -70,8 +79,7 @@ def _attention(args) -> int:
     written = []
     heads_path = ag.save_npz(stem.with_name(stem.name + ".heads.npz"))
     graph.info["heads_file"] = heads_path.name
-    if image is not None and not args.no_vision:
-        maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers, identity_weight=args.identity_weight)
+    if maps is not None:
         vision_path = maps.save_npz(stem.with_name(stem.name + ".vision.npz"))
         graph.info["vision_maps_file"] = vision_path.name
         written.append(vision_path)

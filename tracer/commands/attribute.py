@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from tracer.commands.common import HelpFormatter, add_model_arguments, add_prompt_arguments, image_from_args
+from tracer.commands.common import (
+    HelpFormatter, add_model_arguments, add_prompt_arguments, check_graph_output, check_writable, image_from_args,
+    non_negative_int, positive_int, positive_int_or_all, probability, share,
+)
 
 
 def register(sub) -> None:
@@ -28,20 +30,20 @@ def register(sub) -> None:
     p.add_argument("--target", action="append", default=None,
                    help="explain this token's logit instead of the salient logits (repeatable); "
                    "'A - B' explains the logit difference, '#123' names a token id")
-    p.add_argument("--max_n_logits", "--max-n-logits", type=int, default=10,
+    p.add_argument("--max_n_logits", "--max-n-logits", type=positive_int, default=10,
                    help="at most this many salient logits as targets")
-    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=float, default=0.95,
-                   help="salient logits until their probabilities add up to this")
-    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=int, default=7500,
-                   help="explore at most this many features, most influential first (0: all)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=256, help="backward lanes per batch")
+    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=probability, default=0.95,
+                   help="salient logits until their probabilities add up to this (above 0, at most 1)")
+    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=positive_int_or_all, default=7500,
+                   help="explore at most this many features, most influential first ('all': every active one)")
+    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=256, help="backward lanes per batch")
     p.add_argument("--offload", choices=["cpu"], default=None,
                    help="keep the edge rows in host memory (less GPU memory, a little slower)")
     p.add_argument("--lazy-encoder", action="store_true",
                    help="read transcoder encoders from disk chunk by chunk (for sets larger than memory)")
-    p.add_argument("--node_threshold", "--node-threshold", type=float, default=0.8,
+    p.add_argument("--node_threshold", "--node-threshold", type=share, default=0.8,
                    help="pruning of the JSON export: keep features carrying this share of influence")
-    p.add_argument("--edge_threshold", "--edge-threshold", type=float, default=0.98,
+    p.add_argument("--edge_threshold", "--edge-threshold", type=share, default=0.98,
                    help="pruning of the JSON export: keep edges carrying this share of influence")
     p.add_argument("--include-prefix", action="store_true",
                    help="also make feature nodes at BOS and the chat-template prefix (excluded by default)")
@@ -57,13 +59,13 @@ def register(sub) -> None:
         "error; exit status 1 when it is above the tolerance for the graph's dtype.",
         formatter_class=HelpFormatter,
     )
-    v.add_argument("graph", help="a .graph.safetensors file")
+    v.add_argument("graph", help="a .graph.safetensors file (or an imported viewer JSON graph)")
     v.add_argument("-m", "--model", default=None, help="model (default: the one recorded in the graph)")
     v.add_argument("-t", "--transcoders", default=None, help="transcoders (default: those recorded in the graph)")
-    v.add_argument("--sources", type=int, default=24, help="how many sources to perturb")
+    v.add_argument("--sources", type=positive_int, default=24, help="how many sources to perturb")
     v.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     v.add_argument("--dtype", default=None, help="re-run in this dtype (default: the graph's)")
-    v.add_argument("--seed", type=int, default=0, help="which sources are sampled")
+    v.add_argument("--seed", type=non_negative_int, default=0, help="which sources are sampled")
     v.set_defaults(handler=_verify)
 
 
@@ -77,13 +79,15 @@ def _attribute(args) -> int:
     from tracer.session import TracingSession
 
     slug = args.slug or slug_from(args.prompt)
-    out = Path(args.out) if args.out else Path(f"{slug}.graph.safetensors")
+    out = check_graph_output(args.out or f"{slug}.graph.safetensors")
+    if args.graph_file_dir:
+        check_writable(args.graph_file_dir, folder=True)
     image = image_from_args(args)
     session = TracingSession(args.model, args.transcoders, device=args.device, dtype=args.dtype)
     graph = session.attribute(
         args.prompt, image, slug=slug,
         max_n_logits=args.max_n_logits, desired_logit_prob=args.desired_logit_prob, targets=args.target,
-        max_feature_nodes=args.max_feature_nodes or None, batch_size=args.batch_size, offload=args.offload,
+        max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, offload=args.offload,
         chat=not args.no_chat, exclude_prefix=not args.include_prefix, progress=not args.quiet,
     )
     path = save_graph(graph, out)
@@ -106,13 +110,20 @@ def _attribute(args) -> int:
 
 
 def _verify(args) -> int:
-    from tracer.graph import load_graph
+    from tracer.attribution.verify import check_verifiable, graph_dtype
+    from tracer.graph.formats import open_any_graph
     from tracer.session import TracingSession
 
-    graph = load_graph(args.graph)
-    dtype = args.dtype or graph.config.get("dtype", "float32")
-    session = TracingSession(args.model or graph.model or None, args.transcoders or graph.transcoders or None,
-                             device=args.device, dtype=dtype)
+    graph = open_any_graph(args.graph)
+    check_verifiable(graph)  # before loading any model
+    if not args.model and not graph.model:
+        from tracer.errors import InputError
+
+        raise InputError(f"{args.graph} does not name its model: give --model (and --transcoders)")
+    # names read from the file are only looked up locally; names on the command line may use the hub
+    session = TracingSession(args.model or graph.model, args.transcoders or graph.transcoders or None,
+                             device=args.device, dtype=args.dtype or graph_dtype(graph),
+                             model_from_file=not args.model, transcoders_from_file=not args.transcoders)
     report = session.verify(graph, n_sources=args.sources, seed=args.seed)
     print(report.format())
     return 0 if report.ok else 1

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -25,8 +29,8 @@ def add_model_arguments(p, transcoders_help: str = "transcoder set: local folder
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
 
 
-def add_prompt_arguments(p) -> None:
-    p.add_argument("--prompt", required=True,
+def add_prompt_arguments(p, required: bool = True) -> None:
+    p.add_argument("--prompt", required=required,
                    help="the question; the chat template is applied and an image marker added when an image is given")
     p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
     p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
@@ -37,3 +41,108 @@ def image_from_args(args):
     from tracer.images import open_image
 
     return open_image(args.image) if args.image else None
+
+
+# -- option types: a bad number is an argparse error (usage + one line, exit 2), never a traceback
+
+
+def _number(text: str, kind=float) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_int_or_all(text: str) -> int | None:
+    """A count, or 'all' (None): no limit."""
+    if text.strip().lower() == "all":
+        return None
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (or 'all'), got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    """A fraction in [0, 1] (pruning thresholds)."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability in (0, 1] (a share of the next-token probability mass)."""
+    value = _number(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, got {value:g}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value:g}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _number(text, int)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {value}")
+    return value
+
+
+# -- outputs: checked before any work, so a run never fails after computing (or half writing)
+
+
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """The output path, or an InputError if it cannot be written: a file where a folder must be,
+    a folder where the file must be, no permission. Missing folders are fine (they are created)."""
+    from tracer.errors import InputError
+
+    path = Path(path).expanduser()
+    target = path if folder else path.parent
+    if not folder and path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a folder")
+    existing = target
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot write {path}: {existing} is a file, not a folder")
+    try:  # the one honest test (permissions, read-only mounts, /proc): create a file there
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".tracer-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {existing} is not writable ({err.strerror or err})") from None
+    return path
+
+
+def check_graph_output(path: str | Path) -> Path:
+    """The graph file `save_graph` will write for `path` (suffix added), checked as above."""
+    from tracer.graph.storage import SUFFIX
+
+    path = Path(path)
+    return check_writable(path if path.name.endswith(SUFFIX) else path.with_name(path.name + SUFFIX))

@@ -7,14 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from tracer.commands.common import HelpFormatter
+from tracer.commands.common import HelpFormatter, check_graph_output, check_writable, share
 
 
 def _add_threshold_flags(p: argparse.ArgumentParser) -> None:
     # circuit-tracer spells these with underscores; accept dashes too.
-    p.add_argument("--node_threshold", "--node-threshold", dest="node_threshold", type=float, default=0.8,
+    p.add_argument("--node_threshold", "--node-threshold", dest="node_threshold", type=share, default=0.8,
                    help="keep the feature nodes holding this share of the influence on the logits")
-    p.add_argument("--edge_threshold", "--edge-threshold", dest="edge_threshold", type=float, default=0.98,
+    p.add_argument("--edge_threshold", "--edge-threshold", dest="edge_threshold", type=share, default=0.98,
                    help="keep the edges holding this share of the influence")
 
 
@@ -71,17 +71,20 @@ def _export(args) -> int:
     from tracer.graph.formats import open_any_graph
     from tracer.graph.pruning import prune
 
-    for name in ("node_threshold", "edge_threshold"):
-        v = getattr(args, name)
-        if not 0.0 <= v <= 1.0:
-            print(f"error: --{name} must be between 0 and 1, got {v}", file=sys.stderr)
-            return 2
+    from tracer.graph.graph import ATTENTION_GRAPH
+
+    check_writable(args.out, folder=True)
     try:
         graph = open_any_graph(args.graph)
         extra = _read_labels(args.labels)
     except (GraphFormatError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if graph.kind == ATTENTION_GRAPH and args.format == "neuronpedia":
+        print("error: an attention graph has no circuit-tracer / Neuronpedia JSON form: its nodes are (layer, "
+              "position) residual-stream states, not transcoder features; export it with --format graphml, or open "
+              "the .graph.safetensors in python -m app", file=sys.stderr)
+        return 2
     slug = args.slug or graph.slug or Path(args.graph).name.split(".")[0]
     pruned = None if args.no_prune else prune(graph, args.node_threshold, args.edge_threshold)
     if args.format == "neuronpedia":
@@ -105,6 +108,7 @@ def _import(args) -> int:
     from tracer.graph.formats import open_any_graph
     from tracer.graph.storage import save_graph
 
+    check_graph_output(args.out)
     try:
         graph = open_any_graph(args.file)
     except GraphFormatError as err:

@@ -224,7 +224,8 @@ class ExampleStore:
                     from transformers import AutoTokenizer
 
                     self._tokenizer = AutoTokenizer.from_pretrained(
-                        name, revision=self.manifest.get("model_revision"), local_files_only=True)
+                        name, revision=self.manifest.get("model_revision"), local_files_only=True,
+                        trust_remote_code=False)
                 except Exception:  # noqa: BLE001 - not in the local cache: no token strings
                     self._tokenizer = None
         return self._tokenizer

@@ -68,7 +68,7 @@ class Graph:
     n_layers: int
     # --- nodes
     features: np.ndarray  # (n_features, 3) int64: layer, position, feature index
-    activations: np.ndarray  # (n_features,) float32
+    activations: np.ndarray  # (n_features,) float32 (float64 for float64 graphs)
     errors: np.ndarray  # (n_errors, 2) int64: layer, position
     targets: list[Target]
     # --- edges and the sum rule
@@ -101,6 +101,17 @@ class Graph:
     @property
     def kind(self) -> str:
         return self.info.get("kind") or self.config.get("kind") or ATTRIBUTION_GRAPH
+
+    @property
+    def precision(self) -> str:
+        """"float64" for graphs computed in float64 (edges, activations, values and constants are
+        all kept in float64), else "float32" (edges and activations stored in float32)."""
+        return "float64" if self.adjacency.dtype == np.float64 else "float32"
+
+    @property
+    def stored_dtype(self) -> type:
+        """numpy dtype of this graph's edges and activations."""
+        return np.float64 if self.precision == "float64" else np.float32
 
     # ------------------------------------------------------------------ sizes and indices
     @property

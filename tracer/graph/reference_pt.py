@@ -220,7 +220,7 @@ def _tokenizer_for(name: str | None):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+        return AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=False)
     except Exception:  # noqa: BLE001 - any failure just means: no token strings
         return None
 

@@ -41,11 +41,10 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
     tensors = {
         "input_ids": np.ascontiguousarray(graph.input_ids, np.int64),
         "features": np.ascontiguousarray(graph.features, np.int64).reshape(-1, 3),
-        "activations": np.ascontiguousarray(graph.activations, np.float32),
-        "errors": np.ascontiguousarray(graph.errors, np.int64).reshape(-1, 2),
         # float32 normally; float64 graphs (exactness runs) keep their precision
-        "adjacency": np.ascontiguousarray(
-            graph.adjacency, np.float64 if graph.adjacency.dtype == np.float64 else np.float32),
+        "activations": np.ascontiguousarray(graph.activations, graph.stored_dtype),
+        "errors": np.ascontiguousarray(graph.errors, np.int64).reshape(-1, 2),
+        "adjacency": np.ascontiguousarray(graph.adjacency, graph.stored_dtype),
         "values": np.ascontiguousarray(graph.values, np.float64),
         "constants": np.ascontiguousarray(graph.constants, np.float64),
         "unexplored": np.ascontiguousarray(graph.unexplored, np.float64),
@@ -54,13 +53,15 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
     }
     for name in _OPTIONAL:
         value = getattr(graph, name)
-        if value is not None:
-            tensors[name] = np.ascontiguousarray(value)
+        if value is not None:  # activations in the graph's precision, the rest as they are
+            dtype = graph.stored_dtype if name == "feature_position_activations" else None
+            tensors[name] = np.ascontiguousarray(value, dtype)
     for k, image in enumerate(graph.images):
         tensors[f"image_{k}"] = np.ascontiguousarray(image, np.uint8)
     meta = {
         "format": FORMAT,
         "version": VERSION,
+        "precision": graph.precision,
         "prompt": graph.prompt,
         "tokens": graph.tokens,
         "n_layers": graph.n_layers,

@@ -74,6 +74,8 @@ def image_cell_positions(prompt: PromptInputs, cells) -> list[int]:
         cell = tuple(int(x) for x in cell)
         if len(cell) == 2:
             cell = (0,) + cell
+        if cell in lookup and lookup[cell] in out:
+            raise ValueError(f"image cell {cell} is given twice")
         if len(cell) != 3 or cell not in lookup:
             side = prompt.tokens_per_side
             raise ValueError(f"image cell {cell} is not in this prompt (images: {len(prompt.images)}, "
@@ -167,3 +169,45 @@ class NextTokenComparison:
         for r in self.changes():
             lines.append(f"{r['token']!r:<16} {r['p_before']:9.4f} {r['p_after']:9.4f} {r['logit_change']:+9.4f}")
         return "\n".join(lines)
+
+
+def parse_region(text: str) -> list:
+    """The command-line form of an image region, one syntax per kind so that nothing is guessed:
+
+        'r,c' or 'r,c;r,c;...'        image cells (row, column) of image 0
+        'i,r,c;...'                   image cells of image i
+        'pos:40,41'                   image soft-token sequence positions
+
+    Returns cells as (image, row, col) tuples or positions as ints; a cell or position given twice
+    is an error (it would be ablated once, not twice)."""
+    from tracer.errors import InputError
+
+    raw = text.strip()
+    if raw.lower().startswith("pos:"):
+        try:
+            items = [int(x) for x in raw[4:].split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"region {text!r}: positions are integers, e.g. 'pos:40,41'") from None
+        what = "position"
+    else:
+        items = []
+        for part in (c.strip().strip("()") for c in raw.split(";")):
+            if not part:
+                continue
+            try:
+                cell = tuple(int(x) for x in part.split(","))
+            except ValueError:
+                cell = ()
+            if len(cell) not in (2, 3) or min(cell) < 0:
+                raise InputError(f"region {text!r}: {part!r} is not an image cell 'row,col' or 'image,row,col' "
+                                 "(cells are separated by ';'; sequence positions are written 'pos:40,41')")
+            items.append(cell if len(cell) == 3 else (0,) + cell)
+        what = "cell"
+    if not items:
+        raise InputError(f"region {text!r} is empty: give cells 'row,col;row,col' or positions 'pos:40,41'")
+    seen = set()
+    for item in items:
+        if item in seen:
+            raise InputError(f"region {text!r} names {what} {item} twice")
+        seen.add(item)
+    return items

@@ -36,6 +36,7 @@ Positions (``FeatureIntervention.positions``):
 
 from __future__ import annotations
 
+import math
 import re
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from tracer.interventions.common import (
     Bundle, NextTokenComparison, as_bundle, image_cell_positions, model_inputs, prompt_inputs, top_tokens,
 )
 from tracer.models.base import PromptInputs
+from tracer.models.precision import model_precision
 
 MODES = ("ablate", "scale", "set")
 POSITION_KEYWORDS = ("active", "last", "all", "generated")
@@ -82,6 +84,9 @@ class FeatureIntervention:
         if self.mode == "ablate":
             self.value = 0.0
         self.value = float(self.value)
+        if not math.isfinite(self.value):  # NaN / inf would poison every later activation
+            raise ValueError(f"L{self.layer}:F{self.feature}:{self.mode}: the value must be a finite number, "
+                             f"got {self.value}")
         if isinstance(self.positions, str):
             if self.positions not in POSITION_KEYWORDS:
                 raise ValueError(f"positions must be one of {POSITION_KEYWORDS} or a list, got {self.positions!r}")
@@ -434,8 +439,10 @@ def generate_ids(session, prompt: PromptInputs, max_new_tokens: int = 16) -> lis
     bundle = as_bundle(session)
     eos = _eos_ids(bundle)
     tok = bundle.tokenizer
-    out = bundle.model.generate(**model_inputs(bundle, prompt), max_new_tokens=int(max_new_tokens), do_sample=False,
-                                eos_token_id=eos, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0])
+    with model_precision(bundle.adapter):  # a float64 model generates with float64 norms and softmaxes
+        out = bundle.model.generate(**model_inputs(bundle, prompt), max_new_tokens=int(max_new_tokens),
+                                    do_sample=False, eos_token_id=eos,
+                                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0])
     new = out[0, prompt.n_positions:].tolist()
     for k, t in enumerate(new):
         if t in eos:

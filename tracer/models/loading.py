@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,21 +34,70 @@ def _looks_local(ref: str) -> bool:
 FAST_ATTENTION = "sdpa"
 
 
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+@contextmanager
+def hub_offline():
+    """No Hugging Face hub requests inside (the local cache still answers): for names read from a
+    file, which must not make tracer contact a hub unless the user names them."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device, or a ModelLoadError for one this build of torch cannot use ('tpu', 'cuda'
+    without CUDA, 'cuda:3' on a machine with two GPUs)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: this torch build has no CUDA or no GPU is visible; "
+                                 "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r}: tracer runs on cpu, cuda or mps")
+    return dev
+
+
 def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-             attn_implementation: str = "eager"):
+             attn_implementation: str = "eager", local_only: bool = False):
     """(model, processor) in eval mode. Eager attention by default, so that patterns can be
-    recorded (attribution, interventions); FAST_ATTENTION where none is read."""
+    recorded (attribution, interventions); FAST_ATTENTION where none is read.
+
+    Never runs code shipped with a model (trust_remote_code=False). local_only: the reference came
+    from a file, not from the user: a local folder or the local Hugging Face cache, never the hub."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    check_device(device)
     path = resolve_model_ref(ref)
     if Path(path).expanduser().exists():
         path = str(Path(path).expanduser())
     elif _looks_local(path):
         raise ModelLoadError(f"{path}: no such folder (and not a Hugging Face model id like 'google/gemma-3-4b-it')")
+    options = dict(trust_remote_code=False, local_files_only=local_only)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                            **options)
+        processor = AutoProcessor.from_pretrained(path, **options)
     except OSError as err:  # not on the hub, no network, HF_HUB_OFFLINE=1 without a cached copy, no weights
-        raise ModelLoadError(f"cannot load model {path!r}: {err}") from err
+        hint = (f" (a name read from a file is only looked up locally; pass --model {path} to fetch it)"
+                if local_only and not _looks_local(path) else "")
+        raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}{hint}") from err
+    except ValueError as err:  # custom code (refused), an unknown architecture, a broken config
+        raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}") from err
     model.to(device).eval()
     return model, processor

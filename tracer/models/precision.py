@@ -1,35 +1,106 @@
-"""Full-precision norms for float64 exactness checks.
+"""Float64 that is float64 all the way: norms and attention softmaxes.
 
-Gemma3RMSNorm computes in float32 (`x.float()`) even when the model runs in float64, so a
-float64 run is only float32-exact at every norm (~1e-7 relative). Inside `float64_norms()`
-the norm computes in its input's dtype instead, which makes the real model and the local
-replacement model agree to float64 precision. Nothing else changes.
+Hugging Face computes two things in float32 even when the model runs in float64:
+Gemma3RMSNorm (`x.float()`) and the eager attention softmax (`softmax(..., dtype=float32)`, in
+the Gemma3 language model and in the SigLIP vision tower). A float64 run is then only
+float32-exact at every norm and every pattern (~1e-7 relative), and a float64 graph cannot
+verify at float64 precision. Inside `float64_compute()` both compute in their input's dtype
+when that dtype is float64; float32 / bf16 inputs take the stock code path unchanged, so a
+float32 model running in another thread at the same time is unaffected.
+
+The library enters it by itself around every forward pass of a float64 model (`model_precision`,
+used by record_forward, frozen_forward and the interventions); callers need not. RoPE's
+cos/sin stay float32 as HF computes them: they only shape the patterns, which attribution
+records and freezes, so they do not affect any edge, value or sum.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 
-def _rmsnorm_forward_same_dtype(self, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float64:
-        return self._tracer_original_forward(x)
-    out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-    return out * (1.0 + self.weight.to(x.dtype))
+def _rmsnorm(original):
+    """Gemma3RMSNorm.forward that keeps float64 in float64; other dtypes go to HF's own (bound
+    here, not looked up at call time: a call still in flight when the patch is removed works)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float64:
+            return original(self, x)
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return out * (1.0 + self.weight.to(x.dtype))
+    return forward
+
+
+def _eager_attention(original):
+    """An eager attention function that keeps float64 in float64 (any head grouping, optional
+    Gemma softcap); everything else goes to HF's own function."""
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
+        if query.dtype != torch.float64:
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                            softcap=softcap, **kwargs)
+        if scaling is None:
+            scaling = module.head_dim ** -0.5
+        groups = query.shape[1] // key.shape[1]
+        if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+        scores = query @ key.transpose(-1, -2) * scaling
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        weights = torch.softmax(scores, dim=-1)  # in float64
+        weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+        return (weights @ value).transpose(1, 2).contiguous(), weights
+    return attention
+
+
+def _patch_sites():
+    """(owner, attribute, replacement factory) of everything that downcasts a float64 run."""
+    from transformers.models.gemma3 import modeling_gemma3
+    from transformers.models.siglip import modeling_siglip
+
+    return [
+        (modeling_gemma3.Gemma3RMSNorm, "forward", "rmsnorm", _rmsnorm),
+        (modeling_gemma3, "eager_attention_forward", "gemma3_attention", _eager_attention),
+        (modeling_siglip, "eager_attention_forward", "siglip_attention", _eager_attention),
+    ]
+
+
+_lock = threading.Lock()
+_depth = 0
+_originals: dict = {}
 
 
 @contextmanager
-def float64_norms():
-    from transformers.models.gemma3 import modeling_gemma3
-
-    cls = modeling_gemma3.Gemma3RMSNorm
-    original = cls.forward
-    cls._tracer_original_forward = original
-    cls.forward = _rmsnorm_forward_same_dtype
+def float64_compute():
+    """Norms and attention softmaxes in float64 for float64 inputs while inside (re-entrant and
+    thread-safe: the patches stay while any thread is inside)."""
+    global _depth
+    with _lock:
+        if _depth == 0:
+            for owner, name, key, make in _patch_sites():
+                _originals[key] = getattr(owner, name)
+                setattr(owner, name, make(_originals[key]))
+        _depth += 1
     try:
         yield
     finally:
-        cls.forward = original
-        del cls._tracer_original_forward
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for owner, name, key, _ in _patch_sites():
+                    setattr(owner, name, _originals.pop(key))
+
+
+# the name the exactness tests have always used
+float64_norms = float64_compute
+
+
+def model_precision(model_or_dtype):
+    """float64_compute() for a float64 model (an nn.Module, an adapter or a dtype), else nothing."""
+    dtype = model_or_dtype if isinstance(model_or_dtype, torch.dtype) else getattr(model_or_dtype, "dtype", None)
+    if dtype is None:
+        dtype = next(model_or_dtype.parameters()).dtype
+    return float64_compute() if dtype == torch.float64 else nullcontext()
