@@ -77,15 +77,14 @@ def test_every_option_explains_itself():
 
 
 def test_numeric_options_of_the_tracing_commands_are_range_checked():
-    """No bare int/float option on the commands that trace, verify, steer or export: each number
-    goes through a type that refuses values out of range (tracer.commands.common)."""
+    """No bare int/float option on any command: each number goes through a type that refuses
+    values out of range (tracer.commands.common)."""
     from tracer.commands import common
 
     checked = {common.positive_int, common.non_negative_int, common.positive_int_or_all, common.share,
-               common.probability, common.non_negative_float}
+               common.probability, common.non_negative_float, common.positive_float}
     bare = [(" ".join(path), action.option_strings)
             for path, sub in _all_subcommand_paths(build_parser())
-            if path[0] in ("attribute", "verify", "steer", "attention", "export")
             for action in sub._actions if action.type in (int, float) or
             (action.type is not None and action.type not in checked and action.type is not str)]
     assert not bare, bare

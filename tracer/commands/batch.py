@@ -2,36 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
-from tracer.commands.common import HelpFormatter, add_model_arguments
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _share(text: str) -> float:
-    value = _positive_float(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+from tracer.commands.common import (HelpFormatter, add_model_arguments, check_writable, positive_float, positive_int,
+                                    probability)
 
 
 def register(sub) -> None:
@@ -51,17 +23,17 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the batch file")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds this batch)")
     add_model_arguments(p)
-    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=_positive_int, default=500,
+    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=positive_int, default=500,
                    help="features explored per example, most influential first")
-    p.add_argument("--max_n_logits", "--max-n-logits", type=_positive_int, default=10,
+    p.add_argument("--max_n_logits", "--max-n-logits", type=positive_int, default=10,
                    help="at most this many salient logits as targets (examples without 'targets')")
-    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=_share, default=0.95,
+    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=probability, default=0.95,
                    help="salient logits until their probabilities add up to this")
-    p.add_argument("--batch_size", "--batch-size", type=_positive_int, default=256, help="backward lanes per batch")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=256, help="backward lanes per batch")
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="Ray workers, each with its own model copy (default: one per GPU, else one per "
                         "--cpus-per-worker cores)")
-    p.add_argument("--cpus-per-worker", type=_positive_float, default=1.0, help="CPU cores reserved per worker")
+    p.add_argument("--cpus-per-worker", type=positive_float, default=1.0, help="CPU cores reserved per worker")
     p.add_argument("--address", default=None,
                    help="an existing Ray cluster ('auto' or host:port; default: start a local instance)")
     p.add_argument("--retry-errors", action="store_true", help="trace again the examples that failed last time")
@@ -71,6 +43,8 @@ def register(sub) -> None:
 
 def _batch(args) -> int:
     from tracer.batch.run import BatchSettings, per_type_table, run_batch
+
+    check_writable(args.out, folder=True)
 
     settings = BatchSettings(
         model=args.model, transcoders=args.transcoders, device=args.device, dtype=args.dtype,

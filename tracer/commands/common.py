@@ -96,6 +96,13 @@ def probability(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     value = _number(text)
     if value < 0:

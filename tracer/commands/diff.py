@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-from tracer.commands.common import HelpFormatter
-
-
-def _share(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+from tracer.commands.common import HelpFormatter, check_writable, non_negative_int, probability, share
 
 
 def register(sub) -> None:
@@ -31,13 +19,13 @@ def register(sub) -> None:
     p.add_argument("a", metavar="A", help="first graph file (.graph.safetensors, viewer .json or reference .pt)")
     p.add_argument("b", metavar="B", help="second graph file")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--node_threshold", "--node-threshold", dest="node_threshold", type=_share, default=0.8,
+    p.add_argument("--node_threshold", "--node-threshold", dest="node_threshold", type=probability, default=0.8,
                    help="compare the nodes either graph keeps at this share of influence")
-    p.add_argument("--edge_threshold", "--edge-threshold", dest="edge_threshold", type=_share, default=0.98,
+    p.add_argument("--edge_threshold", "--edge-threshold", dest="edge_threshold", type=probability, default=0.98,
                    help="compare the edges either graph keeps at this share of influence")
-    p.add_argument("--min-change", dest="min_change", type=_share, default=0.25,
+    p.add_argument("--min-change", dest="min_change", type=share, default=0.25,
                    help="a node or edge in both graphs 'changed' when it moves by this fraction of its larger value")
-    p.add_argument("--top", type=int, default=10, help="rows printed per kind of change")
+    p.add_argument("--top", type=non_negative_int, default=10, help="rows printed per kind of change")
     p.add_argument("--allow-mismatch", action="store_true",
                    help="compare graphs traced with different models or transcoder sets (features then mean "
                         "different things: only for graphs you know to be comparable)")
@@ -47,15 +35,10 @@ def register(sub) -> None:
 def _diff(args) -> int:
     from pathlib import Path
 
-    from tracer.errors import InputError
     from tracer.graph.diff import diff_graphs, save_diff
     from tracer.graph.formats import open_any_graph
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
-    if args.top < 0:
-        raise InputError(f"--top must be >= 0, got {args.top}")
+    out = check_writable(args.out, folder=True)
     a, b = open_any_graph(args.a), open_any_graph(args.b)
     diff = diff_graphs(a, b, args.node_threshold, args.edge_threshold, args.min_change,
                        names=(Path(args.a).name, Path(args.b).name), allow_mismatch=args.allow_mismatch)

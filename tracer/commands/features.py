@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
-from tracer.commands.common import HelpFormatter
+from tracer.commands.common import (HelpFormatter, check_writable, non_negative_int, positive_float, positive_int,
+                                    share)
 
 
 def register(sub) -> None:
@@ -22,29 +21,29 @@ def register(sub) -> None:
     p.add_argument("--transcoders", default=None, help="transcoder set folder or hub id (default: the shipped toy set)")
     p.add_argument("--data", default="toy", help="data set: 'toy' (toy scenes + questions, held-out split), "
                    "'toy:train', optionally ',type=color' to keep one question type")
-    p.add_argument("--n-examples", "--n_examples", dest="n_examples", type=int, default=600,
+    p.add_argument("--n-examples", "--n_examples", dest="n_examples", type=positive_int, default=600,
                    help="how many examples (inputs) of the data set to scan")
-    p.add_argument("--per-feature", "--per_feature", dest="per_feature", type=int, default=8,
+    p.add_argument("--per-feature", "--per_feature", dest="per_feature", type=positive_int, default=8,
                    help="top examples kept per feature")
     p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=32,
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32,
                    help="examples per forward pass")
-    p.add_argument("--seed", type=int, default=0, help="which examples of the toy world")
-    p.add_argument("--start", type=int, default=0, help="index of the first example")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="which examples of the toy world")
+    p.add_argument("--start", type=non_negative_int, default=0, help="index of the first example")
     p.add_argument("--no-per-position", action="store_true",
                    help="do not store each example's activations at every position (smaller store)")
-    p.add_argument("--min-fraction", type=float, default=0.0,
+    p.add_argument("--min-fraction", type=share, default=0.0,
                    help="per-position activations below this share of the example's top value are dropped")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"],
                    help="model dtype")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="shard the work over this many Ray workers, each with its own model copy (the store is "
                         "the same as one process writes); default: one process, no Ray")
     p.add_argument("--address", default=None,
                    help="run the workers on an existing Ray cluster ('auto' or host:port); implies Ray")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPU cores reserved per Ray worker")
+    p.add_argument("--cpus-per-worker", type=positive_float, default=1.0, help="CPU cores reserved per Ray worker")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
@@ -58,12 +57,7 @@ def _run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.n_examples <= 0 or args.per_feature <= 0 or args.batch_size <= 0:
-        print("error: --n-examples, --per-feature and --batch-size must be positive", file=sys.stderr)
-        return 2
-    if args.workers is not None and args.workers <= 0 or not args.cpus_per_worker > 0:
-        print("error: --workers and --cpus-per-worker must be positive", file=sys.stderr)
-        return 2
+    check_writable(args.out, folder=True)
     spec = parse_data_spec(args.data)  # a DataSpecError is printed by tracer.cli (exit 2)
     data = f"toy:{spec.split},seed={args.seed},start={args.start}" + (f",type={spec.question_type}"
                                                                        if spec.question_type else "")

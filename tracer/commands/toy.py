@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tracer.commands.common import HelpFormatter
+from tracer.commands.common import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
 from tracer.errors import InputError
 
 
@@ -25,19 +25,19 @@ def register(sub) -> None:
         formatter_class=HelpFormatter,
     )
     train.add_argument("--out", required=True, help="output folder")
-    train.add_argument("--steps", type=int, default=12000, help="optimiser steps in all")
-    train.add_argument("--batch-size", type=int, default=64, help="examples per step")
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    train.add_argument("--warmup", type=int, default=500, help="linear warm-up steps before the cosine decay")
-    train.add_argument("--aux-weight", type=float, default=0.5,
+    train.add_argument("--steps", type=positive_int, default=12000, help="optimiser steps in all")
+    train.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
+    train.add_argument("--warmup", type=non_negative_int, default=500, help="linear warm-up steps before the cosine decay")
+    train.add_argument("--aux-weight", type=non_negative_float, default=0.5,
                        help="weight of the per-image-token shape/colour probe loss")
-    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
-    train.add_argument("--eval-every", type=int, default=1000,
+    train.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial weights and the data order")
+    train.add_argument("--eval-every", type=positive_int, default=1000,
                        help="steps between held-out evaluations (logged per question type)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    train.add_argument("--threads", type=int, default=1,
+    train.add_argument("--threads", type=positive_int, default=1,
                        help="torch CPU threads (use 1 when other work shares the cores)")
-    train.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    train.add_argument("--workers", type=non_negative_int, default=0, help="data-loading worker processes")
     train.add_argument("--overwrite", action="store_true",
                        help="train from step 0 even if --out holds a finished model (replaced); without it such a "
                             "folder is refused. A folder with a checkpoint is always resumed")
@@ -51,8 +51,8 @@ def register(sub) -> None:
         formatter_class=HelpFormatter,
     )
     ev.add_argument("--model", default=None, help="model folder (default: the shipped toy VLM)")
-    ev.add_argument("-n", "--per-type", type=int, default=500, help="examples per question type")
-    ev.add_argument("--seed", type=int, default=0, help="which held-out examples")
+    ev.add_argument("-n", "--per-type", type=positive_int, default=500, help="examples per question type")
+    ev.add_argument("--seed", type=non_negative_int, default=0, help="which held-out examples")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(handler=_eval)
 
@@ -64,11 +64,11 @@ def register(sub) -> None:
         formatter_class=HelpFormatter,
     )
     sample.add_argument("--out", required=True, help="output folder")
-    sample.add_argument("-n", type=int, default=12, help="how many examples")
+    sample.add_argument("-n", type=positive_int, default=12, help="how many examples")
     sample.add_argument("--split", default="heldout", choices=["train", "heldout"],
                         help="which split (they never share a scene layout)")
     sample.add_argument("--type", dest="question_type", default=None, help="only this question type")
-    sample.add_argument("--seed", type=int, default=0, help="which examples of the split")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="which examples of the split")
     sample.add_argument("--jsonl", default="examples.jsonl", metavar="NAME",
                         help="name of the batch file written in --out (the input of `python -m tracer batch`)")
     sample.set_defaults(handler=_sample)
@@ -83,8 +83,8 @@ def register(sub) -> None:
     graphs.add_argument("--out", default="app/sample_graphs", help="output folder")
     graphs.add_argument("--model", default=None, help="model (default: the shipped toy VLM)")
     graphs.add_argument("--transcoders", default=None, help="transcoders (default: the shipped toy set)")
-    graphs.add_argument("--per-type", type=int, default=1, help="graphs per question type")
-    graphs.add_argument("--max-feature-nodes", type=int, default=400,
+    graphs.add_argument("--per-type", type=positive_int, default=1, help="graphs per question type")
+    graphs.add_argument("--max-feature-nodes", type=positive_int, default=400,
                         help="features per graph (keeps the files small enough for git)")
     graphs.set_defaults(handler=_sample_graphs)
 

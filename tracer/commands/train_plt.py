@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from tracer.commands.common import non_negative_float, non_negative_int, positive_float, positive_int
+
 MEMORY_HELP = """\
 what fits where (training state is fp32: weights + gradients + 2 Adam moments = 16 bytes per
 parameter, and a transcoder has 2 x width x d_model parameters; activation buffers hold
@@ -62,44 +64,44 @@ def register(sub) -> None:
                    "'hf:NAME[,split=train,image=image,text=question,answer=COL,config=C,weight=W]' "
                    "(needs the optional 'datasets' package)")
     p.add_argument("--layers", default=None, help="layers to train, e.g. '0-3' or '0,5,9' (default: all)")
-    p.add_argument("--group-size", type=int, default=0, help="layers trained together per forward pass (0: all)")
-    p.add_argument("--width", type=int, default=1024, help="features per layer (d_transcoder; default: %(default)s)")
+    p.add_argument("--group-size", type=non_negative_int, default=0, help="layers trained together per forward pass (0: all)")
+    p.add_argument("--width", type=positive_int, default=1024, help="features per layer (d_transcoder; default: %(default)s)")
     p.add_argument("--activation", choices=["topk", "jumprelu"], default="topk", help="default: %(default)s")
-    p.add_argument("--k", type=int, default=32, help="TopK: active features per position (default: %(default)s)")
-    p.add_argument("--aux-k", type=int, default=0, help="TopK: dead features used by AuxK (0: d_model/2)")
-    p.add_argument("--aux-coef", type=float, default=1 / 32, help="TopK: AuxK loss weight (default: 1/32)")
-    p.add_argument("--dead-tokens", type=int, default=50_000,
+    p.add_argument("--k", type=positive_int, default=32, help="TopK: active features per position (default: %(default)s)")
+    p.add_argument("--aux-k", type=non_negative_int, default=0, help="TopK: dead features used by AuxK (0: d_model/2)")
+    p.add_argument("--aux-coef", type=non_negative_float, default=1 / 32, help="TopK: AuxK loss weight (default: 1/32)")
+    p.add_argument("--dead-tokens", type=positive_int, default=50_000,
                    help="a feature silent for this many training positions counts as dead (default: %(default)s)")
     p.add_argument("--no-resample", action="store_true",
                    help="do not re-initialise dead features (by default they are, during the first 80%% of steps)")
-    p.add_argument("--target-l0", type=float, default=None,
+    p.add_argument("--target-l0", type=non_negative_float, default=None,
                    help="JumpReLU: mean active features per position to aim for; the L0 penalty weight adapts "
                    "during training to keep the running L0 at or below it (default: --k, i.e. 32, unless "
                    "--l0-coef is given; 0: a fixed --l0-coef)")
-    p.add_argument("--l0-coef", type=float, default=None,
+    p.add_argument("--l0-coef", type=non_negative_float, default=None,
                    help="JumpReLU: L0 penalty weight; fixed when given without --target-l0, otherwise the "
                    "starting weight of the controller (default: 2e-3)")
-    p.add_argument("--jump-bandwidth", type=float, default=0.2,
+    p.add_argument("--jump-bandwidth", type=positive_float, default=0.2,
                    help="JumpReLU: straight-through kernel width, in unit-scaled pre-activations (default: %(default)s)")
     p.add_argument("--skip", action="store_true", help="also train a linear skip W_skip [d_model, d_model]")
-    p.add_argument("--tokens", type=int, default=1_000_000, help="training positions per layer (default: %(default)s)")
-    p.add_argument("--batch-tokens", type=int, default=1024, help="positions per optimizer step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=100,
+    p.add_argument("--tokens", type=positive_int, default=1_000_000, help="training positions per layer (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=positive_int, default=1024, help="positions per optimizer step (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=100,
                    help="linear learning-rate warm-up steps (default: %(default)s)")
-    p.add_argument("--buffer-tokens", type=int, default=131_072,
+    p.add_argument("--buffer-tokens", type=positive_int, default=131_072,
                    help="positions per layer buffered and shuffled at a time (default: %(default)s)")
     p.add_argument("--buffer-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype of the buffered activations (bfloat16 halves the buffer's memory; default: %(default)s)")
-    p.add_argument("--model-batch", type=int, default=32, help="prompts per model forward pass")
-    p.add_argument("--max-length", type=int, default=None, help="skip prompts longer than this many tokens")
-    p.add_argument("--eval-examples", type=int, default=600, help="held-out prompts for the final report")
+    p.add_argument("--model-batch", type=positive_int, default=32, help="prompts per model forward pass")
+    p.add_argument("--max-length", type=positive_int, default=None, help="skip prompts longer than this many tokens")
+    p.add_argument("--eval-examples", type=positive_int, default=600, help="held-out prompts for the final report")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out report")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order (default: %(default)s)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial weights and the data order (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="device for the model and the training, e.g. cuda")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="model dtype (transcoders always train in fp32)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="keep layers already in --out and train the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.set_defaults(handler=_run)

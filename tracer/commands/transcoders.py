@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tracer.commands.common import HelpFormatter
+from tracer.commands.common import HelpFormatter, non_negative_int, positive_int
 
 
 def register(sub) -> None:
@@ -32,15 +32,15 @@ def register(sub) -> None:
     rep.add_argument("--transcoders", default=None, help="transcoder set folder or hub ref (default: the shipped toy set)")
     rep.add_argument("--data", action="append", default=None, metavar="SPEC",
                      help="held-out data source(s) as in train-plt (default: toy)")
-    rep.add_argument("-n", "--examples", type=int, default=600, help="held-out prompts for the per-layer table")
-    rep.add_argument("--per-type", type=int, default=500, help="toy examples per question type for the accuracy")
+    rep.add_argument("-n", "--examples", type=positive_int, default=600, help="held-out prompts for the per-layer table")
+    rep.add_argument("--per-type", type=positive_int, default=500, help="toy examples per question type for the accuracy")
     rep.add_argument("--no-loss", action="store_true", help="skip the next-token loss columns (faster)")
     rep.add_argument("--lazy", action="store_true", help="read decoder rows lazily (for sets larger than memory)")
-    rep.add_argument("--batch-size", type=int, default=32, help="examples per forward pass")
-    rep.add_argument("--seed", type=int, default=0, help="which held-out examples")
+    rep.add_argument("--batch-size", type=positive_int, default=32, help="examples per forward pass")
+    rep.add_argument("--seed", type=non_negative_int, default=0, help="which held-out examples")
     rep.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     rep.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="model dtype")
-    rep.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    rep.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     rep.add_argument("--markdown", action="store_true", help="print markdown tables")
     rep.add_argument("--json", action="store_true", help="print JSON")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar")
