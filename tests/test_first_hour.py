@@ -74,3 +74,16 @@ def test_train_plt_warns_when_the_run_is_shorter_than_its_warm_up(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2
     assert "4 optimizer steps" in err and "100-step learning-rate warm-up" in err
+
+
+@pytest.mark.parametrize("command", [["toy", "train", "--steps", "2"], ["toy", "sample"], ["toy", "sample-graphs"],
+                                     ["train-plt"], ["features"], ["batch", "--data", "x.jsonl"]],
+                         ids=lambda c: " ".join(c[:2]))
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp_path, capsys):
+    from tracer.cli import main
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    assert main([*command, "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert blocker.read_text() == "a file"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tracer.commands.common import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
+from tracer.commands.common import (
+    HelpFormatter, check_writable, non_negative_float, non_negative_int, positive_float, positive_int,
+)
 from tracer.errors import InputError
 
 
@@ -90,6 +92,7 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
+    check_writable(args.out, folder=True)
     from tracer.toy.train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -116,6 +119,7 @@ def _eval(args) -> int:
 
 
 def _sample(args) -> int:
+    check_writable(args.out, folder=True)
     from tracer.toy import world
 
     out = Path(args.out)
@@ -135,6 +139,7 @@ def _sample(args) -> int:
 
 
 def _sample_graphs(args) -> int:
+    check_writable(args.out, folder=True)
     from tracer.session import TracingSession
     from tracer.toy.samples import make_sample_graphs
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from tracer.commands.common import non_negative_float, non_negative_int, positive_float, positive_int
+from tracer.commands.common import check_writable, non_negative_float, non_negative_int, positive_float, positive_int
 
 MEMORY_HELP = """\
 what fits where (training state is fp32: weights + gradients + 2 Adam moments = 16 bytes per
@@ -108,6 +108,7 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
+    check_writable(args.out, folder=True)
     import torch
 
     from tracer.models.loading import FAST_ATTENTION, load_vlm
