@@ -117,7 +117,8 @@ def read_reference_pt(path: str | Path) -> dict[str, Any]:
     if not zipped:
         # the legacy (pre-zip) torch.save layout declares storage sizes that torch allocates before
         # reading them: a tiny file could ask for any amount of memory
-        raise GraphFormatError(f"{path}: not a zip-format torch file (legacy torch.save files are not read)")
+        raise GraphFormatError(f"{path}: not a readable reference graph (.pt): not a zip-format torch file "
+                               "(legacy torch.save files are not read)")
     placeholders: dict[str, type] = {}
 
     def admit(names) -> None:
