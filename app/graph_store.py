@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from pathlib import Path
 
+from tracer.files import remove_stale_temporaries
 from tracer.graph import GraphFormatError
 from tracer.graph.formats import list_graph_files as _list_graph_files
 from tracer.graph.formats import open_any_graph
@@ -58,6 +59,8 @@ class GraphStore:
         self.keep = keep
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
+        # temporaries of writes killed mid-way (annotations, exports) would otherwise stay forever
+        remove_stale_temporaries(self.folder)
 
     def names(self) -> list[str]:
         return list_graph_files(self.folder)
@@ -79,6 +82,8 @@ class GraphStore:
             graph.validate()
         except GraphFormatError as err:
             raise GraphFormatError(str(err).replace(str(path), name)) from err
+        except MemoryError as err:
+            raise GraphFormatError(f"{name}: too large to open in the memory available") from err
         except Exception as err:  # any reader bug or odd file: a message, not a crash
             raise GraphFormatError(f"{name}: cannot read this graph ({type(err).__name__}: {err})") from err
         kwargs = {k: v for k, v in (("max_nodes", self.max_nodes), ("max_edges", self.max_edges)) if v}

@@ -21,7 +21,7 @@ class ImageError(InputError):
 def _reason(err: BaseException) -> str:
     """PIL's message without the object reprs it embeds (`<_io.BytesIO object at 0x...>`)."""
     if isinstance(err, UnidentifiedImageError):
-        return "not an image file (PNG, JPEG or WebP expected)"
+        return "not a PNG, JPEG or WebP file"
     text = " ".join(str(err).split())
     if "<_io." in text or " object at 0x" in text or not text:
         return type(err).__name__
