@@ -57,6 +57,6 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except ImageError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
-        raise ImageError(f"{name}: too many pixels to decode safely (limit {max_pixels:,} pixels)") from err
+        raise ImageError(f"{name}: the image is too large to decode safely (limit {max_pixels:,} pixels)") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageError(f"{name}: not a readable image ({_reason(err)})") from err
