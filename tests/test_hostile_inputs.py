@@ -297,6 +297,7 @@ def _pt_dict(torch, adjacency, n_pos=5, n_layers=None):
     return d
 
 
+@pytest.mark.slow
 def test_reference_pt_shared_rows_and_expanded_tensors(tmp_path):
     torch = pytest.importorskip("torch")
     n = 40_000  # 6.4 GB once dense
@@ -372,6 +373,7 @@ def test_broken_model_folders(toy_copy, damage, words):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_cli_broken_model_folder_is_one_line(toy_copy):
     _truncate(toy_copy / "model.safetensors")
     out = subprocess.run([PY, "-m", "tracer", "attribute", "--prompt", "hi", "--model", str(toy_copy), "--quiet"],
@@ -588,6 +590,20 @@ def one_error_line(stderr: str) -> str:
     return last
 
 
+@pytest.mark.slow
+def test_cli_export_and_import_of_wrongly_typed_graphs(tmp_path, good, graph_json):
+    rewrite(good, _set("n_layers", "four"))
+    graph_json["metadata"]["vlm"]["image_grid"] = "not a grid"
+    bad_json = _write_json(tmp_path, graph_json)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    for argv, words in [(["export", str(good), "--out", str(tmp_path / "out")], "n_layers"),
+                        (["import", str(bad_json), "--out", str(tmp_path / "x.graph.safetensors")], "wrong type")]:
+        out = subprocess.run([PY, "-m", "tracer", *argv], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+        assert out.returncode in (1, 2) and words in one_error_line(out.stderr), out.stderr[-2000:]
+    assert not (tmp_path / "x.graph.safetensors").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_cli_prompt_longer_than_the_context(tmp_path):
     out = subprocess.run([PY, "-m", "tracer", "attribute", "--prompt", "word " * 5000, "--quiet",
                           "--out", str(tmp_path / "x.graph.safetensors")],
@@ -599,6 +615,7 @@ def test_cli_prompt_longer_than_the_context(tmp_path):
     assert not (tmp_path / "x.graph.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_cli_setting_out_of_range(tmp_path):
     out = subprocess.run([PY, "-m", "tracer", "attribute", "--prompt", "What color is the circle?", "--quiet",
                           "--max-feature-nodes", "-5", "--out", str(tmp_path / "x.graph.safetensors")],
@@ -622,6 +639,7 @@ def test_attribution_settings_out_of_range(setting, value):
         check_settings(AttributionConfig(**{setting: value}))
 
 
+@pytest.mark.slow
 def test_attribution_refused_before_it_exhausts_memory():
     """The trace form's worst case: every feature of a long prompt explored. With 3 GiB of address
     space left, the run is refused with the estimate and the setting to turn, before the rows exist."""
