@@ -669,3 +669,38 @@ def test_budget_estimates_scale_as_documented():
     rows = [b for what, (_, b) in e.parts.items() if what.startswith("edge rows")][0]
     assert rows == 100_010 * 272_000 * 4  # ~109 GB: the trace form's worst case in issue 11
     assert e.total("host") == (100_000 + 10) * (100_000 + 34_000 + 1000 + 10) * 4
+
+
+@pytest.mark.parametrize("target", [f"{ids.STORE_SELECTED}.data", f"{ids.CYTO}.selectedNodeData",
+                                    f"{ids.STORE_GRAPH}.data"])
+def test_no_callback_answers_500_to_forged_node_keys(tmp_path, target):
+    """Every callback that reads a node key, the cytoscape selection or the open graph, sent
+    values of the wrong shape as a forged request would: a dict, a list, a number, 5 MB."""
+    save_graph(make_graph(seed=0), tmp_path / "good.graph.safetensors")
+    app = create_app(tmp_path, live=True)
+    client = app.server.test_client()
+    hostile = [{"x": 1}, ["F_0_1_5"], 12, "F_" + "9" * 5_000_000, [{"id": {"x": 1}}, 7], {"name": ["x"]}]
+    n_callbacks = 0
+    for output, cb in app.callback_map.items():
+        specs = cb["inputs"] + cb.get("state", [])
+        names = [f"{i['id']}.{i['property']}" for i in specs]
+        if target not in names:
+            continue
+        n_callbacks += 1
+        for value in hostile:
+            def val(name):
+                if name == target:
+                    return value
+                if name == f"{ids.STORE_GRAPH}.data":
+                    return {"name": "good.graph.safetensors"}
+                return 1 if name.endswith(".n_clicks") else None
+            inputs = [{"id": i["id"], "property": i["property"], "value": val(f"{i['id']}.{i['property']}")}
+                      for i in cb["inputs"]]
+            state = [{"id": i["id"], "property": i["property"], "value": val(f"{i['id']}.{i['property']}")}
+                     for i in cb.get("state", [])]
+            outs = [{"id": o.split(".")[0], "property": o.split(".")[1]} for o in output.strip(".").split("...")]
+            body = {"output": output, "outputs": outs if output.startswith("..") else outs[0], "inputs": inputs,
+                    "state": state, "changedPropIds": [target]}
+            r = client.post("/_dash-update-component", json=body)
+            assert r.status_code < 500, (output, repr(value)[:40])
+    assert n_callbacks >= 1
