@@ -566,11 +566,14 @@ def test_sigkill_mid_write_leaves_no_temporary_for_good(tmp_path):
     left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(left) == 1  # what SIGKILL leaves
     # a temporary of a live writer and an unrelated dot-file stay
-    live = tmp_path / f".{target.name}.{os.getpid()}.abcdefgh.tmp"
+    live = tmp_path / f".{target.name}.vlmc-{os.getpid()}.abcdefgh.tmp"
     live.write_text("in progress")
-    (tmp_path / ".hidden.tmp").write_text("not ours")
+    others = [tmp_path / ".hidden.tmp", tmp_path / ".notes.2024.draft.tmp", tmp_path / ".notes.txt.abcdefgh.tmp"]
+    for p in others:
+        p.write_text("not ours")
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
     create_app(tmp_path)  # opening the folder cleans up
-    assert not left[0].exists() and live.exists() and (tmp_path / ".hidden.tmp").exists()
+    assert not left[0].exists() and live.exists() and all(p.exists() for p in others)
     # the next write of the same file cleans up too
     old = tmp_path / f".{target.name}.x1y2z3w4.tmp"  # a name of the format before the pid was added
     old.write_text("old")

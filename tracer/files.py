@@ -2,8 +2,9 @@
 target, flush it to disk, then rename it over the target (atomic on POSIX file systems).
 
 A process killed mid-write (SIGKILL, power loss) leaves its temporary file behind. Temporary
-names carry the writer's process id (`.<name>.<pid>.<random>.tmp`), so the next writer of the
-same target, or `remove_stale_temporaries` on a folder, deletes those whose writer is gone."""
+names carry a marker and the writer's process id (`.<name>.vlmc-<pid>.<random>.tmp`), so the next
+writer of the same target, or `remove_stale_temporaries` on a folder, deletes those whose writer
+is gone (and never another program's files)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-_TEMP = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
-_OLD_TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")  # names written before the pid was added
+_TEMP = re.compile(r"^\.(?P<target>.+)\.vlmc-(?P<pid>\d+)\.[a-z0-9_]+\.tmp$")
+# names written before the marker was added, for the files this project writes; removed after an hour
+_OLD_TEMP = re.compile(r"^\.(?P<target>.+\.(?:annotations\.json|graph\.safetensors|json|graphml))\.[a-z0-9_]{8}\.tmp$")
 _OLD_AGE_S = 3600.0
 
 
@@ -74,7 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.vlmc-{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
