@@ -707,3 +707,23 @@ def test_no_callback_answers_500_to_forged_node_keys(tmp_path, target):
             r = client.post("/_dash-update-component", json=body)
             assert r.status_code < 500, (output, repr(value)[:40])
     assert n_callbacks >= 1
+
+
+@pytest.mark.parametrize("labels, out_is_file, words", [
+    ({"labels": 5}, False, "labels must be an object"),
+    ({"supernodes": [{"label": 5, "members": 7}]}, False, "supernodes must be a list"),
+    ({"supernodes": "x"}, False, "supernodes must be a list"),
+    ({"pinned": {"a": 1}}, False, "pinned must be a list"),
+    ([1, 2], False, "expected a JSON object"),
+    ({"labels": {}}, True, "is not a folder"),
+])
+def test_cli_export_flags_of_the_wrong_shape(tmp_path, capsys, labels, out_is_file, words):
+    from tracer.cli import main
+
+    src = save_graph(make_graph(seed=0), tmp_path / "g.graph.safetensors")
+    (tmp_path / "labels.json").write_text(json.dumps(labels))
+    out = src if out_is_file else tmp_path / "out"
+    assert main(["export", str(src), "--out", str(out), "--labels", str(tmp_path / "labels.json")]) in (1, 2)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
