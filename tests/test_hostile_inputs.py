@@ -727,3 +727,32 @@ def test_cli_export_flags_of_the_wrong_shape(tmp_path, capsys, labels, out_is_fi
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_trace_form_refusal_reaches_the_page(tmp_path):
+    """The trace form at its limits (100,000 feature nodes, a 4,000-character prompt): the job is
+    refused before anything large is allocated and the status line says why and what to change."""
+    app = create_app(tmp_path, live=True)
+    client = app.server.test_client()
+    prompt = ("What color is the circle? " * 200)[:4000]
+    values = {ids.TRACE_SUBMIT: ("n_clicks", 1), ids.STORE_UPLOAD: ("data", None), ids.TRACE_PROMPT: ("value", prompt),
+              ids.TRACE_TARGET_MODE: ("value", "auto"), ids.TRACE_TARGET_A: ("value", ""),
+              ids.TRACE_TARGET_B: ("value", ""), ids.TRACE_MAX_FEATURES: ("value", 100_000),
+              ids.TRACE_MAX_LOGITS: ("value", 10), ids.TRACE_DESIRED_PROB: ("value", 0.95),
+              ids.TRACE_BATCH: ("value", 256), ids.TRACE_NAME: ("value", ""), ids.store_job("trace"): ("data", None)}
+    output, spec = next((out, cb) for out, cb in app.callback_map.items()
+                        if out.startswith(f"..{ids.store_job('trace')}.data"))
+    args = {part: [{"id": i["id"], "property": i["property"], "value": values[i["id"]][1]} for i in spec[part]]
+            for part in ("inputs", "state")}
+    status, data = call_with_trigger(client, output, args["inputs"], args["state"], ids.TRACE_SUBMIT)
+    assert status == 200
+    job = data["response"][ids.store_job("trace")]["data"]["id"]
+    st = app.state.live.queue.wait(job, 240)
+    assert st["state"] == "error"
+    assert st["message"].startswith("the prompt is") and "more than the model's context of 512" in st["message"]
+    out = next(o for o in app.callback_map if o.startswith(f"..{ids.TRACE_STATUS}.children"))
+    status, data = call_with_trigger(client, out, [{"id": ids.store_status("trace"), "property": "data", "value": st}],
+                                     [], ids.store_status("trace"))
+    assert status == 200 and "shorten the prompt" in data["response"][ids.TRACE_STATUS]["children"]
+    app.state.live.queue.shutdown()
