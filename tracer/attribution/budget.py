@@ -59,17 +59,31 @@ class Estimate:
         return ", ".join(f"{what} {format_bytes(b)}" for b, what in items if b)
 
 
-def _check(estimate: Estimate, device: torch.device, knobs: str) -> None:
-    kinds = {"device": device} if device.type == "cpu" else {"device": device, "host": torch.device("cpu")}
+def _pools(device: torch.device) -> dict[str, torch.device]:
+    return {"device": device} if device.type == "cpu" else {"device": device, "host": torch.device("cpu")}
+
+
+def _shortfall(estimate: Estimate, device: torch.device, free: dict[str, int]) -> tuple[str, int] | None:
+    """(pool, bytes needed) of the first pool the estimate does not fit in, or None."""
     if device.type == "cpu":  # one pool: what is "host" is on the device too
         estimate = Estimate({w: ("device", b) for w, (_, b) in estimate.parts.items()})
-    for kind, dev in kinds.items():
+    for kind in _pools(device):
         need = int(estimate.total(kind) * SAFETY)
-        free = memory_available(dev)
-        if need > free:
-            where = "memory" if dev.type == "cpu" else f"{dev} memory"
-            raise BudgetError(f"this attribution needs about {format_bytes(need)} of {where} "
-                              f"({estimate.describe(kind)}), but {format_bytes(free)} is free: {knobs}")
+        if need > free[kind]:
+            return kind, need
+    return None
+
+
+def _check(estimate: Estimate, device: torch.device, knobs: str, free: dict[str, int] | None = None) -> None:
+    free = free or {kind: memory_available(dev) for kind, dev in _pools(device).items()}
+    short = _shortfall(estimate, device, free)
+    if short is not None:
+        kind, need = short
+        dev = _pools(device)[kind]
+        where = "memory" if dev.type == "cpu" else f"{dev} memory"
+        shown = estimate if device.type != "cpu" else Estimate({w: ("device", b) for w, (_, b) in estimate.parts.items()})
+        raise BudgetError(f"this attribution needs about {format_bytes(need)} of {where} "
+                          f"({shown.describe(kind)}), but {format_bytes(free[kind])} is free: {knobs}")
 
 
 def prompt_estimate(adapter, n_positions: int) -> Estimate:
@@ -124,9 +138,16 @@ def edge_estimate(n_logits: int, n_explore: int, n_columns: int, n_positions: in
     lanes = min(max(1, batch_size), max(1, n_logits + n_explore))
     rows = (n_logits + n_explore) * n_columns * dtype_bytes
     n_nodes = n_explore + n_errors + n_positions + n_logits
+    lane_bytes = (6 * n_positions * d_model + 2 * n_columns) * dtype_bytes  # gradients, row, per-slot products
+    rows_pool = "host" if offload else "device"
+    # choosing the next features to explore builds an explored x explored influence matrix
+    # (not needed when every active feature is explored)
+    n_active = n_columns - n_errors - n_positions
+    influence = n_explore * n_explore * dtype_bytes if n_explore < n_active else 0
     return Estimate({
-        f"edge rows ({n_logits + n_explore:,} x {n_columns:,})": ("host" if offload else "device", rows),
-        f"backward lanes ({lanes} per batch)": ("device", lanes * (6 * n_positions * d_model + 2 * n_columns) * dtype_bytes),
+        f"edge rows ({n_logits + n_explore:,} x {n_columns:,})": (rows_pool, rows),
+        "influence matrix": (rows_pool, influence),
+        f"backward lanes ({lanes} per batch)": ("device", lanes * lane_bytes),
         "assembled graph": ("host", (n_explore + n_logits) * n_nodes * edge_bytes),
     })
 
@@ -134,19 +155,23 @@ def edge_estimate(n_logits: int, n_explore: int, n_columns: int, n_positions: in
 def check_edge_budget(rep, n_logits: int, n_explore: int, cfg) -> None:
     """Before the edge rows are allocated (the active features are known by then)."""
     b = 8 if rep.dtype == torch.float64 else 4
-    estimate = edge_estimate(n_logits, n_explore, rep.n_columns, rep.n_positions, rep.n_errors, rep.d_model,
-                             cfg.batch_size, b, b, cfg.offload == "cpu", )
     device = torch.device(rep.device)
-    # the explored features that would fit beside everything else
-    fixed = estimate.total("device") if device.type != "cpu" else estimate.total("device") + estimate.total("host")
-    per_row = rep.n_columns * b
-    free = memory_available(device) / SAFETY
-    fit = int((free - (fixed - (n_logits + n_explore) * per_row)) // max(1, per_row)) - n_logits
-    hint = f"lower max_feature_nodes (to about {max(0, fit):,})" if fit < n_explore else "lower max_feature_nodes"
-    knobs = f"{hint} or batch_size, shorten the prompt"
+
+    def estimate(k: int) -> Estimate:
+        return edge_estimate(n_logits, k, rep.n_columns, rep.n_positions, rep.n_errors, rep.d_model,
+                             cfg.batch_size, b, b, cfg.offload == "cpu")
+
+    free = {kind: memory_available(dev) for kind, dev in _pools(device).items()}
+    if _shortfall(estimate(n_explore), device, free) is None:
+        return
+    lo, hi = 0, n_explore  # the most explored features that would fit (bisection on the same estimate)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _shortfall(estimate(mid), device, free) is None else (lo, mid - 1)
+    knobs = f"lower max_feature_nodes (to about {lo:,}) or batch_size, shorten the prompt"
     if device.type != "cpu" and cfg.offload != "cpu":
         knobs += ", or keep the rows in host memory (offload='cpu')"
-    _check(estimate, device, knobs)
+    _check(estimate(n_explore), device, knobs, free)
 
 
 __all__ = ["BudgetError", "Estimate", "check_edge_budget", "check_prompt_budget", "check_settings", "context_length",

@@ -179,13 +179,11 @@ def image_to_data_uri(image: np.ndarray) -> str:
 
 
 def data_uri_to_image(uri: str) -> np.ndarray:
-    from PIL import Image
-
-    m = re.match(r"data:image/[a-zA-Z0-9.+-]+;base64,(.*)$", uri or "", re.S)
-    if not m:
-        raise GraphFormatError("an image in the graph JSON is not a base64 data URI")
     from tracer.images import ImageError, open_image
 
+    m = re.match(r"data:image/[a-zA-Z0-9.+-]+;base64,(.*)$", uri if isinstance(uri, str) else "", re.S)
+    if not m:
+        raise GraphFormatError("an image in the graph JSON is not a base64 data URI")
     try:
         return np.asarray(open_image(base64.b64decode(m.group(1))), dtype=np.uint8)
     except ImageError as err:  # decode problems and decompression bombs
