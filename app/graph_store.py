@@ -82,8 +82,6 @@ class GraphStore:
             graph.validate()
         except GraphFormatError as err:
             raise GraphFormatError(str(err).replace(str(path), name)) from err
-        except MemoryError as err:
-            raise GraphFormatError(f"{name}: too large to open in the memory available") from err
         except Exception as err:  # any reader bug or odd file: a message, not a crash
             raise GraphFormatError(f"{name}: cannot read this graph ({type(err).__name__}: {err})") from err
         kwargs = {k: v for k, v in (("max_nodes", self.max_nodes), ("max_edges", self.max_edges)) if v}

@@ -63,10 +63,16 @@ def _pools(device: torch.device) -> dict[str, torch.device]:
     return {"device": device} if device.type == "cpu" else {"device": device, "host": torch.device("cpu")}
 
 
+def _one_pool(estimate: Estimate, device: torch.device) -> Estimate:
+    """On the CPU what is "host" is on the device too: one pool."""
+    if device.type != "cpu":
+        return estimate
+    return Estimate({w: ("device", b) for w, (_, b) in estimate.parts.items()})
+
+
 def _shortfall(estimate: Estimate, device: torch.device, free: dict[str, int]) -> tuple[str, int] | None:
     """(pool, bytes needed) of the first pool the estimate does not fit in, or None."""
-    if device.type == "cpu":  # one pool: what is "host" is on the device too
-        estimate = Estimate({w: ("device", b) for w, (_, b) in estimate.parts.items()})
+    estimate = _one_pool(estimate, device)
     for kind in _pools(device):
         need = int(estimate.total(kind) * SAFETY)
         if need > free[kind]:
@@ -81,9 +87,9 @@ def _check(estimate: Estimate, device: torch.device, knobs: str, free: dict[str,
         kind, need = short
         dev = _pools(device)[kind]
         where = "memory" if dev.type == "cpu" else f"{dev} memory"
-        shown = estimate if device.type != "cpu" else Estimate({w: ("device", b) for w, (_, b) in estimate.parts.items()})
         raise BudgetError(f"this attribution needs about {format_bytes(need)} of {where} "
-                          f"({shown.describe(kind)}), but {format_bytes(free[kind])} is free: {knobs}")
+                          f"({_one_pool(estimate, device).describe(kind)}), but {format_bytes(free[kind])} is free: "
+                          f"{knobs}")
 
 
 def prompt_estimate(adapter, n_positions: int) -> Estimate:

@@ -255,7 +255,8 @@ class Graph:
              "targets must be a list of targets")
         for t in self.targets:
             need(isinstance(t.label, str) and integer(t.token_id) and isinstance(t.probability, (int, float))
-                 and isinstance(t.kind, str) and isinstance(t.spec, dict), f"target {t.label!r:.40} has a field of the wrong type")
+                 and isinstance(t.kind, str) and isinstance(t.spec, dict),
+                 f"target {t.label!r:.40} has a field of the wrong type")
         need(self.features.ndim == 2 and self.features.shape[1] == 3, "features must be (n, 3): layer, position, feature")
         need(self.activations.shape == (self.n_features,), "activations must have one value per feature")
         need(self.errors.ndim == 2 and self.errors.shape[1] == 2, "errors must be (n, 2): layer, position")
@@ -305,7 +306,8 @@ class Graph:
             need(0 < h <= limits.MAX_SIDE and 0 < w <= limits.MAX_SIDE and h * w <= limits.MAX_PIXELS,
                  f"image_{k} is {w}x{h} pixels (limit {limits.MAX_SIDE} per side, {limits.MAX_PIXELS:,} in all)")
         need(self.image_positions.ndim == 1, "image_positions must be 1-D")
-        need(self.image_grid.ndim == 2 and self.image_grid.shape[1] == 3, "image_grid must be (n, 3): image, row, column")
+        need(self.image_grid.ndim == 2 and self.image_grid.shape[1] == 3,
+             "image_grid must be (n, 3): image, row, column")
         need(len(self.image_positions) == len(self.image_grid), "image_positions and image_grid differ in length")
         need(0 <= self.tokens_per_side <= limits.MAX_GRID_SIDE,
              f"tokens_per_side = {self.tokens_per_side} is outside 0..{limits.MAX_GRID_SIDE}")
