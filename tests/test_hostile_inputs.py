@@ -758,3 +758,24 @@ def test_trace_form_refusal_reaches_the_page(tmp_path):
                                      [], ids.store_status("trace"))
     assert status == 200 and "shorten the prompt" in data["response"][ids.TRACE_STATUS]["children"]
     app.state.live.queue.shutdown()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda m: _truncate(m / "model.safetensors"), "truncated"),
+    (lambda m: [p.unlink() for p in m.iterdir()], "is empty"),
+])
+def test_app_live_model_folder_broken_gives_a_message(tmp_path, toy_copy, damage, words):
+    from tracer.transcoders import default_transcoders_dir
+
+    from app.live import LiveConfig, LiveState
+    from app.tasks import trace_job
+
+    damage(toy_copy)
+    live = LiveState(LiveConfig(model=str(toy_copy), transcoders=str(default_transcoders_dir()), device="cpu"),
+                     tmp_path)
+    try:
+        job = live.submit("trace", trace_job(live, None, "What color is the circle?", None, {}, "x"))
+        st = live.queue.wait(job, 120)
+    finally:
+        live.queue.shutdown()
+    assert st["state"] == "error" and words in st["message"] and "\n" not in st["message"]
