@@ -46,9 +46,11 @@ def _clean_request() -> None:
     if not isinstance(body, dict):
         return
     for part in ("inputs", "state"):
-        for item in body.get(part) or []:
-            if isinstance(item, dict):
-                shape = SHAPES.get((item.get("id"), item.get("property")))
+        items = body.get(part)
+        for item in items if isinstance(items, list) else []:
+            # pattern-matching ids are dicts (and ALL wildcards lists): none of them is in SHAPES
+            if isinstance(item, dict) and isinstance(item.get("id"), str) and isinstance(item.get("property"), str):
+                shape = SHAPES.get((item["id"], item["property"]))
                 if shape is not None and "value" in item:
                     item["value"] = shape(item["value"])
 

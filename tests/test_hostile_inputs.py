@@ -781,3 +781,42 @@ def test_app_live_model_folder_broken_gives_a_message(tmp_path, toy_copy, damage
     finally:
         live.queue.shutdown()
     assert st["state"] == "error" and words in st["message"] and "\n" not in st["message"]
+
+
+def test_the_request_check_leaves_pattern_matching_callbacks_alone(tmp_path):
+    """Pattern-matching ids are dicts (ALL wildcards send lists): the shape check must pass them by,
+    and a forged body of odd shape must not turn the check itself into a 500."""
+    save_graph(make_graph(seed=0), tmp_path / "good.graph.safetensors")
+    app = create_app(tmp_path, live=True)
+    client = app.server.test_client()
+    output, cb = next((o, c) for o, c in app.callback_map.items() if '["MATCH"]' in o)
+
+    def concrete(component_id: str):
+        if not component_id.startswith("{"):
+            return component_id
+        return {k: (0 if v == ["MATCH"] else v) for k, v in json.loads(component_id).items()}
+
+    def props(specs):
+        return [{"id": concrete(i["id"]), "property": i["property"], "value": None} for i in specs]
+
+    outs = []
+    for o in output.strip(".").split("..."):
+        component_id, prop = o.rsplit(".", 1)
+        outs.append({"id": concrete(component_id), "property": prop})
+    inputs = props(cb["inputs"])
+    changed = json.dumps(inputs[0]["id"], separators=(",", ":"), sort_keys=True) + "." + inputs[0]["property"]
+    body = {"output": output, "outputs": outs, "inputs": inputs, "state": props(cb.get("state", [])),
+            "changedPropIds": [changed]}
+    r = client.post("/_dash-update-component", json=body)
+    assert r.status_code < 500
+    from app import browser_values
+
+    for odd in ({"inputs": 5, "state": {"a": 1}}, {"inputs": [{"id": ids.STORE_SELECTED, "property": ["data"]}]},
+                {"inputs": [{"id": ids.STORE_SELECTED, "property": "data", "value": {"x": 1}}]}, [1, 2], "text"):
+        with app.server.test_request_context("/_dash-update-component", method="POST", json=odd):
+            browser_values._clean_request()  # never raises, whatever the body
+            from flask import request
+
+            body = request.get_json()
+        if isinstance(odd, dict) and isinstance(odd["inputs"], list) and "value" in odd["inputs"][0]:
+            assert body["inputs"][0]["value"] is None
