@@ -21,19 +21,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracer import limits
 from tracer.files import atomic_write_text
+
+from app.view.keys import is_supernode_key
 
 FORMAT = "vlm-circuits-annotations"
 VERSION = 1
 SUFFIX = ".annotations.json"
 MAX_LABEL = 500
+MAX_KEY = limits.MAX_KEY
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
 class AnnotationsError(ValueError):
-    """An annotations file that cannot be read."""
+    """An annotations file that cannot be read, or an edit naming something that is not a node."""
+
+
+def is_key(key) -> bool:
+    """A plausible node key: a non-empty string of bounded length (keys come from the browser)."""
+    return isinstance(key, str) and 0 < len(key) <= MAX_KEY
 
 
 @dataclass
@@ -54,12 +63,12 @@ class Annotations:
             raise AnnotationsError("not a vlm-circuits annotations file")
 
         def strings(value, what):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list) or not all(is_key(v) for v in value):
                 raise AnnotationsError(f"{what} must be a list of node ids")
             return list(dict.fromkeys(value))
 
         labels = d.get("labels", {})
-        if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        if not isinstance(labels, dict) or not all(is_key(k) and isinstance(v, str) for k, v in labels.items()):
             raise AnnotationsError("labels must map node ids to strings")
         supernodes = []
         for s in d.get("supernodes", []):
@@ -79,17 +88,27 @@ class Annotations:
         return next((s for s in self.supernodes if s["id"] == sid), None)
 
     def expand(self, keys) -> list[str]:
-        """Supernode ids replaced by their members."""
+        """Supernode ids replaced by their members; what is not a key (wrong type, too long) dropped."""
         out: list[str] = []
         for k in keys:
+            if not is_key(k):
+                continue
             s = self.supernode(k)
+            if s is None and is_supernode_key(k):
+                continue  # a group that does not exist (any more)
             out.extend(s["members"] if s else [k])
         return list(dict.fromkeys(out))
 
     # ------------------------------------------------------------------ edits (in place)
-    def set_label(self, key: str, text: str) -> None:
+    def set_label(self, key: str, text: str, known=None) -> None:
+        """Label a node, or rename a supernode. With `known` (the open graph's node keys), any other
+        key is refused, so that the browser cannot grow the file with made-up keys."""
+        if not is_key(key):
+            raise AnnotationsError("a label needs a node of the graph")
         text = " ".join(str(text).split())[:MAX_LABEL]
         s = self.supernode(key)
+        if s is None and known is not None and key not in known:
+            raise AnnotationsError(f"{key[:60]!r} is not a node of the open graph")
         if s is not None:
             s["label"] = text
         elif text:
@@ -118,7 +137,8 @@ class Annotations:
         self.supernodes = [s for s in self.supernodes if len(s["members"]) >= 2]
         used = [int(s["id"][2:]) for s in self.supernodes if s["id"][2:].isdigit()]
         sid = f"S_{max(used, default=0) + 1}"
-        self.supernodes.append({"id": sid, "label": " ".join(label.split())[:MAX_LABEL] or sid, "members": members})
+        self.supernodes.append({"id": sid, "label": " ".join(str(label or "").split())[:MAX_LABEL] or sid,
+                                "members": members})
         return sid
 
     def ungroup(self, sid: str) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dash import Dash
 
+from app import browser_values
 from app.callbacks import register_all
 from app.panels.page import page
 from app.state import AppState
@@ -44,4 +45,5 @@ def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None
 
     app.layout = layout
     register_all(app, state)
+    browser_values.install(app.server)
     return app

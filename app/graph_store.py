@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from pathlib import Path
 
+from tracer.files import remove_stale_temporaries
 from tracer.graph import GraphFormatError
 from tracer.graph.formats import list_graph_files as _list_graph_files
 from tracer.graph.formats import open_any_graph
@@ -65,6 +66,8 @@ class GraphStore:
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self._kinds: dict[tuple, bool] = {}  # (name, mtime, size) -> is an attention graph
+        # temporaries of writes killed mid-way (annotations, exports) would otherwise stay forever
+        remove_stale_temporaries(self.folder)
 
     def names(self) -> list[str]:
         """The graphs of the folder, attribution graphs first: an attention graph made from one

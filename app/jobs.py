@@ -26,6 +26,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tracer.errors import InputError
+
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
@@ -96,7 +98,7 @@ def describe_error(err: BaseException) -> str:
     """A one-line message for the browser (tracer's own errors are written for users)."""
     text = str(err).strip() or type(err).__name__
     user_errors = ("ImageError", "TargetError", "PromptError", "ValueError", "GraphFormatError", "LiveError")
-    if type(err).__name__ in user_errors:
+    if type(err).__name__ in user_errors or isinstance(err, InputError):
         return text
     return f"{type(err).__name__}: {text}"
 

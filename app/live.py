@@ -13,6 +13,7 @@ import binascii
 import io
 import re
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +141,10 @@ def decode_upload(contents: str | None, filename: str | None = None) -> Upload:
         raise LiveError(f"{name}: the file is empty")
     fmt = None
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt = probe.format
+        with warnings.catch_warnings():  # a bomb's warning must not leak: open_image below refuses it
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                fmt = probe.format
     except Exception:  # noqa: BLE001: open_image below says what is wrong
         pass
     if fmt is not None and fmt not in UPLOAD_FORMATS:

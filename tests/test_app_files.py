@@ -219,3 +219,24 @@ def test_viewer_json_graphs_open_in_the_explorer(folder):
     assert again.n_nodes > 0 and again.n_edges > 0
     assert np.isfinite(list(imported.scores.values())).all()
     assert len(imported.graph.images) == 1 and imported.graph.tokens_per_side == session.graph.tokens_per_side
+
+
+def test_annotation_keys_are_bounded_node_ids(folder):
+    graph = folder / "good.graph.safetensors"
+    known = {"F_0_1_5": 0, "L_0": 1}
+    with pytest.raises(AnnotationsError, match="not a node of the open graph"):
+        update_annotations(graph, lambda a: a.set_label("F_9_9_9", "x", known))
+    for key in ({"id": 1}, ["L_0"], 7, "", "F" * (ann.MAX_KEY + 1)):
+        with pytest.raises(AnnotationsError, match="needs a node"):
+            update_annotations(graph, lambda a: a.set_label(key, "x", known))
+    update_annotations(graph, lambda a: a.set_label("F_0_1_5", "ok", known))
+    # pins, hides and groups skip what is not a key, and groups that do not exist
+    update_annotations(graph, lambda a: a.toggle_pins(["L_0", {"x": 1}, "S_99", "E" * 5000]))
+    a = load_annotations(graph)
+    assert a.labels == {"F_0_1_5": "ok"} and a.pinned == ["L_0"]
+    # a file with an unbounded key is refused as broken (and kept aside by the next edit)
+    raw = json.loads(annotations_path(graph).read_text())
+    raw["labels"]["F" * 10_000] = "big"
+    annotations_path(graph).write_text(json.dumps(raw))
+    with pytest.raises(AnnotationsError, match="labels must map node ids"):
+        load_annotations(graph)

@@ -583,3 +583,39 @@ def test_target_probability_text_attention_labels_and_carrier_layers():
     assert carrier_layers(g, top, g.error_offset) == range(int(g.errors[0, 0]) + 1, 3)
     with pytest.raises(ValueError):
         carrier_layers(g, g.embedding_offset, low)
+
+
+def test_safetensors_header_read_alone_matches_the_tensors(tmp_path):
+    """The header checks (tracer.files.read_safetensors_header) agree with safetensors itself on a
+    real graph file, and every graph we write passes the stricter Graph.validate on reading."""
+    from safetensors.numpy import load_file
+
+    from tracer.files import read_safetensors_header
+
+    g = make_graph(seed=3)
+    path = save_graph(g, tmp_path / "g.graph.safetensors")
+    tensors, meta = read_safetensors_header(path)
+    loaded = load_file(str(path))
+    assert set(tensors) == set(loaded) and "vlm_circuits_graph" in meta
+    for name, (dtype, shape, nbytes) in tensors.items():
+        assert shape == loaded[name].shape and nbytes == loaded[name].nbytes
+    back = load_graph(path)
+    back.validate()
+    assert back.n_layers == g.n_layers and len(back.images) == len(g.images)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("n_layers", 10**12, "n_layers"), ("n_layers", "3", "n_layers"), ("tokens_per_side", -1, "tokens_per_side"),
+    ("prefix_length", 10**6, "prefix_length"), ("images", [np.zeros((4, 4), np.uint8)], "image_0"),
+    ("adjacency", None, "adjacency must hold floating-point"), ("config", [], "config"),
+])
+def test_graph_validate_refuses_bad_fields(tmp_path, field, value, words):
+    g = make_graph(seed=0)
+    if field == "adjacency":
+        value = g.adjacency.astype(np.int64)
+    setattr(g, field, value)
+    with pytest.raises(GraphFormatError, match=words):
+        g.validate()
+    with pytest.raises(GraphFormatError, match=words):
+        save_graph(g, tmp_path / "never-written.graph.safetensors")
+    assert list(tmp_path.iterdir()) == []

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from tracer.errors import InputError
+from tracer.limits import MAX_PIXELS, MAX_SIDE
 
-MAX_PIXELS = 40_000_000  # about 6300 x 6300; far above any VLM input size
-MAX_SIDE = 16_384
 ALLOWED_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP"}
 
 
 class ImageError(InputError):
     """An image that cannot be used: not an image, corrupt, too large, or an unsupported format."""
+
+
+def _reason(err: BaseException) -> str:
+    """PIL's message without the object reprs it embeds (`<_io.BytesIO object at 0x...>`)."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not a PNG, JPEG or WebP file"
+    text = " ".join(str(err).split())
+    if "<_io." in text or " object at 0x" in text or not text:
+        return type(err).__name__
+    return text[:200]
 
 
 def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -30,18 +40,23 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     data = source if isinstance(source, (bytes, bytearray)) else None
     try:
         handle = io.BytesIO(data) if data is not None else source
-        with Image.open(handle) as probe:
-            fmt = probe.format
-            width, height = probe.size
-            if fmt not in ALLOWED_FORMATS:
-                raise ImageError(f"{name}: format {fmt} is not supported (use PNG, JPEG or WebP)")
-            if width * height > max_pixels or max(width, height) > MAX_SIDE:
-                raise ImageError(
-                    f"{name}: {width}x{height} pixels is too large (limit {max_pixels:,} pixels, {MAX_SIDE} per side)"
-                )
-            probe.load()  # decode fully now, so truncation shows up here
-            return probe.convert("RGB")
+        # PIL warns (DecompressionBombWarning) above its own limit before our check can refuse:
+        # make the warning an error, caught below as the same clean refusal
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(handle) as probe:
+                fmt = probe.format
+                width, height = probe.size
+                if fmt not in ALLOWED_FORMATS:
+                    raise ImageError(f"{name}: format {fmt} is not supported (use PNG, JPEG or WebP)")
+                if width * height > max_pixels or max(width, height) > MAX_SIDE:
+                    raise ImageError(f"{name}: {width}x{height} pixels is too large "
+                                     f"(limit {max_pixels:,} pixels, {MAX_SIDE} per side)")
+                probe.load()  # decode fully now, so truncation shows up here
+                return probe.convert("RGB")
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageError(f"{name}: not a readable image ({err})") from err
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise ImageError(f"{name}: the image is too large to decode safely (limit {max_pixels:,} pixels)") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageError(f"{name}: not a readable image ({_reason(err)})") from err

@@ -7,7 +7,7 @@ from dash import Input, Output, State, ctx, no_update
 from tracer.graph import GraphFormatError
 
 from app import ids
-from app.annotations import update_annotations
+from app.annotations import is_key, update_annotations
 from app.graph_store import GraphNotFound
 from app.view.build import DECORATIONS
 from app.view.keys import is_supernode_key
@@ -15,8 +15,9 @@ from app.view.keys import is_supernode_key
 
 def _targets(selected_nodes, selected_key) -> list[str]:
     """The nodes an action applies to: the cytoscape selection, else the selected node."""
-    keys = [d["id"] for d in (selected_nodes or []) if d.get("kind") not in DECORATIONS and d.get("id")]
-    if not keys and selected_key:
+    nodes = selected_nodes if isinstance(selected_nodes, list) else []
+    keys = [d["id"] for d in nodes if isinstance(d, dict) and d.get("kind") not in DECORATIONS and is_key(d.get("id"))]
+    if not keys and is_key(selected_key):
         keys = [selected_key]
     return keys
 
@@ -51,7 +52,7 @@ def register(app, state) -> None:
         if trigger in (ids.LABEL_SAVE, ids.LABEL_INPUT):
             if not selected:
                 return no_update, "", "Select a node first."
-            action, done = (lambda a: a.set_label(selected, label or "")), "label saved"
+            action, done = (lambda a: a.set_label(selected, label or "", session.index)), "label saved"
         elif trigger == ids.PIN_BUTTON:
             if not valid:
                 return no_update, "Select nodes to pin.", ""

@@ -33,7 +33,7 @@ def trace_panel(config: LiveConfig) -> html.Div:
         html.Div(className="trace-section", children=[
             html.Div("Image", className="section-title"),
             html.Div(className="upload-row", children=[
-                dcc.Upload(id=ids.TRACE_UPLOAD, accept="image/*", multiple=False,  # other formats get a message, not silence
+                dcc.Upload(id=ids.TRACE_UPLOAD, multiple=False,  # no accept filter: a rejected drop would be silent
                            className="upload", children=html.Div([
                                "Drop an image here or ", html.A("choose a file"), html.Br(),
                                html.Small("PNG, JPEG or WebP, up to 20 MB")])),

@@ -140,6 +140,16 @@ def steer_table(page, element_id: str) -> dict[str, tuple[float, float]]:
 
 
 # ---------------------------------------------------------------------- tests
+def test_a_text_file_dropped_on_the_upload_gets_a_message(page, live_server):
+    """The browser used to drop a non-image silently (a file-type filter on the upload)."""
+    open_app(page, live_server.url)
+    open_form(page)
+    upload(page, "notes.txt", b"just some notes\n", "text/plain")
+    page.wait_for_selector(f"#{ids.TRACE_UPLOAD_MESSAGE}.error")
+    message = text_of(page, ids.TRACE_UPLOAD_MESSAGE)
+    assert "notes.txt" in message and "not a readable image" in message and "<_io" not in message
+
+
 def test_corrupt_upload_gives_a_clear_message(page, live_server):
     open_app(page, live_server.url)
     open_form(page)

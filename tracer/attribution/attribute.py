@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tracer.attribution.budget import check_edge_budget, check_prompt_budget
 from tracer.attribution.record import compute_dtype_for, record_forward
 from tracer.attribution.replacement import LocalReplacement
 from tracer.attribution.targets import ResolvedTarget, resolve_targets
@@ -166,6 +167,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
             processor, prompt, image, chat=cfg.chat, image_token_id=adapter.image_token_id,
             tokens_per_image=adapter.tokens_per_image, adapter=adapter,
         )
+    check_prompt_budget(adapter, prompt_inputs, cfg)
     record = record_forward(adapter, prompt_inputs)
     bar.update(1)
     timings["forward"] = time.perf_counter() - t0
@@ -181,6 +183,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
                               cfg.max_n_logits, cfg.desired_logit_prob, dtype=rep.dtype)
     n_logits = len(targets)
     n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
+    check_edge_budget(rep, n_logits, n_explore, cfg)
     store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
     n_rows = n_logits + n_explore
     rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)

@@ -61,9 +61,21 @@ def _read_labels(path: str | None) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     if any(k in data for k in ("labels", "supernodes", "pinned", "pinnedIds")):
-        return {"labels": data.get("labels") or {}, "supernodes": data.get("supernodes") or [],
-                "pinned_ids": data.get("pinned") or data.get("pinnedIds") or []}
-    return {"labels": data}
+        out = {"labels": data.get("labels") or {}, "supernodes": data.get("supernodes") or [],
+               "pinned_ids": data.get("pinned") or data.get("pinnedIds") or []}
+    else:
+        out = {"labels": data}
+    # shapes checked here, so that a wrong one is a message rather than a traceback mid-export
+    if not isinstance(out["labels"], dict):
+        raise ValueError(f"{path}: labels must be an object {{node_id: label}}")
+    if not isinstance(out.get("pinned_ids", []), list):
+        raise ValueError(f"{path}: pinned must be a list of node ids")
+    supernodes = out.get("supernodes", [])
+    if not isinstance(supernodes, list) or not all(
+            isinstance(sn, list) or (isinstance(sn, dict) and isinstance(sn.get("members", []), list))
+            for sn in supernodes):
+        raise ValueError(f"{path}: supernodes must be a list of [label, node_id, ...] lists")
+    return out
 
 
 def _export(args) -> int:
@@ -77,6 +89,8 @@ def _export(args) -> int:
     try:
         graph = open_any_graph(args.graph)
         extra = _read_labels(args.labels)
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f"--out {args.out}: exists and is not a folder")
     except (GraphFormatError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

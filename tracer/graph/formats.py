@@ -83,8 +83,8 @@ def open_any_graph(path: str | Path, **kwargs) -> Graph:
         return load_reference_pt(path, **kwargs)
     except GraphFormatError:
         raise
-    except (MemoryError, KeyboardInterrupt):
-        raise
+    except MemoryError as err:  # a limit was not enough: still a message, not a traceback
+        raise GraphFormatError(f"{path}: too large to load in the memory available") from err
     except Exception as err:  # noqa: BLE001 - a broken file must give a message, not a traceback
         raise GraphFormatError(f"{path}: cannot be read as a {fmt} graph ({type(err).__name__}: {err})") from err
 

@@ -240,20 +240,51 @@ class Graph:
         return f"logit {target.label!r} ({target.probability_text()})"
 
     def validate(self) -> None:
-        """Raise GraphFormatError if the arrays do not fit together."""
+        """Raise GraphFormatError if the arrays do not fit together, or if a field has the wrong
+        type or a size beyond tracer.limits (a hostile file must not make a reader allocate)."""
         from tracer.graph.errors import GraphFormatError
-
-        n_rows = self.n_features + self.n_logits
+        from tracer import limits
 
         def need(cond: bool, what: str):
             if not cond:
                 raise GraphFormatError(what)
 
+        def integer(x) -> bool:
+            return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+        def array(name: str, kind: str) -> np.ndarray:
+            a = getattr(self, name)
+            need(isinstance(a, np.ndarray), f"{name} must be an array, not {type(a).__name__}")
+            ok = np.issubdtype(a.dtype, np.integer) if kind == "int" else np.issubdtype(a.dtype, np.floating)
+            need(ok, f"{name} must hold {'integers' if kind == 'int' else 'floating-point numbers'}, not {a.dtype}")
+            return a
+
+        for name in ("input_ids", "features", "errors", "image_positions", "image_grid"):
+            array(name, "int")
+        for name in ("activations", "adjacency", "values", "constants", "unexplored"):
+            array(name, "float")
+        need(isinstance(self.prompt, str), "prompt must be a string")
+        need(isinstance(self.tokens, list) and all(isinstance(t, str) for t in self.tokens),
+             "tokens must be a list of strings")
+        for name in ("n_layers", "tokens_per_side", "prefix_length"):
+            need(integer(getattr(self, name)), f"{name} must be an integer, not {getattr(self, name)!r:.40}")
+        need(0 <= self.n_layers <= limits.MAX_LAYERS, f"n_layers = {self.n_layers} is outside 0..{limits.MAX_LAYERS}")
         need(self.input_ids.ndim == 1, "input_ids must be 1-D")
+        need(self.n_positions <= limits.MAX_POSITIONS,
+             f"{self.n_positions} positions is more than the limit of {limits.MAX_POSITIONS}")
         need(len(self.tokens) == self.n_positions, "tokens and input_ids differ in length")
+        need(0 <= self.prefix_length <= self.n_positions, f"prefix_length {self.prefix_length} is outside the prompt")
+        need(isinstance(self.targets, list) and all(isinstance(t, Target) for t in self.targets),
+             "targets must be a list of targets")
+        for t in self.targets:
+            need(isinstance(t.label, str) and integer(t.token_id) and isinstance(t.probability, (int, float))
+                 and isinstance(t.kind, str) and isinstance(t.spec, dict),
+                 f"target {t.label!r:.40} has a field of the wrong type")
         need(self.features.ndim == 2 and self.features.shape[1] == 3, "features must be (n, 3): layer, position, feature")
         need(self.activations.shape == (self.n_features,), "activations must have one value per feature")
         need(self.errors.ndim == 2 and self.errors.shape[1] == 2, "errors must be (n, 2): layer, position")
+        need(self.n_nodes <= limits.MAX_NODES, f"{self.n_nodes} nodes is more than the limit of {limits.MAX_NODES}")
+        n_rows = self.n_features + self.n_logits
         need(self.adjacency.shape == (n_rows, self.n_nodes),
              f"adjacency has shape {self.adjacency.shape}, expected {(n_rows, self.n_nodes)}")
         for name in ("values", "constants", "unexplored"):
@@ -264,12 +295,57 @@ class Graph:
             need(int(self.features[:, 1].min()) >= 0 and int(self.features[:, 1].max()) < self.n_positions,
                  "feature position out of range")
         if self.n_errors:
-            need(int(self.errors[:, 1].max()) < self.n_positions, "error position out of range")
-        need(len(self.image_positions) == len(self.image_grid), "image_positions and image_grid differ in length")
-        if len(self.image_positions):
-            need(int(self.image_positions.max()) < self.n_positions, "image position out of range")
+            need(int(self.errors[:, 0].min()) >= 0 and int(self.errors[:, 0].max()) < self.n_layers,
+                 "error layer out of range")
+            need(int(self.errors[:, 1].min()) >= 0 and int(self.errors[:, 1].max()) < self.n_positions,
+                 "error position out of range")
+        self._validate_images(need)
+        for name in ("feature_position_activations", "top_logit_ids", "top_logit_values", "bottom_logit_ids",
+                     "bottom_logit_values"):
+            a = getattr(self, name)
+            if a is None:
+                continue
+            need(isinstance(a, np.ndarray) and a.ndim == 2 and a.shape[0] == self.n_features,
+                 f"{name} must have one row per feature")
+            if name == "feature_position_activations":
+                need(a.shape[1] == self.n_positions, f"{name} must have one column per position")
+        need(isinstance(self.vocab, dict), "vocab must map token ids to strings")
+        for name in ("model", "transcoders", "scan", "slug"):
+            need(isinstance(getattr(self, name), str), f"{name} must be a string")
+        for name in ("config", "scores", "info"):
+            need(isinstance(getattr(self, name), dict), f"{name} must be an object")
         need(np.isfinite(self.adjacency).all(), "adjacency holds NaN or infinite values")
 
+    def _validate_images(self, need) -> None:
+        from tracer import limits
+
+        need(isinstance(self.images, list) and len(self.images) <= limits.MAX_IMAGES,
+             f"images must be a list of at most {limits.MAX_IMAGES} images")
+        for k, im in enumerate(self.images):
+            need(isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3,
+                 f"image_{k} must be a uint8 (height, width, 3) array, not "
+                 f"{getattr(im, 'dtype', type(im).__name__)} {list(getattr(im, 'shape', []))}")
+            h, w = im.shape[:2]
+            need(0 < h <= limits.MAX_SIDE and 0 < w <= limits.MAX_SIDE and h * w <= limits.MAX_PIXELS,
+                 f"image_{k} is {w}x{h} pixels (limit {limits.MAX_SIDE} per side, {limits.MAX_PIXELS:,} in all)")
+        need(self.image_positions.ndim == 1, "image_positions must be 1-D")
+        need(self.image_grid.ndim == 2 and self.image_grid.shape[1] == 3,
+             "image_grid must be (n, 3): image, row, column")
+        need(len(self.image_positions) == len(self.image_grid), "image_positions and image_grid differ in length")
+        need(0 <= self.tokens_per_side <= limits.MAX_GRID_SIDE,
+             f"tokens_per_side = {self.tokens_per_side} is outside 0..{limits.MAX_GRID_SIDE}")
+        if not len(self.image_positions):
+            return
+        need(int(self.image_positions.min()) >= 0 and int(self.image_positions.max()) < self.n_positions,
+             "image position out of range")
+        need(len(np.unique(self.image_positions)) == len(self.image_positions), "an image position appears twice")
+        n_images = len(self.images) or limits.MAX_IMAGES
+        side = self.tokens_per_side or limits.MAX_GRID_SIDE
+        image, row, col = self.image_grid.T
+        need(int(image.min()) >= 0 and int(image.max()) < n_images,
+             f"image_grid names image {int(image.max())}, but the graph has {len(self.images)} images")
+        need(int(min(row.min(), col.min())) >= 0 and int(max(row.max(), col.max())) < side,
+             f"image_grid cell ({int(row.max())}, {int(col.max())}) is outside a {side}x{side} grid")
 
 def carrier_layers(graph: "Graph", target_node: int, source_node: int) -> range:
     """The layers whose heads can lie on a path source -> target (node indices of graph): after

@@ -76,6 +76,7 @@ from typing import Any
 
 import numpy as np
 
+from tracer import limits
 from tracer.files import atomic_write_text
 from tracer.graph.errors import GraphFormatError
 from tracer.graph.graph import Graph, Target
@@ -181,16 +182,17 @@ def image_to_data_uri(image: np.ndarray) -> str:
 
 
 def data_uri_to_image(uri: str) -> np.ndarray:
-    from PIL import Image
+    from tracer.images import ImageError, open_image
 
-    m = re.match(r"data:image/[a-zA-Z0-9.+-]+;base64,(.*)$", uri or "", re.S)
+    m = re.match(r"data:image/[a-zA-Z0-9.+-]+;base64,(.*)$", uri if isinstance(uri, str) else "", re.S)
     if not m:
         raise GraphFormatError("an image in the graph JSON is not a base64 data URI")
     try:
-        with Image.open(io.BytesIO(base64.b64decode(m.group(1)))) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.asarray(open_image(base64.b64decode(m.group(1))), dtype=np.uint8)
+    except ImageError as err:  # decode problems and decompression bombs
+        raise GraphFormatError(f"an image in the graph JSON: {str(err).removeprefix('the uploaded image: ')}") from err
     except Exception as err:  # noqa: BLE001 - any decode problem is a format problem
-        raise GraphFormatError(f"an image in the graph JSON cannot be decoded ({err})") from err
+        raise GraphFormatError(f"an image in the graph JSON cannot be decoded ({type(err).__name__})") from err
 
 
 # ----------------------------------------------------------------------------------- export
@@ -563,8 +565,8 @@ def _parse_id(node_id: str) -> list[str]:
 def _int(x, what: str) -> int:
     try:
         return int(x)
-    except (TypeError, ValueError) as err:
-        raise GraphFormatError(f"graph JSON: {what} is not an integer ({x!r})") from err
+    except (TypeError, ValueError, OverflowError) as err:
+        raise GraphFormatError(f"graph JSON: {what} is not an integer ({x!r:.60})") from err
 
 
 def _classify(node: dict) -> str:
@@ -582,6 +584,17 @@ def _classify(node: dict) -> str:
 
 def json_to_graph(data: dict, source: str = "") -> Graph:
     """A Graph from viewer JSON (ours or circuit-tracer's / Neuronpedia's)."""
+    try:
+        return _json_to_graph(data, source)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        if isinstance(err, GraphFormatError):
+            raise
+        where = f"{source}: " if source else ""
+        raise GraphFormatError(f"{where}a field of the graph JSON has the wrong type or value "
+                               f"({type(err).__name__}: {str(err)[:160]})") from err
+
+
+def _json_to_graph(data: dict, source: str) -> Graph:
     where = f"{source}: " if source else ""
     try:
         _basic_check(data)
@@ -621,7 +634,11 @@ def json_to_graph(data: dict, source: str = "") -> Graph:
 
     if n_pos == 0:
         n_pos = 1 + max([p for p in embeds] + [f[1] for f in feats] + [e[1] for e in errors] + [0])
+        if n_pos > limits.MAX_POSITIONS:
+            raise GraphFormatError(f"{where}a node at position {n_pos - 1}: more than {limits.MAX_POSITIONS} positions")
         tokens = [f"<{embeds[p][0]}>" if p in embeds else "" for p in range(n_pos)]
+    if n_pos > limits.MAX_POSITIONS:
+        raise GraphFormatError(f"{where}{n_pos} prompt tokens: more than {limits.MAX_POSITIONS} positions")
     for p in embeds:
         if not 0 <= p < n_pos:
             raise GraphFormatError(f"{where}embedding node at position {p}, but the prompt has {n_pos} tokens")
@@ -634,7 +651,9 @@ def json_to_graph(data: dict, source: str = "") -> Graph:
             n_layers = max(logit_layers) - 1
         else:
             n_layers = 1 + max([f[0] for f in feats] + [e[0] for e in errors] + [0])
-    n_layers = int(n_layers)
+    n_layers = _int(n_layers, "metadata.vlm.n_layers")
+    if not 0 <= n_layers <= limits.MAX_LAYERS:
+        raise GraphFormatError(f"{where}n_layers = {n_layers} is outside 0..{limits.MAX_LAYERS}")
 
     ids_vlm = vlm.get("input_ids")
     if isinstance(ids_vlm, list) and len(ids_vlm) == n_pos:
@@ -681,6 +700,10 @@ def json_to_graph(data: dict, source: str = "") -> Graph:
         index[nid] = logit_off + k
     n_nodes = logit_off + len(logits)
     n_rows = len(feats) + len(logits)
+    if n_rows * n_nodes > limits.MAX_EDGE_ENTRIES:
+        raise GraphFormatError(f"{where}{n_nodes:,} nodes would need an edge matrix of {n_rows * n_nodes:,} entries "
+                               f"(limit {limits.MAX_EDGE_ENTRIES:,})")
+    limits.check_host_allocation(n_rows * n_nodes * 4, f"{where}the edge matrix of this graph")
 
     def row_of(i: int) -> int | None:
         if i < len(feats):
@@ -786,6 +809,10 @@ def load_neuronpedia_json(path: str | Path) -> Graph:
     path = Path(path)
     if not path.is_file():
         raise GraphFormatError(f"{path}: no such file")
+    try:  # parsed JSON takes several times the file's size
+        limits.check_host_allocation(8 * path.stat().st_size, f"{path}: reading this graph JSON")
+    except limits.InputError as err:
+        raise GraphFormatError(str(err)) from None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from tracer.graph.errors import GraphFormatError
+from tracer.limits import MAX_LAYERS
 from tracer.graph.graph import Graph, Target
 
 # Top-level modules whose classes may appear in a reference graph; they become placeholders.
@@ -111,6 +112,13 @@ def read_reference_pt(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GraphFormatError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        zipped = f.read(2) == b"PK"
+    if not zipped:
+        # the legacy (pre-zip) torch.save layout declares storage sizes that torch allocates before
+        # reading them: a tiny file could ask for any amount of memory
+        raise GraphFormatError(f"{path}: not a readable reference graph (.pt): not a zip-format torch file "
+                               "(legacy torch.save files are not read)")
     placeholders: dict[str, type] = {}
 
     def admit(names) -> None:
@@ -156,9 +164,38 @@ def read_reference_pt(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _declared(x, limit: int) -> tuple[int, int]:
+    """(elements, bytes) that `x` (a tensor or nested list of tensors / numbers) expands to;
+    stops counting past `limit` elements."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.numel(), x.numel() * x.element_size()
+    if isinstance(x, (list, tuple)):
+        n = b = 0
+        for item in x:
+            dn, db = _declared(item, limit)
+            n, b = n + dn, b + db
+            if n > limit:
+                break
+        return n, b
+    return 1, 8
+
+
 def _np(x, name: str, path, dtype=None) -> np.ndarray:
     import torch
 
+    from tracer import limits
+
+    # Shared rows (a list of one row object repeated), expanded tensors (stride 0) and sparse
+    # tensors are small in the file but large once made dense: check before materialising.
+    n, nbytes = _declared(x, limits.MAX_EDGE_ENTRIES)
+    size = Path(path).stat().st_size
+    if n > limits.MAX_EDGE_ENTRIES:
+        raise GraphFormatError(f"{path}: {name} declares more than {limits.MAX_EDGE_ENTRIES:,} values")
+    if nbytes > size + (1 << 20):
+        raise GraphFormatError(f"{path}: {name} declares {n:,} values ({limits.format_bytes(nbytes)}) but the file "
+                               f"holds {limits.format_bytes(size)}: shared or expanded rows are not expanded")
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu()
         if t.is_sparse:
@@ -255,6 +292,8 @@ def load_reference_pt(path: str | Path, tokenizer=None) -> Graph:
         if rem or inferred < 0:
             raise GraphFormatError(f"{path}: cannot infer the number of layers from a {N}x{N} adjacency matrix")
         n_layers = inferred
+    if not isinstance(n_layers, (int, np.integer)) or isinstance(n_layers, bool) or not 0 <= n_layers <= MAX_LAYERS:
+        raise GraphFormatError(f"{path}: cfg.n_layers = {n_layers!r:.40} is not a layer count in 0..{MAX_LAYERS}")
     n_layers = int(n_layers)
     expected = n_sel + n_layers * n_pos + n_pos + n_logits
     if N != expected:

@@ -19,7 +19,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from tracer.files import atomic_path
+from tracer import limits
+from tracer.errors import InputError
+from tracer.files import atomic_path, read_safetensors_header
 from tracer.graph.errors import GraphFormatError
 from tracer.graph.graph import Graph, Target
 
@@ -83,40 +85,129 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
     return path
 
 
+def _header(path: Path) -> tuple[dict, dict]:
+    try:
+        return read_safetensors_header(path)
+    except InputError as err:
+        raise GraphFormatError(f"{path}: not a graph file: {str(err).removeprefix(f'{path}: ')}") from None
+
+
 def read_metadata(path: str | Path) -> dict:
     """Only the JSON metadata (cheap: reads the file header, not the tensors)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise GraphFormatError(f"{path}: not a graph file ({err})") from err
+    path = Path(path)
+    _, file_meta = _header(path)
+    raw = file_meta.get(_META_KEY)
     if raw is None:
         raise GraphFormatError(f"{path}: a safetensors file, but not a vlm-circuits graph (no {_META_KEY!r} metadata)")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
         raise GraphFormatError(f"{path}: graph metadata is not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise GraphFormatError(f"{path}: graph metadata must be a JSON object")
     if meta.get("format") != FORMAT:
-        raise GraphFormatError(f"{path}: unknown graph format {meta.get('format')!r}")
-    if int(meta.get("version", 0)) > VERSION:
-        raise GraphFormatError(f"{path}: graph format version {meta.get('version')} is newer than this tracer ({VERSION})")
+        raise GraphFormatError(f"{path}: unknown graph format {str(meta.get('format'))[:80]!r}")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise GraphFormatError(f"{path}: graph format version must be an integer, not {version!r:.40}")
+    if version > VERSION:
+        raise GraphFormatError(f"{path}: graph format version {version} is newer than this tracer ({VERSION})")
     return meta
+
+
+# metadata field -> the JSON types it may have (checked before anything is built from it)
+_META_TYPES = {"prompt": str, "tokens": list, "n_layers": int, "targets": list, "tokens_per_side": int,
+               "prefix_length": int, "n_images": int, "vocab": dict, "model": str, "transcoders": str, "scan": str,
+               "slug": str, "config": dict, "scores": dict, "info": dict}
+_TARGET_TYPES = {"label": str, "token_id": int, "probability": (int, float), "kind": str, "spec": dict}
+
+
+def _check_meta(path: Path, meta: dict, tensors: dict) -> None:
+    def need(cond: bool, what: str):
+        if not cond:
+            raise GraphFormatError(f"{path}: {what}")
+
+    for key in ("prompt", "tokens", "n_layers", "targets"):
+        need(key in meta, f"graph metadata lacks {key!r}")
+    for key, typ in _META_TYPES.items():
+        if key in meta:
+            v = meta[key]
+            need(isinstance(v, typ) and not isinstance(v, bool),
+                 f"graph metadata field {key!r} must be {'an integer' if typ is int else 'a ' + typ.__name__}, "
+                 f"not {type(v).__name__}")
+    need(all(isinstance(t, str) for t in meta["tokens"]), "graph metadata 'tokens' must be strings")
+    need(all(isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, str)
+             for k, v in meta.get("vocab", {}).items()), "graph metadata 'vocab' must map token ids to strings")
+    for k, t in enumerate(meta["targets"]):
+        need(isinstance(t, dict) and "label" in t, f"target {k} must be an object with a label")
+        for key, typ in _TARGET_TYPES.items():
+            need(key not in t or (isinstance(t[key], typ) and not isinstance(t[key], bool)),
+                 f"target {k}: field {key!r} has the wrong type ({type(t.get(key)).__name__})")
+    n_images = meta.get("n_images", 0)
+    need(0 <= n_images <= limits.MAX_IMAGES and all(f"image_{k}" in tensors for k in range(n_images)),
+         f"graph metadata declares {n_images} images, the file holds "
+         f"{sum(1 for name in tensors if name.startswith('image_') and name[6:].isdigit())}")
+    need(0 <= meta["n_layers"] <= limits.MAX_LAYERS, f"n_layers = {meta['n_layers']} is outside 0..{limits.MAX_LAYERS}")
+
+
+def _check_sizes(path: Path, tensors: dict) -> None:
+    """Refuse declared shapes beyond the limits before the tensors are read."""
+    def need(cond: bool, what: str):
+        if not cond:
+            raise GraphFormatError(f"{path}: {what}")
+
+    def shape(name):
+        return tensors[name][1] if name in tensors else None
+
+    ids = shape("input_ids")
+    need(ids is None or (len(ids) == 1 and ids[0] <= limits.MAX_POSITIONS),
+         f"input_ids of shape {list(ids or [])}: at most {limits.MAX_POSITIONS} positions")
+    adj = shape("adjacency")
+    need(adj is None or (len(adj) == 2 and adj[0] * adj[1] <= limits.MAX_EDGE_ENTRIES),
+         f"adjacency of shape {list(adj or [])}: more than {limits.MAX_EDGE_ENTRIES:,} entries")
+    for name, (_, shp, _) in tensors.items():
+        if name.startswith("image_") and name[6:].isdigit():
+            need(len(shp) == 3 and shp[2] == 3 and shp[0] * shp[1] <= limits.MAX_PIXELS,
+                 f"{name} of shape {list(shp)} is not an (height, width, 3) image within {limits.MAX_PIXELS:,} pixels")
+    total = sum(nbytes for _, _, nbytes in tensors.values())
+    try:
+        limits.check_host_allocation(total, f"{path}: reading this graph")
+    except InputError as err:
+        raise GraphFormatError(str(err)) from None
+
+
+_DTYPES = {"input_ids": "int", "features": "int", "errors": "int", "image_positions": "int", "image_grid": "int",
+           "top_logit_ids": "int", "bottom_logit_ids": "int", "activations": "float", "adjacency": "float",
+           "values": "float", "constants": "float", "unexplored": "float", "feature_position_activations": "float",
+           "top_logit_values": "float", "bottom_logit_values": "float"}
+
+
+def _check_dtypes(path: Path, tensors: dict) -> None:
+    for name, (dtype, _, _) in tensors.items():
+        kind = "image" if name.startswith("image_") and name[6:].isdigit() else _DTYPES.get(name)
+        ok = {"int": dtype in ("I8", "I16", "I32", "I64", "U8", "U16", "U32"), "float": dtype in ("F16", "F32", "F64"),
+              "image": dtype == "U8", None: True}[kind]
+        if not ok:
+            want = {"int": "integers", "float": "float16/32/64", "image": "uint8 pixels"}[kind]
+            raise GraphFormatError(f"{path}: tensor {name!r} is {dtype}, expected {want}")
 
 
 def load_graph(path: str | Path) -> Graph:
     path = Path(path)
     if not path.is_file():
         raise GraphFormatError(f"{path}: no such graph file")
+    tensors, _ = _header(path)
     meta = read_metadata(path)
+    missing = [name for name in _REQUIRED if name not in tensors]
+    if missing:
+        raise GraphFormatError(f"{path}: missing tensors {missing}")
+    _check_meta(path, meta, tensors)
+    _check_dtypes(path, tensors)
+    _check_sizes(path, tensors)
     try:
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise GraphFormatError(f"{path}: cannot read tensors ({err})") from err
-    missing = [name for name in _REQUIRED if name not in t]
-    if missing:
-        raise GraphFormatError(f"{path}: missing tensors {missing}")
     try:
         graph = Graph(
             prompt=meta["prompt"],
@@ -146,8 +237,8 @@ def load_graph(path: str | Path) -> Graph:
             info=meta.get("info", {}),
             **{name: t.get(name) for name in _OPTIONAL},
         )
-    except (KeyError, TypeError) as err:
-        raise GraphFormatError(f"{path}: graph metadata lacks {err}") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise GraphFormatError(f"{path}: graph metadata lacks or mistypes {err}") from err
     try:
         graph.validate()
     except GraphFormatError as err:

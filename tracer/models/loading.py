@@ -28,6 +28,35 @@ def _looks_local(ref: str) -> bool:
     return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
 
 
+def check_model_folder(folder: str | Path) -> None:
+    """ModelLoadError (one line) for a folder that cannot hold a loadable model: not a folder, no
+    config.json, no weights, or a weights file that is truncated or whose header lies about its
+    sizes (checked from the header alone, before anything is allocated)."""
+    from tracer.files import read_safetensors_header
+    from tracer.limits import check_host_allocation
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: not a folder (a model is a folder with config.json and weights)")
+    if not (folder / "config.json").is_file():
+        what = "is empty" if not any(folder.iterdir()) else "has no config.json"
+        raise ModelLoadError(f"{folder}: {what}: not a model folder")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(folder.glob("*.bin")):
+        raise ModelLoadError(f"{folder}: no weights (model.safetensors) in the model folder")
+    total = 0
+    for w in weights:
+        try:
+            tensors, _ = read_safetensors_header(w)
+        except InputError as err:
+            raise ModelLoadError(str(err)) from None
+        total += sum(nbytes for _, _, nbytes in tensors.values())
+    try:
+        check_host_allocation(total, f"{folder}: loading this model")
+    except InputError as err:
+        raise ModelLoadError(str(err)) from None
+
+
 # Attention for work that reads no attention pattern (transcoder training and reports, feature
 # examples): eager attention materialises every pattern in fp32, 32 GB for a batch of 32
 # 896 px images in Gemma3-4B's vision tower.
@@ -36,7 +65,7 @@ FAST_ATTENTION = "sdpa"
 
 def _first_line(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return lines[0][:300] if lines else type(err).__name__
 
 
 @contextmanager
@@ -86,6 +115,7 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
     path = resolve_model_ref(ref)
     if Path(path).expanduser().exists():
         path = str(Path(path).expanduser())
+        check_model_folder(path)
     elif _looks_local(path):
         raise ModelLoadError(f"{path}: no such folder (and not a Hugging Face model id like 'google/gemma-3-4b-it')")
     options = dict(trust_remote_code=False, local_files_only=local_only)
@@ -93,11 +123,13 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
                                                             **options)
         processor = AutoProcessor.from_pretrained(path, **options)
+    except MemoryError as err:
+        raise ModelLoadError(f"cannot load model {path!r}: not enough memory") from err
     except OSError as err:  # not on the hub, no network, HF_HUB_OFFLINE=1 without a cached copy, no weights
         hint = (f" (a name read from a file is only looked up locally; pass --model {path} to fetch it)"
                 if local_only and not _looks_local(path) else "")
         raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}{hint}") from err
-    except ValueError as err:  # custom code (refused), an unknown architecture, a broken config
+    except Exception as err:  # noqa: BLE001 - custom code (refused), broken config or truncated weights: one line
         raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}") from err
     model.to(device).eval()
     return model, processor
