@@ -167,7 +167,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
             processor, prompt, image, chat=cfg.chat, image_token_id=adapter.image_token_id,
             tokens_per_image=adapter.tokens_per_image, adapter=adapter,
         )
-    check_prompt_budget(adapter, prompt_inputs, cfg)
+    check_prompt_budget(adapter, prompt_inputs)
     record = record_forward(adapter, prompt_inputs)
     bar.update(1)
     timings["forward"] = time.perf_counter() - t0

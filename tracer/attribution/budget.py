@@ -104,30 +104,9 @@ def prompt_estimate(adapter, n_positions: int) -> Estimate:
     })
 
 
-def check_settings(cfg) -> None:
-    """Settings within their ranges (they come from forms and flags)."""
-    def whole(name: str, lo: int, none_ok: bool = False):
-        v = getattr(cfg, name)
-        if v is None and none_ok:
-            return
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise BudgetError(f"{name} must be a whole number of at least {lo}, not {v!r:.40}")
-
-    whole("max_feature_nodes", 1, none_ok=True)
-    whole("batch_size", 1)
-    whole("max_n_logits", 1)
-    whole("top_logit_k", 0)
-    p = cfg.desired_logit_prob
-    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 < p <= 1:
-        raise BudgetError(f"desired_logit_prob must be in (0, 1], not {p!r:.40}")
-    if cfg.offload not in (None, "cpu"):
-        raise BudgetError(f"offload must be None or 'cpu', not {cfg.offload!r:.40}")
-
-
-def check_prompt_budget(adapter, prompt_inputs, cfg) -> None:
-    """Before the forward pass: settings in range, the prompt fits the context and its forward
-    record fits memory."""
-    check_settings(cfg)
+def check_prompt_budget(adapter, prompt_inputs) -> None:
+    """Before the forward pass (settings were checked by AttributionConfig.validate): the prompt
+    fits the context and its forward record fits memory."""
     n = prompt_inputs.n_positions
     limit = context_length(adapter)
     if limit is not None and n > limit:
@@ -180,5 +159,5 @@ def check_edge_budget(rep, n_logits: int, n_explore: int, cfg) -> None:
     _check(estimate(n_explore), device, knobs, free)
 
 
-__all__ = ["BudgetError", "Estimate", "check_edge_budget", "check_prompt_budget", "check_settings", "context_length",
+__all__ = ["BudgetError", "Estimate", "check_edge_budget", "check_prompt_budget", "context_length",
            "edge_estimate", "memory_available", "prompt_estimate"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def check_model_folder(folder: str | Path) -> None:
     if not (folder / "config.json").is_file():
         what = "is empty" if not any(folder.iterdir()) else "has no config.json"
         raise ModelLoadError(f"{folder}: {what}: not a model folder")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{folder}: config.json is not readable JSON ({_first_line(err)})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{folder}: config.json must hold a JSON object")
+    if "auto_map" in config:  # checked here too, before transformers sees the folder
+        raise ModelLoadError(f"{folder} contains custom code (auto_map in config.json), which vlm-circuits never "
+                             f"runs: use a model of a supported family")
     weights = sorted(folder.glob("*.safetensors"))
     if not weights and not any(folder.glob("*.bin")):
         raise ModelLoadError(f"{folder}: no weights (model.safetensors) in the model folder")
