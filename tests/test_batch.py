@@ -167,3 +167,21 @@ def test_a_killed_worker_loses_no_graph_and_its_example_is_retried(tmp_path):
         assert (out / row.graph).exists()
     assert not list((out / "results").glob(".*.started"))
     assert np.all(table["correct"])
+
+
+def test_batch_aggregates_come_from_the_rows(batch_run):
+    from tracer.batch.aggregate import cell_influence_map, recurring_features
+
+    _, out = batch_run
+    rows = pd.read_parquet(out / "summary.parquet").to_dict("records")
+    recurring = recurring_features(rows, top=5)
+    assert recurring and recurring[0]["examples"] >= recurring[-1]["examples"]
+    by_hand = sum(1 for r in rows if r["feature_ids"] is not None
+                  and any(int(l) == recurring[0]["layer"] and int(f) == recurring[0]["feature"]
+                          for l, f, _ in r["feature_ids"]))
+    assert recurring[0]["examples"] == by_hand
+    grid = cell_influence_map(rows)
+    assert grid.shape == (8, 8)
+    with_image = [r for r in rows if r["cell_influence"] is not None and len(r["cell_influence"])]
+    assert grid.sum() == pytest.approx(1.0)  # each example's shares sum to 1, and so does their mean
+    assert len(with_image) == 5  # six examples, one text-only fact question, one corrupt image

@@ -31,7 +31,8 @@ from tracer.files import atomic_write_text
 
 SUMMARY_COLUMNS = ["id", "question_type", "prompt", "image", "answer", "top_target", "probability", "correct",
                    "replacement", "completeness", "n_features", "image_influence_share", "evidence_share",
-                   "evidence_ratio", "top_features", "graph", "time_s", "peak_rss_mb", "attempt", "error"]
+                   "evidence_ratio", "top_features", "graph", "time_s", "peak_rss_mb", "attempt", "error",
+                   "feature_ids", "cell_influence"]
 
 
 @dataclass

@@ -12,7 +12,8 @@ import numpy as np
 from tracer.graph.graph import Graph
 from tracer.graph.pruning import node_influence
 
-TOP_FEATURES = 5
+TOP_FEATURES = 5  # in the readable column
+RECURRING_TOP = 20  # per example, for the aggregate "which features recur" (feature_ids column)
 
 
 def graph_row(graph: Graph, evidence_tokens: list[int] | None = None, answer: str | None = None) -> dict:
@@ -33,6 +34,10 @@ def graph_row(graph: Graph, evidence_tokens: list[int] | None = None, answer: st
         "top_features": "; ".join(f"{graph.node_label(int(i))} ({influence[i]:.3f})" for i in order),
         "evidence_share": None,
         "evidence_ratio": None,
+        # machine-readable extras for aggregates over a batch (tracer.batch.aggregate)
+        "feature_ids": [[int(graph.features[i, 0]), int(graph.features[i, 2]), float(influence[i])]
+                        for i in np.argsort(-influence[: graph.n_features])[:RECURRING_TOP]],
+        "cell_influence": [float(v) for v in (image / image.sum() if image.size and image.sum() > 0 else image)],
     }
     if evidence_tokens and image.size:
         cells = np.zeros(image.size, bool)
