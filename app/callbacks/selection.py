@@ -1,5 +1,6 @@
-"""Selecting a node (graph click or a node link): details, label editor, highlight of its
-strongest inputs and outputs, activations over the prompt, top-activating examples."""
+"""Selecting a node (graph click, box/shift selection or a node link): details, label editor,
+activations over the prompt, top-activating examples. Its edges are drawn in the browser
+(assets/vlmc.js) from the view's edge list, with no round trip."""
 
 from __future__ import annotations
 
@@ -10,28 +11,40 @@ from tracer.graph import GraphFormatError
 from app import ids
 from app.graph_store import GraphNotFound
 from app.panels.details_render import details_children, examples_children, token_strip
-from app.view.build import DECORATIONS, selection_highlight
+from app.view.build import DECORATIONS, feature_budget
 from app.view.details import node_details
 
 
 def register(app, state) -> None:
     @app.callback(
         Output(ids.STORE_SELECTED, "data"),
-        Input(ids.CYTO, "tapNodeData"), Input({"type": ids.GOTO_NODE, "key": ALL}, "n_clicks"),
-        Input(ids.STORE_GRAPH, "data"),
+        Input(ids.CYTO, "tapNodeData"), Input(ids.CYTO, "selectedNodeData"),
+        Input({"type": ids.GOTO_NODE, "key": ALL}, "n_clicks"), Input(ids.STORE_GRAPH, "data"),
+        State(ids.STORE_SELECTED, "data"),
         prevent_initial_call=True,
     )
-    def select(tap, _clicks, _graph):
+    def select(tap, selected_nodes, _clicks, _graph, current):
+        """The node the details show: the tapped node; after a box or shift selection, the
+        selection's most influential node unless the current one is still selected; nothing
+        when the selection is cleared (so no action applies to a node no longer selected)."""
+        triggered = {t["prop_id"].rsplit(".", 1)[0] for t in ctx.triggered}
         trigger = ctx.triggered_id
         if trigger == ids.STORE_GRAPH:
             return None
-        if trigger == ids.CYTO:
-            if not tap or tap.get("kind") in DECORATIONS:
-                return no_update
-            return tap["id"]
-        if isinstance(trigger, dict) and ctx.triggered and ctx.triggered[0].get("value"):
-            return trigger["key"]
-        return no_update
+        if isinstance(trigger, dict):
+            return trigger["key"] if ctx.triggered and ctx.triggered[0].get("value") else no_update
+        tapped = tap.get("id") if tap and tap.get("kind") not in DECORATIONS else None
+        if ids.CYTO in triggered and any(t["prop_id"].endswith("selectedNodeData") for t in ctx.triggered):
+            chosen = [d for d in (selected_nodes or []) if d.get("kind") not in DECORATIONS and d.get("id")]
+            keys = [d["id"] for d in chosen]
+            if tapped in keys:
+                return tapped
+            if current in keys:
+                return current
+            if keys:
+                return max(chosen, key=lambda d: d.get("influence") or 0.0)["id"]
+            return None
+        return tapped if tapped else no_update
 
     @app.callback(
         Output(ids.DETAILS_TITLE, "children"), Output(ids.DETAILS, "children"),
@@ -39,15 +52,15 @@ def register(app, state) -> None:
         Output(ids.TOKEN_STRIP, "children"), Output(ids.EXAMPLES, "children"),
         Input(ids.STORE_SELECTED, "data"), Input(ids.STORE_ANNOT_REV, "data"),
         State(ids.STORE_GRAPH, "data"), State(ids.NODE_SLIDER, "value"), State(ids.EDGE_SLIDER, "value"),
-        State(ids.VIEW_MODE, "value"),
+        State(ids.VIEW_MODE, "value"), State(ids.FEATURE_BUDGET, "value"),
     )
-    def details(key, _rev, graph, nt, et, mode):
+    def details(key, _rev, graph, nt, et, mode, budget):
         name = (graph or {}).get("name")
         empty = ("Details", details_children(None, True), "", True, True, [], [])
         if not name or not key:
             return empty
         try:
-            current = state.current(name, nt, et, mode)
+            current = state.current(name, nt, et, mode, feature_budget(budget))
         except (GraphNotFound, GraphFormatError):
             return empty
         d = node_details(current.session, key, current.annotations)
@@ -63,20 +76,3 @@ def register(app, state) -> None:
             found, note = state.examples.top(d["layer"], d["feature"], k=6, grid=grid)
             examples = examples_children(found, note)
         return title, details_children(d, in_view), d["label"], False, False, strip, examples
-
-    @app.callback(
-        Output(ids.STORE_HL_SELECTION, "data"),
-        Input(ids.STORE_SELECTED, "data"), Input(ids.STORE_GRAPH, "data"), Input(ids.NODE_SLIDER, "value"),
-        Input(ids.EDGE_SLIDER, "value"), Input(ids.VIEW_MODE, "value"), Input(ids.STORE_ANNOT_REV, "data"),
-    )
-    def highlight(key, graph, nt, et, mode, _rev):
-        name = (graph or {}).get("name")
-        if not name or not key:
-            return None
-        try:
-            current = state.current(name, nt, et, mode)
-        except (GraphNotFound, GraphFormatError):
-            return None
-        index = current.session.index.get(key)
-        shown = current.view.display_of.get(index, key) if index is not None else key
-        return selection_highlight(current.view, shown)
