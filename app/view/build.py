@@ -83,7 +83,7 @@ def short_token(text: str, n: int = 12) -> str:
 
 
 def _feature_colour(activation: float, top: float) -> str:
-    """Light to deep orange with the activation (relative to the strongest shown)."""
+    """Light to deep orange with the activation (relative to the graph's strongest)."""
     t = min(max(activation / top, 0.0), 1.0) if top > 0 else 1.0
     lo, hi = (253, 208, 162), (217, 95, 2)
     return "#%02x%02x%02x" % tuple(round(a + (b - a) * t) for a, b in zip(lo, hi))
@@ -188,8 +188,7 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
                                   np.array(slots), compact=mode == PINNED)
     xy = placement.xy
 
-    shown_features = indices[session.kinds[indices] == FEATURE]
-    top_act = float(np.abs(g.activations[shown_features]).max()) if len(shown_features) else 1.0
+    top_act = ref["max_activation"]
     thumbs = session.patch_thumbnails
     nodes: list[dict] = []
     for j, it in enumerate(items):

@@ -117,11 +117,14 @@ class GraphSession:
     @cached_property
     def reference(self) -> dict:
         """Node sizes are relative to the most influential feature (without features, to all
-        non-logit nodes), the same in every view of this graph."""
+        non-logit nodes), feature colours to the strongest activation: the same in every view
+        of this graph."""
         g = self.graph
         scale_nodes = np.arange(g.n_features) if g.n_features else np.flatnonzero(self.kinds != "logit")
         inf = self.influence[scale_nodes]
-        return {"max_influence": float(inf.max()) if inf.size and inf.max() > 0 else 1.0}
+        act = np.abs(np.asarray(g.activations, np.float64))
+        return {"max_influence": float(inf.max()) if inf.size and inf.max() > 0 else 1.0,
+                "max_activation": float(act.max()) if act.size and act.max() > 0 else 1.0}
 
     @cached_property
     def patch_thumbnails(self) -> dict[int, str]:
