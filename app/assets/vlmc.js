@@ -187,12 +187,29 @@
     }, {passive: false});
   }
 
+  /* cytoscape-svg cannot draw background images (one console error per patch thumbnail):
+     an SVG export draws the patches in their mean colour instead. */
+  function svgWithoutThumbnails(cy) {
+    if (typeof cy.svg !== "function") { return; }
+    var svg = cy.svg;
+    cy.svg = function () {
+      var patches = cy.nodes('[kind = "image"]');
+      patches.style("background-image", "none");
+      try {
+        return svg.apply(cy, arguments);
+      } finally {
+        patches.removeStyle("background-image");
+      }
+    };
+  }
+
   function tuneSubgraph() {
     var el = document.getElementById(SUBGRAPH_ID);
     var cy = cyOf(SUBGRAPH_ID);
     if (!cy || cy.__vlmcTuned) { return; }
     cy.__vlmcTuned = true;
     gentleWheel(cy, el);
+    svgWithoutThumbnails(cy);
   }
 
   function tune() {
@@ -207,7 +224,7 @@
     renderer.textureOnViewport = true;
     cy.__vlmcTuned = true;
     gentleWheel(cy, el);
-    window.vlmcRefreshEdges = refresh;  // tests and the benchmark call it after moving things
+    svgWithoutThumbnails(cy);
     /* a tooltip next to the pointer: node label, or an edge's endpoints and weight */
     var show = function (evt, text) {
       var tip = tooltip(el);
