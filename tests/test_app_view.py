@@ -16,7 +16,7 @@ from app.view.budget import prune_to_budget
 from app.view.build import PINNED, build_view, drawn_elements, edges_payload
 from app.view.details import feature_position_activations, image_heat, node_details
 from app.view.keys import node_keys
-from app.view.positions import AXIS, LOGITS, SLOT, SLOT_ERROR, THUMB, compute_positions
+from app.view.positions import AXIS, LOGITS, SLOT, SLOT_ERROR, PITCH, compute_positions
 from app.view.region import region_circuit
 from app.view.session import GraphSession
 
@@ -79,10 +79,10 @@ def test_layout_image_block_is_its_grid(image_graph):
     first, last = int(g.image_positions[0]), int(g.image_positions[-1])
     for p, (_, row, col) in zip(g.image_positions.tolist(), g.image_grid.tolist()):
         x, y = xy[g.embedding_offset + p]
-        assert y == pytest.approx(row * (THUMB + 1)) and x == pytest.approx(xy[g.embedding_offset + first, 0] + col * (THUMB + 1))
+        assert y == pytest.approx(row * PITCH) and x == pytest.approx(xy[g.embedding_offset + first, 0] + col * PITCH)
     assert len(placement.image_blocks) == 1
     image, x0, x1, bottom = placement.image_blocks[0]
-    assert image == 0 and bottom == pytest.approx(8 * (THUMB + 1))
+    assert image == 0 and bottom == pytest.approx(8 * PITCH)
     before, after = xy[g.embedding_offset + first - 1, 0], xy[g.embedding_offset + last + 1, 0]
     assert before < x0 < x1 < after
     at_image = np.flatnonzero(g.is_image_position()[np.maximum(g.node_positions()[: g.embedding_offset], 0)])

@@ -40,9 +40,11 @@
     });
   }
 
+  /* on-demand edges have ids of their own: the server may later send the same edge (pinned
+     nodes, all-edges mode), and cytoscape refuses a second element with one id */
   function edgeElement(e, classes) {
     return {group: "edges", classes: classes,
-            data: {id: e[0] + "__" + e[1], source: e[0], target: e[1], weight: e[2], width: e[3],
+            data: {id: "od_" + e[0] + "__" + e[1], source: e[0], target: e[1], weight: e[2], width: e[3],
                    color: e[2] >= 0 ? "#2f6fbf" : "#d0453a"}};
   }
 

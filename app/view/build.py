@@ -35,7 +35,7 @@ def feature_budget(index) -> int:
         return DEFAULT_FEATURE_BUDGET
     return FEATURE_BUDGETS[int(min(max(int(index), 0), len(FEATURE_BUDGETS) - 1))]
 POSITIVE, NEGATIVE = "#2f6fbf", "#d0453a"
-MIN_SIZE, MAX_SIZE = 9.0, 24.0  # px; nodes of one cell sit 50 px apart (positions.SLOT)
+MIN_SIZE, MAX_SIZE, MAX_ERROR_SIZE = 9.0, 24.0, 16.0  # px; nodes of one cell sit 50 (errors 22) px apart
 
 
 @dataclass
@@ -216,8 +216,8 @@ def build_view(session: GraphSession, annotations: Annotations, node_threshold: 
             layer, _, feat = g.features[index]
             display = short_token(annotations.labels.get(key) or f"L{layer} #{feat}", 14)
             colour = _feature_colour(abs(float(g.activations[index])), top_act)
-        elif cls == "error":
-            size = MIN_SIZE + (MAX_SIZE - MIN_SIZE) * float(np.sqrt(min(max(influence[index], 0.0) / max_inf, 1.0)))
+        elif cls == "error":  # unlabelled, in a narrower slot (positions.SLOT_ERROR)
+            size = MIN_SIZE + (MAX_ERROR_SIZE - MIN_SIZE) * float(np.sqrt(min(max(influence[index], 0.0) / max_inf, 1.0)))
             display, colour = "", COLOURS[cls]
         else:  # the token axis
             pos = index - emb0

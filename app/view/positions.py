@@ -25,7 +25,8 @@ SLOT_ERROR = 22.0  # error nodes carry no label
 ROW = 34.0  # between sub-rows of one cell
 WRAP = 7
 TEXT_COLUMN = 17.0  # an empty token column: room for its (vertical) label
-THUMB = 17.0  # patch thumbnail size (thumbnails sit THUMB + 1 apart)
+THUMB = 15.0  # patch thumbnail size
+PITCH = THUMB + 4.0  # thumbnails' distance: their boxes (border and all) do not touch
 LEVEL_MIN = 56.0
 BLOCK_GAP = 16.0
 LOGIT_SLOT = 110.0
@@ -77,7 +78,7 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
     for i, r, c in cells_of.values():
         grid_rows[i] = max(grid_rows.get(i, 0), r + 1)
         grid_cols[i] = max(grid_cols.get(i, 0), c + 1)
-    width = {c: (grid_cols[c[1]] * (THUMB + 1.0) if c[0] == "i" else TEXT_COLUMN) for c in columns}
+    width = {c: (grid_cols[c[1]] * PITCH if c[0] == "i" else TEXT_COLUMN) for c in columns}
     for (_, col), members in cells.items():
         for start in range(0, len(members), WRAP):
             width[col] = max(width[col], float(slots[members[start:start + WRAP]].sum()))
@@ -121,8 +122,8 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
         p = int(positions[k])
         if p in cells_of:
             image, row, col = cells_of[p]
-            xy[k, 0] = column_x[("i", image)] + (col - (grid_cols[image] - 1) / 2) * (THUMB + 1.0)
-            xy[k, 1] = row * (THUMB + 1.0)
+            xy[k, 0] = column_x[("i", image)] + (col - (grid_cols[image] - 1) / 2) * PITCH
+            xy[k, 1] = row * PITCH
         else:
             xy[k, 0] = column_x[col_of_pos[p]]
     logits = np.flatnonzero(levels == LOGITS)
@@ -134,5 +135,5 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
     return Placement(
         xy=xy, level_y=level_y, x_min=float(min(xy[:, 0].min(), 0.0)) if n else 0.0,
         x_max=float(max(xy[:, 0].max(), cursor)) if n else cursor,
-        image_blocks=[(i, v[0], v[1], grid_rows[i] * (THUMB + 1.0)) for i, v in sorted(blocks.items())],
+        image_blocks=[(i, v[0], v[1], grid_rows[i] * PITCH) for i, v in sorted(blocks.items())],
     )
