@@ -33,15 +33,25 @@ class AppState:
         self.store = GraphStore(self.graphs_dir, max_nodes=max_nodes, max_edges=max_edges)
         self._examples_path = examples
         self._examples: FeatureExamples | None = None
+        self._examples_lock = threading.Lock()
+        self._warming = False
         self._views: OrderedDict = OrderedDict()
         self._building: dict = {}  # key -> lock held while that view is built
         self._lock = threading.Lock()
 
     @property
     def examples(self) -> FeatureExamples:
-        if self._examples is None:  # opened lazily: nothing heavy at import or start
-            self._examples = FeatureExamples(find_store(self.graphs_dir, self._examples_path))
+        with self._examples_lock:
+            if self._examples is None:  # opened lazily: nothing heavy at import or start
+                self._examples = FeatureExamples(find_store(self.graphs_dir, self._examples_path))
         return self._examples
+
+    def warm_examples(self) -> None:
+        """Open the examples store in a background thread (once), so that the first click on a
+        feature does not wait seconds for it; called once a graph is drawn."""
+        if self._examples is None and not self._warming:
+            self._warming = True
+            threading.Thread(target=lambda: self.examples, daemon=True, name="open-examples").start()
 
     def annotations(self, session: GraphSession) -> tuple[Annotations, str]:
         try:

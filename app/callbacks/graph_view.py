@@ -59,6 +59,7 @@ def register(app, state) -> None:
             notes.append("nothing pinned yet: select nodes and press Pin")
         if current.annotations_error:
             notes.append(current.annotations_error)
+        state.warm_examples()
         payload = {"view": f"{name}:{mode}", "all": all_edges or mode == PINNED,
                    "edges": [] if all_edges or mode == PINNED else edges_payload(view)}
         return drawn_elements(view, all_edges), counts_text(view, session), scores, " · ".join(notes), layout, payload

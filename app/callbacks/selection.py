@@ -4,7 +4,7 @@ activations over the prompt, top-activating examples. Its edges are drawn in the
 
 from __future__ import annotations
 
-from dash import ALL, Input, Output, State, ctx, html, no_update
+from dash import ALL, ClientsideFunction, Input, Output, State, html
 
 from tracer.graph import GraphFormatError
 
@@ -16,35 +16,18 @@ from app.view.details import node_details
 
 
 def register(app, state) -> None:
-    @app.callback(
+    # The node the details show (in the browser: no round trip before the details are asked
+    # for): the tapped node; after a box or shift selection, the selection's most influential
+    # node unless the current one is still selected; nothing when the selection is cleared, so
+    # that no action applies to a node that is no longer selected (assets/vlmc.js: selectNode).
+    app.clientside_callback(
+        ClientsideFunction(namespace="vlmc", function_name="selectNode"),
         Output(ids.STORE_SELECTED, "data"),
         Input(ids.CYTO, "tapNodeData"), Input(ids.CYTO, "selectedNodeData"),
         Input({"type": ids.GOTO_NODE, "key": ALL}, "n_clicks"), Input(ids.STORE_GRAPH, "data"),
         State(ids.STORE_SELECTED, "data"),
         prevent_initial_call=True,
     )
-    def select(tap, selected_nodes, _clicks, _graph, current):
-        """The node the details show: the tapped node; after a box or shift selection, the
-        selection's most influential node unless the current one is still selected; nothing
-        when the selection is cleared (so no action applies to a node no longer selected)."""
-        triggered = {t["prop_id"].rsplit(".", 1)[0] for t in ctx.triggered}
-        trigger = ctx.triggered_id
-        if trigger == ids.STORE_GRAPH:
-            return None
-        if isinstance(trigger, dict):
-            return trigger["key"] if ctx.triggered and ctx.triggered[0].get("value") else no_update
-        tapped = tap.get("id") if tap and tap.get("kind") not in DECORATIONS else None
-        if ids.CYTO in triggered and any(t["prop_id"].endswith("selectedNodeData") for t in ctx.triggered):
-            chosen = [d for d in (selected_nodes or []) if d.get("kind") not in DECORATIONS and d.get("id")]
-            keys = [d["id"] for d in chosen]
-            if tapped in keys:
-                return tapped
-            if current in keys:
-                return current
-            if keys:
-                return max(chosen, key=lambda d: d.get("influence") or 0.0)["id"]
-            return None
-        return tapped if tapped else no_update
 
     @app.callback(
         Output(ids.DETAILS_TITLE, "children"), Output(ids.DETAILS, "children"),

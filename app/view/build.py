@@ -330,8 +330,8 @@ def base_stylesheet() -> list[dict]:
                                              "text-valign": "bottom", "text-max-width": 300,
                                              "text-background-opacity": 0, "events": "no"}},
         {"selector": "edge", "style": {
-            "curve-style": "straight", "width": "data(width)", "line-color": "data(color)", "opacity": 0.7,
-            "target-arrow-shape": "none",
+            "curve-style": "haystack", "haystack-radius": 0, "width": "data(width)", "line-color": "data(color)",
+            "opacity": 0.7,
         }},
         # hover / selection (classes set in assets/vlmc.js): the focus, its neighbours, the rest faded
         {"selector": ".faded", "style": {"opacity": 0.2}},
