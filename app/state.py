@@ -47,11 +47,12 @@ class AppState:
         return self._examples
 
     def warm_examples(self) -> None:
-        """Open the examples store in a background thread (once), so that the first click on a
-        feature does not wait seconds for it; called once a graph is drawn."""
+        """Open the examples store and read it once in a background thread (once), so that the
+        first click on a feature does not wait seconds for it (its first lookup loads its
+        tables); called once a graph is drawn."""
         if self._examples is None and not self._warming:
             self._warming = True
-            threading.Thread(target=lambda: self.examples, daemon=True, name="open-examples").start()
+            threading.Thread(target=lambda: self.examples.top(0, 0, k=1), daemon=True, name="open-examples").start()
 
     def annotations(self, session: GraphSession) -> tuple[Annotations, str]:
         try:

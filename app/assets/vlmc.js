@@ -101,6 +101,32 @@
     setTimeout(function () { pending = false; refresh(); }, 0);
   }
 
+  /* The node the details show, from what triggered the selection callback (see
+     app/callbacks/selection.py). */
+  function pickNode(tap, selectedNodes, current) {
+    var ctx = window.dash_clientside.callback_context;
+    var trig = (ctx && ctx.triggered) || [];
+    var ids = trig.map(function (t) { return t.prop_id; });
+    var noUpdate = window.dash_clientside.no_update;
+    var decoration = function (d) { return !d || d.kind === "axis" || d.kind === "block"; };
+    if (ids.some(function (p) { return p.indexOf("store-graph.") === 0; })) { return null; }
+    var goto = trig.filter(function (t) { return t.prop_id.indexOf("goto-node") >= 0; });
+    if (goto.length) {
+      if (!goto[0].value) { return noUpdate; }
+      return JSON.parse(goto[0].prop_id.slice(0, goto[0].prop_id.lastIndexOf("."))).key;
+    }
+    var tapped = tap && !decoration(tap) ? tap.id : null;
+    if (ids.some(function (p) { return p.indexOf(".selectedNodeData") > 0; })) {
+      var chosen = (selectedNodes || []).filter(function (d) { return !decoration(d) && d.id; });
+      var keys = chosen.map(function (d) { return d.id; });
+      if (tapped && keys.indexOf(tapped) >= 0) { return tapped; }
+      if (current && keys.indexOf(current) >= 0) { return current; }
+      if (!chosen.length) { return null; }
+      return chosen.reduce(function (a, b) { return (b.influence || 0) > (a.influence || 0) ? b : a; }).id;
+    }
+    return tapped || noUpdate;
+  }
+
   window.dash_clientside = Object.assign({}, window.dash_clientside, {
     vlmc: {
       hoverInfo: function (data, imageHover) {
@@ -123,27 +149,9 @@
       },
 
       selectNode: function (tap, selectedNodes, gotoClicks, graph, current) {
-        var ctx = window.dash_clientside.callback_context;
-        var trig = (ctx && ctx.triggered) || [];
-        var ids = trig.map(function (t) { return t.prop_id; });
-        var noUpdate = window.dash_clientside.no_update;
-        var decoration = function (d) { return !d || d.kind === "axis" || d.kind === "block"; };
-        if (ids.some(function (p) { return p.indexOf("store-graph.") === 0; })) { return null; }
-        var goto = trig.filter(function (t) { return t.prop_id.indexOf("goto-node") >= 0; });
-        if (goto.length) {
-          if (!goto[0].value) { return noUpdate; }
-          return JSON.parse(goto[0].prop_id.slice(0, goto[0].prop_id.lastIndexOf("."))).key;
-        }
-        var tapped = tap && !decoration(tap) ? tap.id : null;
-        if (ids.some(function (p) { return p.indexOf(".selectedNodeData") > 0; })) {
-          var chosen = (selectedNodes || []).filter(function (d) { return !decoration(d) && d.id; });
-          var keys = chosen.map(function (d) { return d.id; });
-          if (tapped && keys.indexOf(tapped) >= 0) { return tapped; }
-          if (current && keys.indexOf(current) >= 0) { return current; }
-          if (!chosen.length) { return null; }
-          return chosen.reduce(function (a, b) { return (b.influence || 0) > (a.influence || 0) ? b : a; }).id;
-        }
-        return tapped || noUpdate;
+        var key = pickNode(tap, selectedNodes, current);
+        /* the same node again is no change (the details are not asked for twice) */
+        return key === current ? window.dash_clientside.no_update : key;
       },
 
       stylesheet: function (selected, region, imageHover, base, edges) {
