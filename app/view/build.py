@@ -335,6 +335,7 @@ def base_stylesheet() -> list[dict]:
         }},
         # hover / selection (classes set in assets/vlmc.js): the focus, its neighbours, the rest faded
         {"selector": ".faded", "style": {"opacity": 0.2}},
+        {"selector": 'node[kind = "image"].faded', "style": {"opacity": 0.45}},  # the image stays recognisable
         {"selector": "node.nbr", "style": {"opacity": 1}},
         {"selector": "edge.focus-edge", "style": {"opacity": 0.9, "z-index": 20}},
         {"selector": "node.focus", "style": {"opacity": 1, "border-width": 3, "border-color": "#111"}},

@@ -28,6 +28,7 @@ TEXT_COLUMN = 17.0  # an empty token column: room for its (vertical) label
 THUMB = 15.0  # patch thumbnail size
 PITCH = THUMB + 4.0  # thumbnails' distance: their boxes (border and all) do not touch
 LEVEL_MIN = 56.0
+LEVEL_MIN_COMPACT = 40.0  # a subgraph: few nodes, a short pane
 BLOCK_GAP = 16.0
 LOGIT_SLOT = 110.0
 
@@ -103,7 +104,7 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
     centre: dict[int, float] = {}
     top = 0.0
     for lv in layers:
-        height = max(LEVEL_MIN, rows_in[lv] * ROW + 26.0)
+        height = max(LEVEL_MIN_COMPACT if compact else LEVEL_MIN, rows_in[lv] * ROW + (10.0 if compact else 26.0))
         centre[lv] = top - height / 2 - (10.0 if not centre else 0.0)
         top = centre[lv] - height / 2
         level_y[f"L{lv}"] = centre[lv]
