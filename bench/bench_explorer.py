@@ -5,8 +5,8 @@ at the default view of every sample graph and of a ~7,500-node toy graph, in a 1
   (the server opens the graph cold: its influence is computed on this first request);
 - slider step: one arrow key on the node threshold slider until the new view is drawn (p90 of
   10 steps, alternating left and right);
-- click: a mouse click on a feature until its edges are drawn and the details panel shows it
-  (p90 over the 5 most influential features);
+- click: a mouse click on a feature until its edges are drawn, and until the details panel
+  shows it (p90 over the 5 most influential features, timed in the page from the mousedown);
 - graph switch: choosing the graph in the dropdown (from the previous one) until it is drawn.
 
     python bench/bench_explorer.py [--graphs sample_graphs] [--json bench/results/explorer_cpu.json]
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "browser"), str(ROOT / "tests"), str(ROOT)]
 
-TARGETS = {"first_render_s": 1.5, "slider_p90_s": 0.2, "click_p90_s": 0.2, "switch_s": 1.0}
+TARGETS = {"first_render_s": 1.5, "slider_p90_s": 0.2, "click_edges_p90_s": 0.2, "click_p90_s": 0.2, "switch_s": 1.0}
 
 
 def p90(values: list[float]) -> float:
@@ -101,15 +101,25 @@ def measure(page, url: str, name: str, previous: str | None) -> dict:
             return {{x: r.left + p.x, y: r.top + p.y}};
         }}""", key)
         layer, feature = key.split("_")[1:3]
-        t0 = time.perf_counter()
+        # both moments are taken in the page (performance.now), from the click's mousedown
+        page.evaluate(f"""(key) => {{
+            const cy = {CY}; window.__click = {{}};
+            const mark = () => {{
+                const n = cy.getElementById(key), now = performance.now();
+                if (!window.__click.edges && n.hasClass('focus') && cy.edges('.focus-edge').length > 0) window.__click.edges = now;
+                if (!window.__click.details && document.getElementById('{ids.DETAILS_TITLE}').innerText.includes('L{layer} #{feature}'))
+                    window.__click.details = now;
+                if (!(window.__click.edges && window.__click.details)) requestAnimationFrame(mark);
+            }};
+            document.addEventListener('mousedown', () => {{ window.__click.t0 = performance.now(); requestAnimationFrame(mark); }},
+                                      {{once: true, capture: true}});
+        }}""", key)
         page.mouse.click(point["x"], point["y"])
-        page.wait_for_function(f"""([key, label]) => {{
-            const cy = {CY}, n = cy.getElementById(key);
-            return n.hasClass('focus') && (cy.edges('.focus-edge').length > 0) &&
-                   document.getElementById('{ids.DETAILS_TITLE}').innerText.includes(label);
-        }}""", arg=[key, f"L{layer} #{feature}"], polling="raf")
-        clicks.append(time.perf_counter() - t0)
-    out["click_p90_s"] = p90(clicks)
+        page.wait_for_function("() => window.__click.edges && window.__click.details", polling="raf")
+        t = page.evaluate("() => window.__click")
+        clicks.append(((t["edges"] - t["t0"]) / 1000, (t["details"] - t["t0"]) / 1000))
+    out["click_edges_p90_s"] = p90([c[0] for c in clicks])
+    out["click_p90_s"] = p90([c[1] for c in clicks])
 
     if previous:
         page.goto(f"{url}/?graph={previous}")
@@ -167,12 +177,14 @@ def main(argv=None) -> int:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}, load average "
                f"{os.getloadavg()[0]:.1f} at the end; chromium headless (software rendering)")
     print(f"Machine: {machine}\n")
-    print("| graph | graph nodes | nodes drawn (features) | first render | slider step p90 | click p90 | graph switch |")
-    print("|---|---|---|---|---|---|---|")
+    print("| graph | graph nodes | nodes drawn (features) | first render | slider step p90 | click → edges p90 | "
+          "click → details p90 | graph switch |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         switch = f"{r['switch_s'] * 1000:.0f} ms" if "switch_s" in r else "n/a (first)"
         print(f"| {r['graph'].split('.')[0]} | {r['graph_nodes']:,} | {r['nodes']} ({r['features']}) | {r['first_render_s'] * 1000:.0f} ms | "
-              f"{r['slider_p90_s'] * 1000:.0f} ms | {r['click_p90_s'] * 1000:.0f} ms | {switch} |")
+              f"{r['slider_p90_s'] * 1000:.0f} ms | {r['click_edges_p90_s'] * 1000:.0f} ms | {r['click_p90_s'] * 1000:.0f} ms | "
+              f"{switch} |")
     worst = {k: max(r[k] for r in rows if k in r) for k in TARGETS}
     print("\nWorst over the graphs: " + ", ".join(
         f"{k} {v * 1000:.0f} ms (target < {TARGETS[k] * 1000:.0f} ms{'' if v < TARGETS[k] else ', MISSED'})"

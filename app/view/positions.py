@@ -22,10 +22,10 @@ from tracer.graph import Graph
 
 SLOT = 50.0  # between labelled nodes side by side in one cell
 SLOT_ERROR = 22.0  # error nodes carry no label
-ROW = 34.0  # between sub-rows of one cell
+ROW = 32.0  # between sub-rows of one cell
 WRAP = 7
 TEXT_COLUMN = 17.0  # an empty token column: room for its (vertical) label
-THUMB = 15.0  # patch thumbnail size
+THUMB = 13.0  # patch thumbnail size
 PITCH = THUMB + 4.0  # thumbnails' distance: their boxes (border and all) do not touch
 LEVEL_MIN = 56.0
 LEVEL_MIN_COMPACT = 40.0  # a subgraph: few nodes, a short pane
@@ -105,10 +105,11 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
     top = 0.0
     for lv in layers:
         height = max(LEVEL_MIN_COMPACT if compact else LEVEL_MIN, rows_in[lv] * ROW + (10.0 if compact else 26.0))
-        centre[lv] = top - height / 2 - (10.0 if not centre else 0.0)
+        centre[lv] = top - height / 2 - (4.0 if not centre else 0.0)
         top = centre[lv] - height / 2
         level_y[f"L{lv}"] = centre[lv]
-    level_y["logits"] = top - 40.0
+    if (levels == LOGITS).any() or not compact:
+        level_y["logits"] = top - 34.0
 
     for (lv, col), members in cells.items():
         n_rows = (len(members) + WRAP - 1) // WRAP
@@ -131,7 +132,7 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
     last = column_x[columns[-1]] if columns else 0.0
     for j, k in enumerate(logits.tolist()):
         xy[k, 0] = last + (j - (len(logits) - 1) / 2) * LOGIT_SLOT
-        xy[k, 1] = level_y["logits"]
+        xy[k, 1] = top - 34.0
 
     return Placement(
         xy=xy, level_y=level_y, x_min=float(min(xy[:, 0].min(), 0.0)) if n else 0.0,

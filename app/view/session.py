@@ -190,7 +190,7 @@ class GraphSession:
         view = self.pruner.prune(nt, et, self.max_nodes, self.max_edges, max_feature_nodes=key[2])
         with self._lock:
             self._budgets[key] = view
-            while len(self._budgets) > 6:
+            while len(self._budgets) > 12:  # a view uses two: with and without the feature budget
                 self._budgets.popitem(last=False)
         return view
 

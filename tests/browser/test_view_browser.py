@@ -274,3 +274,17 @@ def test_sliders_show_their_values(laptop, samples):
     page.keyboard.press("ArrowLeft")
     page.wait_for_function(f"() => document.getElementById('{ids.EDGE_SLIDER_LABEL}').innerText === 'Edge threshold: 0.97'")
     wait_idle(page)
+
+
+def test_every_sample_graph_is_readable_at_fit(laptop, sample_server):
+    """The default view of each shipped sample graph, fitted in a 1366x768 window: every
+    feature, logit and token label drawn at >= 8 px, above cytoscape's cut-off."""
+    page = laptop
+    names = sample_server.app.state.store.names()
+    assert len(names) >= 6
+    for name in names:
+        open_app(page, sample_server.url, name)
+        smallest = page.evaluate(f"""() => Math.min(...{CY}.nodes()
+            .filter(n => ['feature', 'logit', 'text'].includes(n.data('kind')))
+            .map(n => parseFloat(n.renderedStyle('font-size')) - Math.max(8, parseFloat(n.style('min-zoomed-font-size')))))""")
+        assert smallest >= 0, name
