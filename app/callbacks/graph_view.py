@@ -46,11 +46,11 @@ def register(app, state) -> None:
                   f"completeness {session.scores['completeness']:.3f}")
         notes = []
         if mode != PINNED:
-            notes.append("edges: all drawn" if all_edges else "edges: hover or click a node")
+            notes.append("edges: all drawn" if all_edges else "edges on hover / click")
         if view.n_features < view.n_features_threshold:
-            notes.append(f"{view.n_features_threshold:,} features within the node threshold")
-        if view.nodes_cut and view.n_features >= feature_budget(budget):
-            notes.append("most influential first")
+            notes.append(f"the threshold keeps {view.n_features_threshold:,}")
+        if view.nodes_cut and view.n_features < min(feature_budget(budget), view.n_features_threshold):
+            notes.append(f"display budget ≤{session.max_nodes:,} nodes")
         if view.edges_cut:
             notes.append(f"≤{session.max_edges:,} edges kept")
         if view.n_hidden:
