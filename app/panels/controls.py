@@ -16,7 +16,7 @@ def controls() -> html.Div:
             html.Label(f"Features shown ≤ {DEFAULT_FEATURE_BUDGET}", id=ids.BUDGET_LABEL,
                        htmlFor=ids.FEATURE_BUDGET, title="The most influential features first"),
             dcc.Slider(id=ids.FEATURE_BUDGET, min=0, max=len(FEATURE_BUDGETS) - 1, step=1, value=budget_index,
-                       marks={i: str(b) for i, b in enumerate(FEATURE_BUDGETS) if b in (10, 40, 100, 300, 1000)},
+                       marks={i: str(b) for i, b in enumerate(FEATURE_BUDGETS) if b in (10, 40, 100, 1000)},
                        updatemode="mouseup"),
         ]),
         html.Div(className="slider-box", children=[
