@@ -2,6 +2,7 @@
 (function () {
   "use strict";
   var GRAPH_ID = "attribution-graph";
+  var SUBGRAPH_ID = "subgraph-graph";
 
   /* dash-cytoscape passes its default wheelSensitivity (1, cytoscape's own default) explicitly,
      and cytoscape warns about a "custom" wheel sensitivity for any value passed: drop exactly
@@ -11,7 +12,6 @@
     if (typeof first === "string" && first.indexOf("You have set a custom wheel sensitivity") === 0) { return; }
     return consoleWarn.apply(console, arguments);
   };
-  var SUBGRAPH_ID = "subgraph-graph";
   var lastSignature = null;
 
   /* Edges on demand: the server sends the view's edges as a list; the edges of the hovered and
