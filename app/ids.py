@@ -14,9 +14,17 @@ COUNTS = "graph-counts"
 SCORES = "graph-scores"
 BUDGET_NOTE = "budget-note"
 HOVER_INFO = "hover-info"
+FEATURE_BUDGET = "feature-budget"  # slider: index into app.view.build.FEATURE_BUDGETS
+VIEW_OPTIONS = "view-options"  # checklist: "all-edges", "subgraph"
+NODE_SLIDER_LABEL = "node-threshold-label"  # slider labels show the slider's value
+EDGE_SLIDER_LABEL = "edge-threshold-label"
+BUDGET_LABEL = "feature-budget-label"
 
 # the graph
 CYTO = "attribution-graph"
+SUBGRAPH_PANE = "subgraph-pane"  # pinned nodes and supernodes with all their edges
+SUBGRAPH = "subgraph-graph"
+SUBGRAPH_NOTE = "subgraph-note"
 
 # actions under the graph
 PIN_BUTTON = "pin-button"
@@ -60,7 +68,7 @@ STORE_GRAPH = "store-graph"  # {"name": str | None}
 STORE_ANNOT_REV = "store-annotations-rev"  # int, bumped on every annotation change
 STORE_SELECTED = "store-selected"  # node key or None
 STORE_REGION = "store-region"  # {"image": k, "cells": [[row, col], ...]} or None
-STORE_HL_SELECTION = "store-hl-selection"  # {"nodes": [...], "edges": [...]}
+STORE_VIEW_EDGES = "store-view-edges"  # {"all": bool, "edges": [[source, target, weight, width], ...]}: drawn on demand
 STORE_HL_REGION = "store-hl-region"  # {"nodes": [...], "edges_from": [...]}
 STORE_BASE_STYLE = "store-base-style"  # the static cytoscape stylesheet
 STORE_FIGURE_KEY = "store-figure-key"  # which graph/image the image figure shows (Patch only that)

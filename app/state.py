@@ -11,7 +11,7 @@ from pathlib import Path
 from app.annotations import Annotations, AnnotationsError, annotations_path, load_annotations
 from app.examples import FeatureExamples, find_store
 from app.graph_store import GraphStore
-from app.view.build import PINNED, PRUNED, DisplayView, build_view
+from app.view.build import DEFAULT_FEATURE_BUDGET, PINNED, PRUNED, DisplayView, build_view
 from app.view.session import GraphSession
 
 DEFAULT_NODE_THRESHOLD = 0.8
@@ -33,15 +33,26 @@ class AppState:
         self.store = GraphStore(self.graphs_dir, max_nodes=max_nodes, max_edges=max_edges)
         self._examples_path = examples
         self._examples: FeatureExamples | None = None
+        self._examples_lock = threading.Lock()
+        self._warming = False
         self._views: OrderedDict = OrderedDict()
         self._building: dict = {}  # key -> lock held while that view is built
         self._lock = threading.Lock()
 
     @property
     def examples(self) -> FeatureExamples:
-        if self._examples is None:  # opened lazily: nothing heavy at import or start
-            self._examples = FeatureExamples(find_store(self.graphs_dir, self._examples_path))
+        with self._examples_lock:
+            if self._examples is None:  # opened lazily: nothing heavy at import or start
+                self._examples = FeatureExamples(find_store(self.graphs_dir, self._examples_path))
         return self._examples
+
+    def warm_examples(self) -> None:
+        """Open the examples store and read it once in a background thread (once), so that the
+        first click on a feature does not wait seconds for it (its first lookup loads its
+        tables); called once a graph is drawn."""
+        if self._examples is None and not self._warming:
+            self._warming = True
+            threading.Thread(target=lambda: self.examples.top(0, 0, k=1), daemon=True, name="open-examples").start()
 
     def annotations(self, session: GraphSession) -> tuple[Annotations, str]:
         try:
@@ -49,8 +60,10 @@ class AppState:
         except AnnotationsError as err:
             return Annotations(), f"Annotations ignored: {err}"
 
-    def current(self, name: str, node_threshold=None, edge_threshold=None, mode: str | None = PRUNED) -> Current:
-        """The view for these inputs (GraphNotFound / GraphFormatError from the store)."""
+    def current(self, name: str, node_threshold=None, edge_threshold=None, mode: str | None = PRUNED,
+                max_features=DEFAULT_FEATURE_BUDGET) -> Current:
+        """The view for these inputs (GraphNotFound / GraphFormatError from the store);
+        max_features None: only the display budget."""
         session = self.store.session(name)
         nt = DEFAULT_NODE_THRESHOLD if node_threshold is None else float(node_threshold)
         et = DEFAULT_EDGE_THRESHOLD if edge_threshold is None else float(edge_threshold)
@@ -61,7 +74,8 @@ class AppState:
             stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
         except OSError:
             stamp = 0
-        key = (id(session), round(nt, 4), round(et, 4), mode, stamp)
+        max_features = None if max_features is None else int(max_features)
+        key = (id(session), round(nt, 4), round(et, 4), mode, max_features, stamp)
         # One slider step fires several callbacks at once (graph, selection highlight, region
         # circuit), each asking for the same view: the first builds it, the others wait for it.
         with self._lock:
@@ -76,7 +90,7 @@ class AppState:
                     return self._views[key]
             try:
                 annotations, error = self.annotations(session)
-                view = build_view(session, annotations, nt, et, mode)
+                view = build_view(session, annotations, nt, et, mode, max_features)
                 current = Current(session, annotations, error, view)
                 with self._lock:
                     self._views[key] = current

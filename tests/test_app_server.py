@@ -66,13 +66,15 @@ def test_forged_names_do_not_escape_the_folder(client, name):
     assert "is not a graph in the graphs folder" in json.dumps(data["response"][ids.STATUS]["children"])
     # the render callback refuses it too
     out = (f"..{ids.CYTO}.elements...{ids.COUNTS}.children...{ids.SCORES}.children...{ids.BUDGET_NOTE}.children"
-           f"...{ids.CYTO}.layout..")
+           f"...{ids.CYTO}.layout...{ids.STORE_VIEW_EDGES}.data..")
     status, data = call(client, out, [
         {"id": ids.STORE_GRAPH, "property": "data", "value": {"name": name}},
         {"id": ids.NODE_SLIDER, "property": "value", "value": 0.8},
         {"id": ids.EDGE_SLIDER, "property": "value", "value": 0.98},
         {"id": ids.VIEW_MODE, "property": "value", "value": "pruned"},
         {"id": ids.STORE_ANNOT_REV, "property": "data", "value": 0},
+        {"id": ids.FEATURE_BUDGET, "property": "value", "value": 3},
+        {"id": ids.VIEW_OPTIONS, "property": "value", "value": []},
     ])
     assert status == 200 and data["response"][ids.CYTO]["elements"] == []
 

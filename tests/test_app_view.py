@@ -13,10 +13,10 @@ from tracer.graph.pruning import influence_from
 
 from app.annotations import Annotations
 from app.view.budget import prune_to_budget
-from app.view.build import PINNED, build_view, selection_highlight
+from app.view.build import PINNED, build_view, drawn_elements, edges_payload
 from app.view.details import feature_position_activations, image_heat, node_details
 from app.view.keys import node_keys
-from app.view.positions import compute_positions
+from app.view.positions import AXIS, LOGITS, SLOT, SLOT_ERROR, PITCH, compute_positions
 from app.view.region import region_circuit
 from app.view.session import GraphSession
 
@@ -32,58 +32,81 @@ def session(image_graph):
 
 
 # ---------------------------------------------------------------------------------- layout
+def place(g, indices):
+    """compute_positions for graph nodes: embeddings on the axis, layers, logits on top."""
+    kinds, layers = g.node_kinds()[indices], g.node_layers()[indices]
+    levels = np.where(kinds == "embedding", AXIS, np.where(kinds == "logit", LOGITS, layers))
+    return compute_positions(g, levels, np.maximum(g.node_positions()[indices], 0), -np.arange(len(indices)),
+                             np.where(kinds == "error", SLOT_ERROR, SLOT))
+
+
 def test_layout_levels_and_columns(image_graph):
     g = image_graph
     idx = np.arange(g.n_nodes)
-    xy = compute_positions(g, idx).xy
+    xy = place(g, idx).xy
     y = xy[:, 1]
     layers = g.node_layers()
-    # embeddings at the bottom (largest y: cytoscape's y grows downwards), logits on top
+    # embeddings on the axis at the bottom (largest y: cytoscape's y grows downwards), logits on top
     assert y[g.embedding_offset: g.logit_offset].min() > y[: g.logit_offset][layers[: g.logit_offset] >= 0].max()
     assert y[g.logit_offset:].max() < y[: g.logit_offset].min()
     # each layer in its own band, bands ordered by layer
     bands = [y[: g.embedding_offset][layers[: g.embedding_offset] == l] for l in range(g.n_layers)]
     for lower, upper in zip(bands, bands[1:]):
         assert lower.min() > upper.max()
-    # x follows token position: each embedding left of the next one
+    # text tokens along the axis in prompt order; every node of a text position sits in that
+    # position's column, between its neighbours' columns
+    image = g.is_image_position()
+    text = np.flatnonzero(~image)
     emb_x = xy[g.embedding_offset: g.logit_offset, 0]
-    assert np.all(np.diff(emb_x) > 0)
-    # every node of a position sits in that position's column, between its neighbours' columns
+    assert np.all(np.diff(emb_x[text]) > 0) and np.all(y[g.embedding_offset + text] == 0)
     pos = g.node_positions()
     for k in range(g.n_errors):
         i = g.error_offset + k
         p = pos[i]
+        if image[p]:
+            continue
         left = emb_x[p - 1] if p > 0 else -np.inf
         right = emb_x[p + 1] if p + 1 < g.n_positions else np.inf
         assert left < xy[i, 0] < right
 
 
-def test_layout_image_block_has_gaps(image_graph):
+def test_layout_image_block_is_its_grid(image_graph):
+    """The soft tokens fold into the image's grid below the axis; nodes at image positions sit
+    above the block, between the text before and after it."""
     g = image_graph
-    placement = compute_positions(g, np.arange(g.n_nodes))
-    emb_x = placement.xy[g.embedding_offset: g.logit_offset, 0]
-    steps = np.diff(emb_x)
+    placement = place(g, np.arange(g.n_nodes))
+    xy = placement.xy
     first, last = int(g.image_positions[0]), int(g.image_positions[-1])
-    inside = steps[first: last]  # between consecutive image soft tokens
-    assert steps[first - 1] > inside.max()  # a gap before the image block...
-    assert steps[last] > inside.max()  # ...and after it
+    for p, (_, row, col) in zip(g.image_positions.tolist(), g.image_grid.tolist()):
+        x, y = xy[g.embedding_offset + p]
+        assert y == pytest.approx(row * PITCH) and x == pytest.approx(xy[g.embedding_offset + first, 0] + col * PITCH)
     assert len(placement.image_blocks) == 1
-    image, x0, x1 = placement.image_blocks[0]
-    assert image == 0 and x0 < emb_x[first] < emb_x[last] < x1
+    image, x0, x1, bottom = placement.image_blocks[0]
+    assert image == 0 and bottom == pytest.approx(8 * PITCH)
+    before, after = xy[g.embedding_offset + first - 1, 0], xy[g.embedding_offset + last + 1, 0]
+    assert before < x0 < x1 < after
+    at_image = np.flatnonzero(g.is_image_position()[np.maximum(g.node_positions()[: g.embedding_offset], 0)])
+    assert len(at_image) and np.all((xy[at_image, 0] > before) & (xy[at_image, 0] < after))
 
 
-def test_layout_no_overlaps_in_a_cell():
+def test_layout_no_overlaps():
+    """Nodes keep their slot apart (labelled nodes SLOT, errors SLOT_ERROR, sub-rows ROW): no
+    node is drawn on another, however busy a cell is."""
     g = make_graph(seed=9, n_layers=2, n_pos=12, n_features=200, n_logits=2, image_side=2)
-    xy = compute_positions(g, np.arange(g.n_nodes)).xy
-    rounded = {(round(x, 3), round(y, 3)) for x, y in xy}
-    assert len(rounded) == g.n_nodes
+    idx = np.arange(g.embedding_offset)
+    xy = place(g, idx).xy
+    d = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)) + np.eye(len(idx)) * 1e9
+    assert d.min() >= SLOT_ERROR - 1e-9
 
 
 def test_layout_of_a_subset_is_compact(image_graph):
     g = image_graph
     few = np.array([0, 1, g.embedding_offset + 5, g.logit_offset])
-    xy = compute_positions(g, few).xy
-    assert xy.shape == (4, 2) and np.isfinite(xy).all()
+    full = place(g, few)
+    levels = np.array([int(g.node_layers()[0]), int(g.node_layers()[1]), AXIS, LOGITS])
+    compact = compute_positions(g, levels, np.maximum(g.node_positions()[few], 0), np.zeros(4), compact=True)
+    assert full.xy.shape == (4, 2) and np.isfinite(full.xy).all()
+    assert np.ptp(compact.xy[:, 0]) < np.ptp(full.xy[:, 0])  # no columns for positions without nodes
 
 
 # ---------------------------------------------------------------------------------- pruning
@@ -181,6 +204,11 @@ def test_view_elements(session):
     nodes = [e for e in view.elements if "source" not in e["data"] and e["data"]["kind"] not in ("axis", "block")]
     edges = [e for e in view.elements if "source" in e["data"]]
     assert len(nodes) == view.n_nodes and len(edges) == view.n_edges
+    # the whole token axis is drawn; embeddings the pruning dropped are marked off-view
+    emb = [e for e in nodes if e["data"]["kind"] in ("text", "image")]
+    assert len(emb) == session.graph.n_embeddings
+    assert {e["data"]["id"] for e in emb if not e["data"].get("offview")} == {
+        session.keys[i] for i in view.node_indices if session.kinds[i] == "embedding"}
     ids = {e["data"]["id"] for e in nodes}
     assert all(e["data"]["source"] in ids and e["data"]["target"] in ids for e in edges)
     assert all("label" in e["data"] for e in view.elements if "source" not in e["data"])  # cytoscape warns otherwise
@@ -189,10 +217,58 @@ def test_view_elements(session):
     colours = {e["data"]["color"] for e in edges}
     assert colours <= {"#2f6fbf", "#d0453a"} and len(colours) == 2  # by sign
     widths = [e["data"]["width"] for e in edges]
-    assert min(widths) >= 0.6 and max(widths) <= 5.0
+    assert min(widths) >= 0.8 and max(widths) <= 6.0
     # image patches take the mean colour of their pixels
     img = [e for e in nodes if e["data"]["kind"] == "image"]
     assert all(e["data"]["color"].startswith("#") and len(e["data"]["color"]) == 7 for e in img)
+    # edges on demand: the browser gets nodes only (the edge list goes separately), unless
+    # all edges are asked for
+    assert drawn_elements(view, True) == view.nodes + view.edge_elements
+    assert not [e for e in drawn_elements(view, False) if "source" in e["data"]]
+    payload = edges_payload(view)
+    assert {(s, t) for s, t, _, _ in payload} == {(e["data"]["source"], e["data"]["target"]) for e in edges}
+    assert all(w == e["data"]["weight"] for (_, _, w, _), e in zip(payload, edges))
+
+
+def test_feature_budget(session):
+    """At most max_features features, the most influential first; labels say the layer and
+    feature index; feature colour deepens with activation."""
+    full = build_view(session, Annotations(), 0.8, 0.98)
+    small = build_view(session, Annotations(), 0.8, 0.98, max_features=12)
+    assert small.n_features == 12 < full.n_features == small.n_features_threshold
+    inf = session.influence
+    kept = small.node_indices[session.kinds[small.node_indices] == "feature"]
+    others = full.node_indices[(session.kinds[full.node_indices] == "feature") & ~np.isin(full.node_indices, kept)]
+    assert inf[kept].min() >= inf[others].max()
+    data = {n["data"]["id"]: n["data"] for n in small.nodes}
+    g = session.graph
+    acts = np.abs(g.activations[kept])
+    strongest, weakest = session.keys[kept[np.argmax(acts)]], session.keys[kept[np.argmin(acts)]]
+    layer, _, feat = g.features[kept[0]]
+    assert data[session.keys[kept[0]]]["display"] == f"L{layer} #{feat}"
+    deep = lambda c: int(c[3:5], 16)  # the green channel falls as the orange deepens
+    assert deep(data[strongest]["color"]) < deep(data[weakest]["color"])
+
+
+def test_patch_thumbnails(session):
+    """Every image soft token is drawn as the patch of the input image it stands for."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    g = session.graph
+    view = build_view(session, Annotations(), 0.8, 0.98)
+    data = {n["data"]["id"]: n["data"] for n in view.nodes}
+    rows, cols = session.grid_shape(0)
+    img = np.asarray(g.images[0])
+    h, w = img.shape[0] // rows, img.shape[1] // cols
+    for p, (_, row, col) in zip(g.image_positions.tolist(), g.image_grid.tolist()):
+        uri = data[session.keys[g.embedding_offset + p]]["thumb"]
+        thumb = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"))
+        patch = img[row * h:(row + 1) * h, col * w:(col + 1) * w]
+        assert thumb.shape == (24, 24, 3)
+        assert np.array_equal(thumb[0, 0], patch[0, 0]) and np.array_equal(thumb[-1, -1], patch[-1, -1])
 
 
 def test_view_hidden_pinned_supernodes(session):
@@ -207,11 +283,19 @@ def test_view_hidden_pinned_supernodes(session):
     assert feats[2] not in shown and feats[3] not in shown and shown["S_1"]["kind"] == "supernode"
     assert view.n_nodes == base.n_nodes - 1 - 1  # one hidden, two merged into one
     assert all(e[0] != e[1] for e in view.edges)  # no self loops from merging
+    # the supernode has a place of its own (it used to sit on one of the nodes, hiding it)
+    xy = {n["data"]["id"]: (n["position"]["x"], n["position"]["y"]) for n in view.nodes
+          if n["data"]["kind"] not in ("axis", "block")}
+    sx, sy = xy.pop("S_1")
+    assert min(np.hypot(sx - x, sy - y) for x, y in xy.values()) >= 20
+    # edges among pinned nodes are drawn in the pruned view too
+    pinned_edges = [e for e in drawn_elements(view, False) if "source" in e["data"]]
+    assert all(shown[e["data"]["source"]].get("pinned") and shown[e["data"]["target"]].get("pinned")
+               for e in pinned_edges)
     pinned = build_view(session, a, 0.8, 0.98, PINNED)
     assert {e["data"]["id"] for e in pinned.elements if e["data"]["kind"] not in ("axis", "block")
             and "source" not in e["data"]} == {feats[0], "S_1"}
-    hl = selection_highlight(view, feats[0])
-    assert hl["selected"] == feats[0] and feats[0] in hl["nodes"] and len(hl["nodes"]) <= 11
+    assert build_view(session, Annotations(), 0.8, 0.98, PINNED).nodes == []  # nothing pinned: nothing drawn
 
 
 def test_node_details(session):
@@ -273,12 +357,12 @@ def test_toy_ground_truth(image_graph):
     assert GraphSession(image_graph, "x").ground_truth is None
 
 
-def test_slider_steps_move_nothing(session):
-    """Pruned views share one frame: a node (or edge) in two views has the same position and
-    data in both, so the browser only adds and removes elements when a slider moves."""
-    a = {e["data"]["id"]: e for e in build_view(session, Annotations(), 0.8, 0.98).elements}
-    b = {e["data"]["id"]: e for e in build_view(session, Annotations(), 0.4, 0.9).elements}
-    common = set(a) & set(b)
-    assert len(common) > 50 and set(b) != set(a)
+def test_slider_steps_keep_node_data(session):
+    """A node in two views (two threshold steps) has the same data in both: size, colour and
+    label do not jump as a slider moves (positions may: the layout spreads the nodes shown)."""
+    a = {e["data"]["id"]: e["data"] for e in build_view(session, Annotations(), 0.8, 0.98).nodes}
+    b = {e["data"]["id"]: e["data"] for e in build_view(session, Annotations(), 0.4, 0.9).nodes}
+    common = {k for k in set(a) & set(b) if not k.startswith(("axis_", "block_", "E_"))}
+    assert len(common) > 20 and set(b) != set(a)
     for key in common:
         assert a[key] == b[key], key

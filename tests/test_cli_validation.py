@@ -175,8 +175,8 @@ def _under_a_file(tmp_path: Path) -> Path:
     lambda out: ["attribute", "--prompt", "What color is grass?", "--graph_file_dir", str(out)],
     lambda out: ["attention", "--prompt", "What color is grass?", "-o", str(out / "a")],
     lambda out: ["steer", "--prompt", "What color is grass?", "--feature", "1:2", "--json", str(out / "r.json")],
-    lambda out: ["export", "sample_graphs/fact-heldout5000-what-color-is-fire.graph.safetensors", "--out", str(out)],
-    lambda out: ["import", "sample_graphs/fact-heldout5000-what-color-is-fire.graph.safetensors",
+    lambda out: ["export", "app/sample_graphs/fact-heldout5000-what-color-is-fire.graph.safetensors", "--out", str(out)],
+    lambda out: ["import", "app/sample_graphs/fact-heldout5000-what-color-is-fire.graph.safetensors",
                  "--out", str(out / "x")],
 ], ids=["attribute", "graph_file_dir", "attention", "steer-json", "export", "import"])
 def test_an_output_under_a_file_fails_before_any_work(make_argv, tmp_path, capsys, monkeypatch):

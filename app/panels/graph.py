@@ -1,4 +1,7 @@
-"""The attribution graph (cytoscape), the hover line, node actions and exports."""
+"""The attribution graph (cytoscape), the subgraph pane, the hover line, node actions and exports.
+
+Zooming: cytoscape's own wheel zoom is off (one notch jumped 2.5-3x, and a custom
+wheelSensitivity logs a warning); assets/vlmc.js zooms gently instead."""
 
 import dash_cytoscape as cyto
 from dash import dcc, html
@@ -17,9 +20,21 @@ def graph_panel() -> html.Div:
             # callback changes this prop (a new graph or view mode), not after each slider step:
             # autoRefreshLayout would re-run it 100 ms after every change and redraw twice.
             layout={"name": "preset", "fit": True, "padding": 30}, autoRefreshLayout=False,
-            minZoom=0.02, maxZoom=4, boxSelectionEnabled=True,
+            minZoom=0.05, maxZoom=6, boxSelectionEnabled=True, userZoomingEnabled=False,
             style={"width": "100%", "height": "100%"},
         ),
+        html.Div(id=ids.SUBGRAPH_PANE, className="subgraph-pane closed", children=[
+            html.Div(className="subgraph-title", children=[
+                html.Span("Subgraph", className="group-title"),
+                html.Span(id=ids.SUBGRAPH_NOTE, className="note",
+                          children="pinned nodes and supernodes with all their edges: pin nodes to assemble a circuit"),
+            ]),
+            cyto.Cytoscape(
+                id=ids.SUBGRAPH, className="cyto subgraph", elements=[], stylesheet=base_stylesheet(),
+                layout={"name": "preset", "fit": True, "padding": 20}, autoRefreshLayout=False,
+                minZoom=0.05, maxZoom=6, userZoomingEnabled=False, style={"width": "100%", "height": "100%"},
+            ),
+        ]),
         html.Div(className="actions", children=[
             html.Div(className="action-group", children=[
                 html.Button("Pin / unpin", id=ids.PIN_BUTTON, title="Pin the selected nodes (the pinned subgraph shows only pinned nodes)"),
@@ -38,8 +53,8 @@ def graph_panel() -> html.Div:
                     {"label": "current view", "value": "view"}, {"label": "pinned subgraph", "value": "pinned"}]),
                 html.Button("Neuronpedia JSON", id=ids.EXPORT_JSON),
                 html.Button("GraphML", id=ids.EXPORT_GRAPHML),
-                html.Button("PNG", id=ids.EXPORT_PNG, title="Picture of the current view"),
-                html.Button("SVG", id=ids.EXPORT_SVG, title="Picture of the current view"),
+                html.Button("PNG", id=ids.EXPORT_PNG, title="Picture of the current view or of the subgraph"),
+                html.Button("SVG", id=ids.EXPORT_SVG, title="Picture of the current view or of the subgraph"),
                 html.Span(id=ids.EXPORT_MESSAGE, className="message"),
                 dcc.Download(id=ids.DOWNLOAD),
             ]),

@@ -21,7 +21,7 @@ def page(names: list[str], value: str | None, folder: str, live=None) -> html.Di
         dcc.Store(id=ids.STORE_ANNOT_REV, data=0),
         dcc.Store(id=ids.STORE_SELECTED, data=None),
         dcc.Store(id=ids.STORE_REGION, data=None),
-        dcc.Store(id=ids.STORE_HL_SELECTION, data=None),
+        dcc.Store(id=ids.STORE_VIEW_EDGES, data=None),
         dcc.Store(id=ids.STORE_HL_REGION, data=None),
         dcc.Store(id=ids.STORE_BASE_STYLE, data=base_stylesheet()),
         dcc.Store(id=ids.STORE_FIGURE_KEY, data=None),

@@ -1,10 +1,15 @@
-"""Node coordinates for the graph view (cytoscape 'preset' layout; y grows downwards).
+"""Node coordinates for the graph view (cytoscape 'preset' layout; y grows downwards), in pixels
+at zoom 1: the layout is sized so that a view of tens of nodes fits a laptop window near zoom 1,
+where every label is readable.
 
-x: one column per token position, in prompt order, with each image's soft tokens as their own
-block (a gap before and after, drawn with a shaded background); columns without any displayed
-node take no room. A column is as wide as its busiest layer needs (nodes of one layer at one
-position sit side by side, wrapping into sub-rows: at least `WRAP` across, more for busy cells).
-y: one band per level: embeddings at the bottom, then layer 0 ... n_layers-1, logits on top.
+x: the position axis. Every prompt token has a column, in prompt order (its label drawn along
+the bottom); an image's soft tokens fold into one block: its patch thumbnails sit below the axis
+as the image's grid, and the nodes at any of its patches share the block's column, ordered by
+grid column (so a node sits roughly above its patch; hovering shows which). A column is as wide
+as its busiest cell needs: nodes of one layer at one column sit side by side (`SLOT` apart, room
+for a label), wrapping into sub-rows after `WRAP`.
+y: one band per level, embeddings (the axis) at 0, then the layers that have nodes, logits on
+top; a band is as tall as its busiest cell's sub-rows.
 """
 
 from __future__ import annotations
@@ -14,114 +19,123 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tracer.graph import Graph
-from tracer.graph.graph import ERROR, LOGIT
 
-LEVEL_HEIGHT = 150.0  # at least; taller when the view is wide, so that it is not a flat strip
-ASPECT = 0.55  # height / width the levels stretch to
-SLOT_TEXT = 34.0
-SLOT_IMAGE = 15.0
-BLOCK_GAP = 70.0
-WRAP = 5
-LOGIT_SPACING = 90.0
+SLOT = 50.0  # between labelled nodes side by side in one cell
+SLOT_ERROR = 22.0  # error nodes carry no label
+ROW = 32.0  # between sub-rows of one cell
+WRAP = 7
+TEXT_COLUMN = 17.0  # an empty token column: room for its (vertical) label
+THUMB = 13.0  # patch thumbnail size
+PITCH = THUMB + 4.0  # thumbnails' distance: their boxes (border and all) do not touch
+LEVEL_MIN = 56.0
+LEVEL_MIN_COMPACT = 40.0  # a subgraph: few nodes, a short pane
+BLOCK_GAP = 16.0
+LOGIT_SLOT = 110.0
+
+AXIS, LOGITS = -1, 10**6  # levels of embeddings and logits (layers are 0 .. n_layers-1)
 
 
 @dataclass
 class Placement:
-    xy: np.ndarray  # (n, 2) float: positions of the nodes passed in, same order
-    level_y: dict[str, float] = field(default_factory=dict)  # axis label -> y
+    xy: np.ndarray  # (n, 2) float: positions of the items passed in, same order
+    level_y: dict[str, float] = field(default_factory=dict)  # level label -> y
     x_min: float = 0.0
     x_max: float = 0.0
-    image_blocks: list[tuple[int, float, float]] = field(default_factory=list)  # (image, x0, x1)
-    column_x: dict[int, float] = field(default_factory=dict)  # position -> x of its column
-    level_height: float = LEVEL_HEIGHT
+    image_blocks: list[tuple[int, float, float, float]] = field(default_factory=list)  # image, x0, x1, y1 (bottom)
 
 
-def level_of(graph: Graph, indices: np.ndarray) -> np.ndarray:
-    """0 for embeddings, layer + 1 for features and errors, n_layers + 1 for logits."""
-    return graph.node_layers()[indices] + 1
+def column_keys(graph: Graph) -> list[tuple]:
+    """The axis column of every position, in prompt order: ('t', pos) for a text token,
+    ('i', image) for an image soft token."""
+    cells = {int(p): int(i) for p, (i, _, _) in zip(graph.image_positions, graph.image_grid)}
+    return [("i", cells[p]) if p in cells else ("t", p) for p in range(graph.n_positions)]
 
 
-def compute_positions(graph: Graph, indices: np.ndarray, influence: np.ndarray | None = None) -> Placement:
-    indices = np.asarray(indices, dtype=np.int64)
-    n = len(indices)
+def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, rank: np.ndarray,
+                      slots: np.ndarray | None = None, compact: bool = False) -> Placement:
+    """levels: AXIS for embeddings, a layer, or LOGITS; positions: token positions (logits: any);
+    rank: order inside a cell (lower first, e.g. -influence); slots: the width each item takes
+    in its row (default SLOT); compact: columns only for positions that have items (a subgraph)."""
+    levels = np.asarray(levels, np.int64)
+    slots = np.full(len(levels), SLOT) if slots is None else np.asarray(slots, float)
+    positions = np.asarray(positions, np.int64)
+    n = len(levels)
     xy = np.zeros((n, 2))
-    if n == 0:
-        return Placement(xy)
-    kinds = graph.node_kinds()[indices]
-    levels = level_of(graph, indices)
-    positions = graph.node_positions()[indices]
-    is_logit = kinds == LOGIT
+    col_of_pos = column_keys(graph)
+    cells_of = {int(p): (int(i), int(r), int(c)) for p, (i, r, c) in zip(graph.image_positions, graph.image_grid)}
+    columns = list(dict.fromkeys(col_of_pos))
+    if compact:
+        used = {col_of_pos[p] for p, lv in zip(positions.tolist(), levels.tolist()) if lv != LOGITS}
+        columns = [c for c in columns if c in used]
 
-    image_of_pos = np.full(graph.n_positions, -1, np.int64)
-    if len(graph.image_positions):
-        image_of_pos[graph.image_positions] = graph.image_grid[:, 0]
-
-    # Order inside a (level, position) cell: features by influence (strongest in the middle
-    # column first), then errors; stable by node index for ties.
-    rank = np.zeros(n)
-    if influence is not None:
-        rank = -np.asarray(influence)[indices]
-    rank = rank + np.where(kinds == ERROR, 1e9, 0.0)
-    order = np.lexsort((indices, rank, positions, levels))
-
-    cells: dict[tuple[int, int], list[int]] = {}
-    for k in order:
-        if is_logit[k]:
+    grid_col = np.array([cells_of[int(p)][2] if int(p) in cells_of else 0 for p in positions], np.int64)
+    cells: dict[tuple[int, tuple], list[int]] = {}
+    for k in np.lexsort((np.arange(n), np.asarray(rank, float), grid_col)).tolist():
+        if levels[k] in (AXIS, LOGITS):
             continue
-        cells.setdefault((int(levels[k]), int(positions[k])), []).append(int(k))
-    # a busy position (attribution graphs often have most features at the last position) gets
-    # a wide column rather than a tall stack: about 3 nodes across per row of the stack
-    wrap_per_pos: dict[int, int] = {}
-    for (level, pos), members in cells.items():
-        wrap_per_pos[pos] = max(wrap_per_pos.get(pos, WRAP), int(np.ceil(np.sqrt(3 * len(members)))))
-    slots_per_pos: dict[int, int] = {}
-    for (level, pos), members in cells.items():
-        slots_per_pos[pos] = max(slots_per_pos.get(pos, 1), min(len(members), wrap_per_pos[pos]))
+        cells.setdefault((int(levels[k]), col_of_pos[positions[k]]), []).append(k)
+    grid_cols: dict[int, int] = {}
+    grid_rows: dict[int, int] = {}
+    for i, r, c in cells_of.values():
+        grid_rows[i] = max(grid_rows.get(i, 0), r + 1)
+        grid_cols[i] = max(grid_cols.get(i, 0), c + 1)
+    width = {c: (grid_cols[c[1]] * PITCH if c[0] == "i" else TEXT_COLUMN) for c in columns}
+    for (_, col), members in cells.items():
+        for start in range(0, len(members), WRAP):
+            width[col] = max(width[col], float(slots[members[start:start + WRAP]].sum()))
 
-    # Columns, left to right, with a gap around each image block.
-    column_x: dict[int, float] = {}
+    column_x: dict[tuple, float] = {}
     blocks: dict[int, list[float]] = {}
-    cursor = 0.0
-    previous_image = -1
-    for pos in sorted(slots_per_pos):
-        image = int(image_of_pos[pos])
-        if image != previous_image:
+    cursor, previous = 0.0, None
+    for col in columns:
+        image = col[1] if col[0] == "i" else None
+        if image != previous and (image is not None or previous is not None):
             cursor += BLOCK_GAP
-        slot = SLOT_IMAGE if image >= 0 else SLOT_TEXT
-        width = slots_per_pos[pos] * slot
-        column_x[pos] = cursor + width / 2
-        if image >= 0:
-            block = blocks.setdefault(image, [cursor, cursor + width])
-            block[1] = cursor + width
-        cursor += width
-        previous_image = image
+        column_x[col] = cursor + width[col] / 2
+        if image is not None:
+            blocks.setdefault(image, [cursor, cursor])[1] = cursor + width[col]
+        cursor += width[col]
+        previous = image
 
-    n_levels = graph.n_layers + 2
-    level_height = max(LEVEL_HEIGHT, ASPECT * cursor / (n_levels - 1))
-    for (level, pos), members in cells.items():
-        slot = SLOT_IMAGE if image_of_pos[pos] >= 0 else SLOT_TEXT
-        wrap = wrap_per_pos[pos]
-        n_rows = (len(members) + wrap - 1) // wrap
-        sub = min(26.0, (level_height - 50.0) / max(n_rows, 1))
-        for j, k in enumerate(members):
-            row, col = divmod(j, wrap)
-            in_row = min(wrap, len(members) - row * wrap)
-            xy[k, 0] = column_x[pos] + (col - (in_row - 1) / 2) * slot
-            xy[k, 1] = -level * level_height + (row - (n_rows - 1) / 2) * sub
+    # bands: the axis at 0, each layer with nodes above it, as tall as its busiest cell
+    layers = sorted({lv for lv, _ in cells})
+    rows_in = {lv: max((len(m) + WRAP - 1) // WRAP for (l2, _), m in cells.items() if l2 == lv) for lv in layers}
+    level_y: dict[str, float] = {"tokens": 0.0}
+    centre: dict[int, float] = {}
+    top = 0.0
+    for lv in layers:
+        height = max(LEVEL_MIN_COMPACT if compact else LEVEL_MIN, rows_in[lv] * ROW + (10.0 if compact else 26.0))
+        centre[lv] = top - height / 2 - (4.0 if not centre else 0.0)
+        top = centre[lv] - height / 2
+        level_y[f"L{lv}"] = centre[lv]
+    if (levels == LOGITS).any() or not compact:
+        level_y["logits"] = top - 34.0
 
-    logits = np.flatnonzero(is_logit)
-    if len(logits):
-        last = column_x[max(column_x)] if column_x else 0.0
-        logit_order = logits[np.argsort(indices[logits])]
-        for j, k in enumerate(logit_order):
-            xy[k, 0] = last + (j - (len(logit_order) - 1) / 2) * LOGIT_SPACING
-            xy[k, 1] = -(graph.n_layers + 1) * level_height
+    for (lv, col), members in cells.items():
+        n_rows = (len(members) + WRAP - 1) // WRAP
+        for row in range(n_rows):
+            in_row = members[row * WRAP:(row + 1) * WRAP]
+            left = column_x[col] - slots[in_row].sum() / 2
+            for k in in_row:
+                xy[k, 0] = left + slots[k] / 2
+                xy[k, 1] = centre[lv] + (row - (n_rows - 1) / 2) * ROW
+                left += slots[k]
+    for k in np.flatnonzero(levels == AXIS).tolist():
+        p = int(positions[k])
+        if p in cells_of:
+            image, row, col = cells_of[p]
+            xy[k, 0] = column_x[("i", image)] + (col - (grid_cols[image] - 1) / 2) * PITCH
+            xy[k, 1] = row * PITCH
+        else:
+            xy[k, 0] = column_x[col_of_pos[p]]
+    logits = np.flatnonzero(levels == LOGITS)
+    last = column_x[columns[-1]] if columns else 0.0
+    for j, k in enumerate(logits.tolist()):
+        xy[k, 0] = last + (j - (len(logits) - 1) / 2) * LOGIT_SLOT
+        xy[k, 1] = top - 34.0
 
-    level_y = {"embeddings": 0.0}
-    for layer in range(graph.n_layers):
-        level_y[f"layer {layer}"] = -(layer + 1) * level_height
-    level_y["logits"] = -(graph.n_layers + 1) * level_height
-    return Placement(level_height=level_height,
-        xy=xy, level_y=level_y, x_min=float(xy[:, 0].min()), x_max=float(xy[:, 0].max()),
-        image_blocks=[(k, v[0], v[1]) for k, v in sorted(blocks.items())], column_x=column_x,
+    return Placement(
+        xy=xy, level_y=level_y, x_min=float(min(xy[:, 0].min(), 0.0)) if n else 0.0,
+        x_max=float(max(xy[:, 0].max(), cursor)) if n else cursor,
+        image_blocks=[(i, v[0], v[1], grid_rows[i] * PITCH) for i, v in sorted(blocks.items())],
     )

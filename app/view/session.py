@@ -73,10 +73,8 @@ class GraphSession:
             return (0, 0)
         return (max(c[1] for c in cells) + 1, max(c[2] for c in cells) + 1)
 
-    @cached_property
-    def patch_colours(self) -> dict[int, str]:
-        """Mean colour of the image pixels under each image soft token (position -> '#rrggbb')."""
-        out: dict[int, str] = {}
+    def patches(self):
+        """(position, pixels) of the input image under each image soft token."""
         for pos, (image, row, col) in self.cell_of_position.items():
             if image >= len(self.graph.images):
                 continue
@@ -84,8 +82,14 @@ class GraphSession:
             rows, cols = self.grid_shape(image)
             h, w = img.shape[0] / rows, img.shape[1] / cols
             patch = img[int(row * h): int((row + 1) * h) or None, int(col * w): int((col + 1) * w) or None]
-            if patch.size == 0:
-                continue
+            if patch.size:
+                yield pos, patch
+
+    @cached_property
+    def patch_colours(self) -> dict[int, str]:
+        """Mean colour of the image pixels under each image soft token (position -> '#rrggbb')."""
+        out: dict[int, str] = {}
+        for pos, patch in self.patches():
             rgb = patch.reshape(-1, patch.shape[-1])[:, :3].mean(0) if patch.ndim == 3 else np.repeat(patch.mean(), 3)
             out[pos] = "#%02x%02x%02x" % tuple(int(v) for v in np.clip(rgb, 0, 255))
         return out
@@ -109,38 +113,32 @@ class GraphSession:
         return {"question": str(toy.get("question", "")), "answer": str(toy.get("answer", "")),
                 "evidence": [str(e) for e in toy.get("evidence") or []], "cells": sorted(set(cells))}
 
-    # ------------------------------------------------------------------ a stable frame for the view
+    # ------------------------------------------------------------------ one scale for every view
     @cached_property
     def reference(self) -> dict:
-        """One frame for every pruned view of this graph: node positions, node sizes and edge
-        widths are computed for the nodes any pruned view can show, so that moving a slider
-        only adds and removes nodes, it does not move or resize the others (a steadier picture,
-        and a much cheaper update in the browser).
-
-        Pruning keeps feature nodes in influence order and at most `max_nodes` of them, so any
-        view's features are among the `max_nodes` most influential; errors, embeddings and
-        logits can all appear."""
+        """Node sizes are relative to the most influential feature (without features, to all
+        non-logit nodes), feature colours to the strongest activation: the same in every view
+        of this graph."""
         g = self.graph
-        feat_inf = self.influence[: g.n_features]
-        top = np.sort(np.argsort(-feat_inf)[: self.max_nodes]) if g.n_features else np.zeros(0, np.int64)
-        indices = np.concatenate([top, np.arange(g.error_offset, g.n_nodes)]).astype(np.int64)
-        # sizes relative to the most influential feature (embeddings above it are drawn at the
-        # largest size); without features, relative to all non-logit nodes
-        scale_nodes = top if len(top) else indices[self.kinds[indices] != "logit"]
+        scale_nodes = np.arange(g.n_features) if g.n_features else np.flatnonzero(self.kinds != "logit")
         inf = self.influence[scale_nodes]
-        loosest = self.budget(1.0, 1.0)
-        weights = np.abs(g.adjacency[loosest.edge_rows, loosest.edge_cols])
-        return {"indices": indices, "placement": None,
-                "max_influence": float(inf.max()) if inf.size and inf.max() > 0 else 1.0,
-                "max_weight": float(weights.max()) if weights.size and weights.max() > 0 else 1.0}
+        act = np.abs(np.asarray(g.activations, np.float64))
+        return {"max_influence": float(inf.max()) if inf.size and inf.max() > 0 else 1.0,
+                "max_activation": float(act.max()) if act.size and act.max() > 0 else 1.0}
 
-    def reference_placement(self):
-        ref = self.reference
-        if ref["placement"] is None:
-            from app.view.positions import compute_positions
+    @cached_property
+    def patch_thumbnails(self) -> dict[int, str]:
+        """A small PNG data URI of the input image under each image soft token (position -> URI),
+        drawn on the view's position axis."""
+        from PIL import Image
 
-            ref["placement"] = compute_positions(self.graph, ref["indices"], self.influence)
-        return ref["placement"]
+        from tracer.graph.neuronpedia import image_to_data_uri
+
+        out: dict[int, str] = {}
+        for pos, patch in self.patches():
+            thumb = Image.fromarray(np.ascontiguousarray(patch).astype(np.uint8)).convert("RGB")
+            out[pos] = image_to_data_uri(np.asarray(thumb.resize((24, 24), Image.NEAREST)))
+        return out
 
     # ------------------------------------------------------------------ labels
     def default_label(self, index: int) -> str:
@@ -179,17 +177,20 @@ class GraphSession:
         return flow
 
     # ------------------------------------------------------------------ pruning (cached)
-    def budget(self, node_threshold: float, edge_threshold: float) -> BudgetView:
-        key = (round(float(node_threshold), 4), round(float(edge_threshold), 4))
+    def budget(self, node_threshold: float, edge_threshold: float, max_features: int | None = None) -> BudgetView:
+        """max_features: at most this many feature nodes (the most influential), else only the
+        display budget."""
+        key = (round(float(node_threshold), 4), round(float(edge_threshold), 4),
+               None if max_features is None else int(max_features))
         with self._lock:
             if key in self._budgets:
                 self._budgets.move_to_end(key)
                 return self._budgets[key]
-        nt, et = (float(np.clip(v, 0.0, 1.0)) for v in key)
-        view = self.pruner.prune(nt, et, self.max_nodes, self.max_edges)
+        nt, et = (float(np.clip(v, 0.0, 1.0)) for v in key[:2])
+        view = self.pruner.prune(nt, et, self.max_nodes, self.max_edges, max_feature_nodes=key[2])
         with self._lock:
             self._budgets[key] = view
-            while len(self._budgets) > 6:
+            while len(self._budgets) > 12:  # a view uses two: with and without the feature budget
                 self._budgets.popitem(last=False)
         return view
 

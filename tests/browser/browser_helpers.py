@@ -126,6 +126,32 @@ def settle(page) -> None:
     page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
 
 
+def dash_prop(page, component_id: str, prop: str):
+    """A component's prop as the Dash renderer holds it (e.g. a dcc.Store's data)."""
+    return page.evaluate("""([id, prop]) => {
+        const find = (n) => {
+            if (!n || typeof n !== 'object') return null;
+            if (n.props && n.props.id === id) return n.props;
+            for (const k in n) { const r = find(n[k]); if (r) return r; }
+            return null;
+        };
+        const props = find(window.store.getState().layout);
+        return props ? props[prop] : null;
+    }""", [component_id, prop])
+
+
+def view_edges(page) -> list:
+    """The current view's edges the browser draws on demand: [source, target, weight, width]."""
+    return (dash_prop(page, ids.STORE_VIEW_EDGES, "data") or {}).get("edges") or []
+
+
+def set_budget(page, key: str = "End") -> None:
+    """Move the feature-budget slider with a key (End: the largest budget)."""
+    page.locator(f"#{ids.FEATURE_BUDGET} [role=slider]").focus()
+    page.keyboard.press(key)
+    wait_idle(page)
+
+
 def select_nodes(page, keys: list[str]) -> None:
     """Select nodes in cytoscape (as shift+click would) and wait until Dash has the selection
     (dash-cytoscape reports selectedNodeData after a 100 ms debounce)."""

@@ -14,7 +14,7 @@ from app.annotations import annotations_path
 from tracer.graph.neuronpedia import validate_graph_json
 
 from browser_helpers import (CY, cell_center, click_node, count_renders, edge_count, figure_data, node_count, open_app,
-                     select_nodes, settle, text_of, wait_idle, wait_nodes)
+                     select_nodes, set_budget, settle, text_of, view_edges, wait_idle, wait_nodes)
 
 pytestmark = pytest.mark.browser
 
@@ -41,9 +41,10 @@ def test_open_graph_and_node_slider(page, server, graphs):
     open_app(page, server.url)
     assert page.locator(f"#{ids.GRAPH_DROPDOWN}").inner_text().strip().startswith(names["image"])
     n0 = node_count(page)
-    assert n0 > 100 and edge_count(page) > 100
+    # edges on demand: none drawn until a node is hovered or clicked, the view's edges wait in a store
+    assert n0 > 40 and edge_count(page) == 0 and len(view_edges(page)) > 100
     counts = text_of(page, ids.COUNTS)
-    assert f"{n0} nodes" in counts
+    assert f"{n0} nodes" in counts and counts.startswith("40 of 256 features")
     assert "replacement" in text_of(page, ids.SCORES) and "completeness" in text_of(page, ids.SCORES)
     kinds = page.evaluate(f"() => [...new Set({CY}.nodes().map(n => n.data('kind')))].sort()")
     assert {"feature", "error", "image", "text", "logit"} <= set(kinds)
@@ -83,6 +84,9 @@ def test_shipped_sample_graph(page, sample_server):
 def test_slider_latency_on_a_1000_node_view(page, server, graphs, record_property):
     _, names = graphs
     open_app(page, server.url, names["big"])
+    set_budget(page, "End")  # the largest feature budget ...
+    page.locator(f"#{ids.VIEW_OPTIONS} input[value=all-edges]").check()  # ... with every edge drawn
+    wait_idle(page)
     assert node_count(page) > 300
     count_renders(page)
     slider = page.locator(f"#{ids.NODE_SLIDER} [role=slider]")
@@ -110,12 +114,13 @@ def test_slider_latency_on_a_1000_node_view(page, server, graphs, record_propert
 def test_click_image_cell_highlights_region_circuit(page, server, graphs):
     _, names = graphs
     open_app(page, server.url, names["image"])
-    # an image patch node that is drawn and has outgoing edges
-    key = page.evaluate(f"""() => {{
-        const cand = {CY}.nodes().filter(n => n.data('kind') === 'image' && n.outgoers('edge').length > 0)
-            .sort((a, b) => b.outgoers('edge').length - a.outgoers('edge').length);
-        return cand[0].id();
-    }}""")
+    # the image patch node with the most outgoing edges in the view
+    images = set(page.evaluate(f"() => {CY}.nodes('[kind = \"image\"]').map(n => n.id())"))
+    out = {}
+    for source, *_ in view_edges(page):
+        if source in images:
+            out[source] = out.get(source, 0) + 1
+    key = max(out, key=lambda k: (out[k], k))
     cells = figure_data(page, ids.IMAGE_FIGURE, "gd.data[1].customdata")
     row, col = next((r, c) for r, line in enumerate(cells) for c, k in enumerate(line) if k == key)
     p = cell_center(page, row, col)
@@ -180,10 +185,14 @@ def test_click_feature_shows_details_and_heatmap(page, server, graphs):
     assert "Heatmap" in text_of(page, ids.IMAGE_NOTE)
     assert figure_data(page, ids.IMAGE_FIGURE, "gd.data[1].showscale") is True
     assert figure_data(page, ids.IMAGE_FIGURE, "Math.max(...gd.data[1].z.flat())") > 0
-    # the selection and its strongest inputs and outputs are highlighted
-    page.wait_for_function(f"() => {CY}.getElementById('{key}').style('border-width') === '5px'")
-    bright = page.evaluate(f"() => {CY}.nodes().filter(n => Number(n.style('opacity')) === 1 && n.data('kind') !== 'axis' && n.data('kind') !== 'block').length")
-    assert 2 <= bright <= 11
+    # the selection's inputs and outputs are drawn (edges on demand), the rest fades
+    page.mouse.move(2, 2)
+    mine = {(s, t) for s, t, *_ in view_edges(page) if key in (s, t)}
+    page.wait_for_function(f"() => {CY}.getElementById('{key}').hasClass('focus')")
+    drawn = page.evaluate(f"() => {CY}.edges().map(e => [e.source().id(), e.target().id()])")
+    assert {tuple(e) for e in drawn} == mine and mine
+    bright = page.evaluate(f"() => {CY}.nodes().filter(n => !n.hasClass('faded') && n.data('kind') !== 'axis' && n.data('kind') !== 'block').length")
+    assert bright == len({k for e in mine for k in e})
     # a node link in the details selects that node
     page.locator(f"#{ids.DETAILS} .edge-list .node-link").first.click()
     page.wait_for_function(f"() => !document.getElementById('{ids.LABEL_INPUT}').disabled")
@@ -280,6 +289,7 @@ def test_exports(page, server, graphs, clean_annotations, tmp_path):
     path = tmp_path / "view.png"
     info.value.save_as(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert info.value.suggested_filename.endswith("-view.png")
 
     with page.expect_download() as info:
         page.locator(f"#{ids.EXPORT_SVG}").click()

@@ -20,7 +20,7 @@ import pytest
 from app import ids
 from app.factory import default_graphs_dir
 from conftest import Server
-from browser_helpers import CY, cell_center, open_app, select_nodes, text_of, wait_idle
+from browser_helpers import CY, cell_center, open_app, select_nodes, text_of, view_edges, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -111,15 +111,19 @@ def opened_graph(page) -> str:
 
 
 def strongest_inputs(page, n: int, last_only: bool = False) -> list[str]:
-    """The n features of the view with the largest positive edges into the first logit."""
-    return page.evaluate(f"""([n, lastOnly]) => {{
-        const cy = {CY};
-        const pos = k => Number(k.split('_').pop());
-        const last = Math.max(...cy.nodes().filter(x => x.id().startsWith('F_')).map(x => pos(x.id())));
-        return cy.edges().filter(e => e.data('target') === 'L_0' && e.data('source').startsWith('F_')
-                                      && e.data('weight') > 0 && (!lastOnly || pos(e.data('source')) === last))
-                 .sort((a, b) => b.data('weight') - a.data('weight')).slice(0, n).map(e => e.data('source'));
-    }}""", [n, last_only])
+    """The n features of the view with the largest positive edges into the first logit (from the
+    view's edge list: the graph draws edges on demand)."""
+    pos = lambda k: int(k.split("_")[-1])
+    last = max(pos(k) for k in page.evaluate(f"() => {CY}.nodes().filter(x => x.id().startsWith('F_')).map(x => x.id())"))
+    edges = [(w, s) for s, t, w, _ in view_edges(page)
+             if t == "L_0" and s.startswith("F_") and w > 0 and (not last_only or pos(s) == last)]
+    return [s for _, s in sorted(edges, reverse=True)[:n]]
+
+
+def show_edges(page, key: str) -> None:
+    """Select a node as a click would, so that its edges are drawn."""
+    page.evaluate(f"(key) => {CY}.getElementById(key).emit('tap')", key)
+    page.wait_for_function(f"(key) => {CY}.getElementById(key).connectedEdges().length > 0", arg=key)
 
 
 def choose(page, component_id: dict, label: str) -> None:
@@ -348,6 +352,7 @@ def test_vision_overlay_region_ablation_attention_graph_and_heads(page, live_ser
     assert "red" in table and "zero-ablated 4 image soft token(s)" in text_of(page, ids.REGION_RESULT)
 
     # which heads carry the strongest edge into the logit
+    show_edges(page, "L_0")
     page.evaluate(f"""() => {{ const e = {CY}.edges().filter(e => e.data('target') === 'L_0')
         .sort((a, b) => Math.abs(b.data('weight')) - Math.abs(a.data('weight')))[0]; e.emit('tap'); }}""")
     page.wait_for_function(f"() => document.getElementById('{ids.EDGE_INFO}').innerText.startsWith('Edge')")
@@ -363,6 +368,7 @@ def test_vision_overlay_region_ablation_attention_graph_and_heads(page, live_ser
     wait_idle(page)
     assert page.evaluate(f"() => {CY}.nodes().filter(n => n.data('kind') === 'feature').length") >= 3
     assert page.locator(f"#{ids.ATTN_BACK}").is_visible()
+    show_edges(page, "L_0")
     page.evaluate(f"""() => {{ const e = {CY}.edges().filter(e => e.data('target') === 'L_0')[0]; e.emit('tap'); }}""")
     page.wait_for_function(f"() => document.getElementById('{ids.EDGE_INFO}').innerText.startsWith('Edge')")
     page.click(f"#{ids.ATTN_BACK}")
