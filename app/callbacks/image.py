@@ -13,6 +13,7 @@ from app import ids
 from app.callbacks.jobs import open_session
 from app.graph_store import GraphNotFound
 from app.panels.image_figure import all_shapes, base_figure, cell_from_xy, cells_in_box, empty_figure, heat_hover
+from app.view.build import feature_budget
 from app.view.details import feature_position_activations, image_heat
 from app.view.region import region_circuit
 
@@ -124,13 +125,14 @@ def register(app, state) -> None:
         Output(ids.STORE_HL_REGION, "data"), Output(ids.REGION_INFO, "children"),
         Input(ids.STORE_REGION, "data"), Input(ids.STORE_GRAPH, "data"), Input(ids.NODE_SLIDER, "value"),
         Input(ids.EDGE_SLIDER, "value"), Input(ids.VIEW_MODE, "value"), Input(ids.STORE_ANNOT_REV, "data"),
+        Input(ids.FEATURE_BUDGET, "value"),
     )
-    def circuit(region, graph, nt, et, mode, _rev):
+    def circuit(region, graph, nt, et, mode, _rev, budget):
         name = (graph or {}).get("name")
         if not name or not region or not region.get("cells"):
             return None, ""
-        try:
-            current = state.current(name, nt, et, mode)
+        try:  # the view the graph panel shows (same thresholds and feature budget)
+            current = state.current(name, nt, et, mode, feature_budget(budget))
         except (GraphNotFound, GraphFormatError):
             return None, ""
         cells = [tuple(c) for c in region["cells"]]
