@@ -6,6 +6,8 @@ from pathlib import Path
 
 from dash import Dash
 
+from tracer.batch.run import is_batch_folder
+
 from app import browser_values
 from app.callbacks import register_all
 from app.panels.page import page
@@ -29,7 +31,14 @@ def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None
 
     dash_cytoscape.load_extra_layouts()  # the bundle with cytoscape-svg (SVG export); served locally
     graphs_dir = Path(graphs_dir) if graphs_dir else default_graphs_dir()
+    batch = None
+    if is_batch_folder(graphs_dir):  # python -m tracer batch --out DIR: its table, and its graphs/
+        from app.batch import BatchView
+
+        batch = BatchView.open(graphs_dir)
+        graphs_dir = graphs_dir / "graphs"
     state = AppState(graphs_dir, examples=examples, max_nodes=max_nodes, max_edges=max_edges)
+    state.batch = batch
     app = Dash(__name__, title="VLM circuits", assets_folder=str(ASSETS), serve_locally=True,
                update_title=None)
     app.state = state  # for tests and embedding
@@ -41,7 +50,7 @@ def create_app(graphs_dir: str | Path | None = None, examples: str | Path | None
         state.live = LiveState(live_config, graphs_dir, factory=live_factory)
 
     def layout():  # a function: every page load lists the folder afresh
-        return page(state.store.names(), None, str(graphs_dir), live=live_config)
+        return page(state.store.names(), None, str(graphs_dir), live=live_config, batch=batch)
 
     app.layout = layout
     register_all(app, state)

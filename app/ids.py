@@ -152,3 +152,11 @@ def store_job(kind: str) -> str:
 def store_status(kind: str) -> str:
     """Memory store with the polled status of that job."""
     return f"store-status-{kind}"
+
+# batch folder (python -m tracer batch --out DIR opened with --graphs DIR)
+BATCH_PANEL = "batch-panel"
+BATCH_HEADLINE = "batch-headline"
+BATCH_TABLE = "batch-table"
+BATCH_RECURRING = "batch-recurring"
+BATCH_TYPE = "batch-type"
+BATCH_INFLUENCE = "batch-influence"

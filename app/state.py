@@ -30,6 +30,7 @@ class AppState:
     def __init__(self, graphs_dir: str | Path, examples: str | Path | None = None,
                  max_nodes: int | None = None, max_edges: int | None = None):
         self.graphs_dir = Path(graphs_dir)
+        self.batch = None  # an app.batch.BatchView when the app opened a batch folder
         self.store = GraphStore(self.graphs_dir, max_nodes=max_nodes, max_edges=max_edges)
         self._examples_path = examples
         self._examples: FeatureExamples | None = None

@@ -240,3 +240,22 @@ def test_annotation_keys_are_bounded_node_ids(folder):
     annotations_path(graph).write_text(json.dumps(raw))
     with pytest.raises(AnnotationsError, match="labels must map node ids"):
         load_annotations(graph)
+
+
+def test_a_batch_folder_with_an_unreadable_summary_says_so_and_still_serves_its_graphs(tmp_path):
+    """A batch folder (summary.parquet next to graphs/) whose summary is garbage: the batch panel
+    shows why, the graphs in graphs/ are listed, and the page answers."""
+    from graph_factory import make_graph
+
+    from app.factory import create_app
+    from tracer.graph import save_graph
+
+    (tmp_path / "graphs").mkdir()
+    save_graph(make_graph(seed=1), tmp_path / "graphs" / "one.graph.safetensors")
+    (tmp_path / "summary.parquet").write_bytes(b"PAR1 not really parquet" * 10)
+    app = create_app(tmp_path)
+    assert app.state.store.names() == ["one.graph.safetensors"]
+    client = app.server.test_client()
+    layout = client.get("/_dash-layout")
+    assert layout.status_code == 200
+    assert "not a readable batch summary" in layout.get_data(as_text=True)

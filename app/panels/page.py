@@ -3,6 +3,7 @@
 from dash import dcc, html
 
 from app import ids
+from app.panels.batch import batch_panel
 from app.panels.controls import controls
 from app.panels.details import details_panel
 from app.panels.graph import graph_panel
@@ -12,8 +13,9 @@ from app.panels.live import live_parts
 from app.view.build import base_stylesheet
 
 
-def page(names: list[str], value: str | None, folder: str, live=None) -> html.Div:
-    """live: the LiveConfig when the app has a live model (trace, steer, attention), else None."""
+def page(names: list[str], value: str | None, folder: str, live=None, batch=None) -> html.Div:
+    """live: the LiveConfig when the app has a live model (trace, steer, attention), else None;
+    batch: the app.batch.BatchView of a batch folder, else None."""
     extra = live_parts(live)
     return html.Div(className="app", children=[
         dcc.Location(id=ids.URL, refresh=False),
@@ -29,7 +31,8 @@ def page(names: list[str], value: str | None, folder: str, live=None) -> html.Di
         header(names, value, folder, extra=extra["header"]),
         *extra["overlay"],
         html.Main(className="main", children=[
-            html.Section(className="left", children=[controls(), graph_panel()]),
+            html.Section(className="left", children=[*([batch_panel(batch)] if batch is not None else []),
+                                                     controls(), graph_panel()]),
             html.Aside(className="right", children=[image_panel(), *extra["aside"], details_panel()]),
         ]),
     ])

@@ -210,6 +210,42 @@ def write_summary(out: Path, order: list[str] | None = None) -> list[dict]:
     return [rows[i] for i in ids]
 
 
+MAX_SUMMARY_BYTES = 256 * 2**20  # a summary of a million examples is far below this
+
+
+def is_batch_folder(folder: str | Path) -> bool:
+    """A folder written by run_batch (summary.parquet next to graphs/)."""
+    folder = Path(folder)
+    return (folder / "summary.parquet").is_file() and (folder / "graphs").is_dir()
+
+
+def read_summary(folder: str | Path) -> list[dict]:
+    """The rows of a batch folder's summary.parquet (InputError if it cannot be read), with the
+    list columns as plain lists."""
+    import pandas as pd
+    import pyarrow
+
+    path = Path(folder) / "summary.parquet"
+    if path.stat().st_size > MAX_SUMMARY_BYTES:
+        raise InputError(f"{path} is larger than {MAX_SUMMARY_BYTES // 2**20} MB: not a batch summary")
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as err:
+        raise InputError(f"{path}: not a readable batch summary ({str(err).splitlines()[0][:200]})") from None
+    missing = [c for c in ("id", "graph") if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: not a batch summary (no {', '.join(missing)} column)")
+    rows = table.to_dict("records")
+    for row in rows:
+        for key in ("feature_ids", "cell_influence"):
+            value = row.get(key)
+            row[key] = [] if value is None else [list(v) if hasattr(v, "__len__") else v for v in value]
+        for key, value in row.items():
+            if isinstance(value, float) and value != value:  # NaN from pandas: missing
+                row[key] = None
+    return rows
+
+
 def per_type_table(rows: list[dict]) -> str:
     """Accuracy and ground-truth circuit metrics per question type."""
     import pandas as pd
