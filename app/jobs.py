@@ -1,5 +1,5 @@
 """Background jobs for the live features: one worker thread per device, each consuming its own
-FIFO queue (../shared/recipes/dash_ui.md: Dash's background callbacks fork a process per job,
+FIFO queue (measured on the project's machines: Dash's background callbacks fork a process per job,
 which reloads the model and cannot use CUDA after the parent initialised it).
 
     queue = JobQueue()

@@ -14,7 +14,7 @@ import and model/transcoder load are reported apart; peak memory is the process'
 (getrusage), measured the same way in both. Then the two graphs of the last round are
 matched node by node and their edges compared.
 
-What has to be bridged for a fair comparison (DESIGN.md section 6, docs/benchmarks.md):
+What has to be bridged for a fair comparison (docs/design.md §6, docs/benchmarks.md):
 
 - circuit-tracer ignores `top_k` in config.yaml (a TopK set would load as plain ReLU there),
   so both tools are handed a set whose activation both implement the same way. By default

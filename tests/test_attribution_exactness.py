@@ -1,4 +1,4 @@
-"""Exactness of attribution graphs on the toy VLM, in float64 (DESIGN.md §3).
+"""Exactness of attribution graphs on the toy VLM, in float64 (docs/design.md §3).
 
 Edges come from the hand-written transposed map (tracer/attribution/replacement.py); they are
 checked against the replacement model run *forward* through the Hugging Face modules with one
@@ -149,7 +149,7 @@ def test_attention_inside_the_image_is_bidirectional(color_graph):
 
 
 def test_a_float64_model_is_float64_exact_without_the_caller_asking(toy64):
-    """Gemma3RMSNorm and the eager softmax compute in float32 even in a float64 run (DESIGN.md §6);
+    """Gemma3RMSNorm and the eager softmax compute in float32 even in a float64 run (docs/design.md §6);
     the library switches them to float64 by itself for a float64 model (tracer.models.precision)."""
     model, processor = toy64
     ex = world.make_example("heldout", 4, question_type="shape")

@@ -1,6 +1,6 @@
 """Browser tests: the explorer served from this process, driven by headless Chromium (Playwright).
 
-Recipe: ../shared/recipes/dash_ui.md (Debian's /usr/bin/chromium, never `playwright install`).
+Debian's /usr/bin/chromium (apt-get install -y chromium), never `playwright install`; see docs/app.md.
 Every test fails on a page error or a console error.
 """
 

@@ -1,6 +1,6 @@
 """Attention graphs: how information moves between positions through attention heads.
 
-Built on the local replacement model of one prompt (DESIGN.md §3: attention patterns and norm
+Built on the local replacement model of one prompt (docs/design.md §3: attention patterns and norm
 scales frozen to the clean run's, MLPs replaced by transcoder features + errors, so the residual
 stream is linear in its sources). Per layer l, head h, key position k and query position q the
 **contribution vector** of k to q along the value-output path is

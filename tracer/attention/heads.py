@@ -1,6 +1,6 @@
 """Which attention heads carry an attribution edge.
 
-An attribution edge A[t, s] (DESIGN.md §3) is the direct effect of source s on target t through
+An attribution edge A[t, s] (docs/design.md §3) is the direct effect of source s on target t through
 the frozen linear paths of the local replacement model: the residual stream, the frozen
 attention value-output paths of every head, frozen norms and transcoder skips. Removing one
 head (l, h) from that linear model (its output set to zero) changes the edge to A_without(l, h);

@@ -1,6 +1,6 @@
 """The local replacement model run forward through the Hugging Face modules themselves.
 
-This is the second, independent implementation of DESIGN.md §3: instead of the hand-written
+This is the second, independent implementation of docs/design.md §3: instead of the hand-written
 transposed map of replacement.py it runs the real language model with hooks that freeze what
 the replacement model freezes (norm scales, attention patterns) and replace each MLP by its
 transcoder features + error + b_dec (+ live skip). Scaling one source and reading the targets

@@ -4,7 +4,7 @@ For each layer: the scale (1/rms) of each of the four RMSNorms at every position
 pattern, the MLP input (`mlp.hook_in`) and raw output (`mlp.hook_out`); plus the embeddings that
 enter the language model (text embeddings already scaled by sqrt(d_model), image soft tokens as
 the projector made them) and the final norm's scale. With these frozen, the residual stream is a
-linear function of the embeddings, the transcoder features and the error terms (DESIGN.md §3).
+linear function of the embeddings, the transcoder features and the error terms (docs/design.md §3).
 """
 
 from __future__ import annotations

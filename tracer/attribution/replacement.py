@@ -5,7 +5,7 @@ each MLP replaced by transcoder features + error + b_dec (+ the live linear skip
 freezes the residual stream is linear in its sources, so the gradient of any target with
 respect to every source is one pass of the *transposed* map. Many targets ("lanes") go through
 that pass together as a batch [lanes, positions, d_model]: the forward pass is never repeated
-per lane (DESIGN.md §4).
+per lane (docs/design.md §4).
 
 Per layer l, going down (G = d target / d residual after layer l, per lane):
 

@@ -1,7 +1,7 @@
 """The circuit-tracer / Neuronpedia graph JSON (schema_version 1): export and import.
 
 File layout (what circuit-tracer's `create_graph_files` writes and Neuronpedia's graph viewer
-reads; see DESIGN.md section 5)::
+reads; see docs/design.md §5)::
 
     <out>/<slug>.json           {metadata, qParams, nodes, links}
     <out>/graph-metadata.json   {"graphs": [metadata, ...]}   one entry per slug

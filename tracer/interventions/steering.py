@@ -17,7 +17,7 @@ Options of `intervene` (one forward pass, next-token distribution before / after
   input, which is part of the frozen linear model), so only the direct effect of the edited
   features remains. Then the change of a logit target's value (target direction . final norm
   output) is exactly minus the sum of the ablated feature nodes' edges into that logit node of
-  the attribution graph (DESIGN.md §3; tested).
+  the attribution graph (docs/design.md §3; tested).
 
 `steered_generate` generates greedily with the image in the prompt, before and after the edit;
 with the KV cache the hooks know the absolute position of every token they see.
@@ -335,7 +335,7 @@ class InterventionResult(NextTokenComparison):
     clean_activations: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def target_change(self, direction: torch.Tensor) -> float:
-        """Change of direction . final_hidden (a logit target's value, DESIGN.md §3)."""
+        """Change of direction . final_hidden (a logit target's value, docs/design.md §3)."""
         d = direction.to(self.final_hidden_after.dtype)
         return float(d @ (self.final_hidden_after - self.final_hidden_before))
 

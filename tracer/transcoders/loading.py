@@ -1,4 +1,4 @@
-"""Read and write transcoder sets in the published format (DESIGN.md section 5).
+"""Read and write transcoder sets in the published format (docs/design.md §5).
 
 A set is a folder (or a Hugging Face repo, or a subfolder of one) with ``config.yaml`` and one
 safetensors file per layer::

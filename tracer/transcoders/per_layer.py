@@ -1,6 +1,6 @@
 """Per-layer transcoder (PLT): reads one layer's MLP input, writes that layer's MLP output.
 
-Tensor layout (the published format, DESIGN.md section 5):
+Tensor layout (the published format, docs/design.md §5):
 
 - ``W_enc [d_transcoder, d_model]``, ``b_enc [d_transcoder]``
 - ``W_dec [d_transcoder, d_model]``, ``b_dec [d_model]``
