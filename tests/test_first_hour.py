@@ -87,3 +87,22 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp
     assert main([*command, "--out", str(blocker)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
     assert blocker.read_text() == "a file"
+
+
+def test_the_announced_graph_file_size_is_the_size_written(tmp_path, capsys):
+    """`attribute` says up front how large the file will be (the default explores every active
+    feature of a toy prompt: ~240 MB); the estimate is within a few percent of the file."""
+    from tracer.cli import main
+    from tracer.toy import world
+
+    example = world.make_example("heldout", 0, question_type="color")
+    example.image().save(tmp_path / "scene.png")
+    out = tmp_path / "g.graph.safetensors"
+    assert main(["attribute", "--prompt", example.question, "--image", str(tmp_path / "scene.png"),
+                 "--max_feature_nodes", "400", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    text = (printed.out + printed.err).replace("\r", "\n")
+    line = next(part for part in text.splitlines() if "the graph file will be about" in part)
+    announced = float(line.split("about ")[1].split(" MB")[0].replace(",", "")) * 1e6
+    assert "exploring 400 of" in line
+    assert abs(announced - out.stat().st_size) / out.stat().st_size < 0.05

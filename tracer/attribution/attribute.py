@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tracer.attribution.budget import check_edge_budget, check_prompt_budget
+from tracer.attribution.budget import check_edge_budget, check_prompt_budget, graph_file_bytes
 from tracer.attribution.record import compute_dtype_for, record_forward
 from tracer.attribution.replacement import LocalReplacement
 from tracer.attribution.targets import ResolvedTarget, resolve_targets
@@ -92,6 +93,11 @@ class _Progress:
         self.bar = tqdm(total=1, desc="forward", disable=not cfg.progress, unit="step")
         self.on_progress, self.should_stop = cfg.on_progress, cfg.should_stop
         self.name, self.done, self.total = "forward", 0, 1
+
+    def note(self, text: str) -> None:
+        """A line above the bar, on stderr with it (shown only when the bar is)."""
+        if not self.bar.disable:
+            self.bar.write(text, file=sys.stderr)
 
     def phase(self, name: str, total: int) -> None:
         self.check()
@@ -184,6 +190,9 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     n_logits = len(targets)
     n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
     check_edge_budget(rep, n_logits, n_explore, cfg)
+    size = graph_file_bytes(n_explore, n_logits, rep.n_errors, rep.n_positions, 8 if rep.dtype == torch.float64 else 4)
+    bar.note(f"exploring {n_explore:,} of {rep.n_active:,} active features: the graph file will be about "
+             f"{size / 1e6:,.1f} MB" + (" (max_feature_nodes bounds it)" if size > 50e6 else ""))
     store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
     n_rows = n_logits + n_explore
     rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)

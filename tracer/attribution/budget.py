@@ -137,6 +137,13 @@ def edge_estimate(n_logits: int, n_explore: int, n_columns: int, n_positions: in
     })
 
 
+def graph_file_bytes(n_features: int, n_logits: int, n_errors: int, n_positions: int, value_bytes: int) -> int:
+    """About the size of the graph file (storage.py): the adjacency rows of features and logits
+    over every node, dominant, plus per-position activations and per-row values."""
+    n_nodes = n_features + n_errors + n_positions + n_logits
+    return (n_features + n_logits) * (n_nodes * value_bytes + 3 * 8) + n_features * (n_positions * value_bytes + 48)
+
+
 def check_edge_budget(rep, n_logits: int, n_explore: int, cfg) -> None:
     """Before the edge rows are allocated (the active features are known by then)."""
     b = 8 if rep.dtype == torch.float64 else 4
@@ -160,4 +167,4 @@ def check_edge_budget(rep, n_logits: int, n_explore: int, cfg) -> None:
 
 
 __all__ = ["BudgetError", "Estimate", "check_edge_budget", "check_prompt_budget", "context_length",
-           "edge_estimate", "memory_available", "prompt_estimate"]
+           "edge_estimate", "graph_file_bytes", "memory_available", "prompt_estimate"]
