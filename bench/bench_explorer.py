@@ -22,7 +22,6 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -52,12 +51,12 @@ def drawn(page, name: str) -> None:
     """Wait until the view of `name` is drawn (its feature nodes in cytoscape) and Dash is idle."""
     from browser_helpers import CY, settle
 
-    page.wait_for_function(f"""(name) => {{
+    page.wait_for_function("""(name) => {
         const el = document.getElementById('attribution-graph');
         const cy = el && el._cyreg && el._cyreg.cy;
         return cy && cy.nodes('[kind = "feature"]').length > 0 &&
                document.getElementById('graph-dropdown').innerText.includes(name);
-    }}""", arg=name, polling="raf", timeout=60_000)
+    }""", arg=name, polling="raf", timeout=60_000)
     settle(page)
     assert page.evaluate(f"() => {CY}.nodes().length") > 0
 

@@ -11,7 +11,7 @@ from tracer.graph import GraphFormatError
 from app import ids
 from app.graph_store import GraphNotFound
 from app.panels.details_render import details_children, examples_children, token_strip
-from app.view.build import DECORATIONS, feature_budget
+from app.view.build import feature_budget
 from app.view.details import node_details
 
 

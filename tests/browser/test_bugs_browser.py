@@ -19,7 +19,6 @@ ATTENTION = "attention-zz-contrast.graph.safetensors"
 def header_server(tmp_path_factory):
     """A contrast graph (target 'red - blue') with a long name, and an attention graph whose name
     sorts first."""
-    import numpy as np
     from graph_factory import make_graph
 
     from app.factory import create_app

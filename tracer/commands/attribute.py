@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from tracer.commands.common import (
-    HelpFormatter, add_model_arguments, add_prompt_arguments, check_graph_output, check_writable, image_from_args,
-    non_negative_int, positive_int, positive_int_or_all, probability, share,
+    HelpFormatter, add_attribution_arguments, add_model_arguments, add_prompt_arguments, check_graph_output,
+    check_writable, image_from_args, non_negative_int, positive_int, share,
 )
 
 
@@ -30,13 +30,7 @@ def register(sub) -> None:
     p.add_argument("--target", action="append", default=None,
                    help="explain this token's logit instead of the salient logits (repeatable); "
                    "'A - B' explains the logit difference, '#123' names a token id")
-    p.add_argument("--max_n_logits", "--max-n-logits", type=positive_int, default=10,
-                   help="at most this many salient logits as targets")
-    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=probability, default=0.95,
-                   help="salient logits until their probabilities add up to this (above 0, at most 1)")
-    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=positive_int_or_all, default=7500,
-                   help="explore at most this many features, most influential first ('all': every active one)")
-    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=256, help="backward lanes per batch")
+    add_attribution_arguments(p)
     p.add_argument("--offload", choices=["cpu"], default=None,
                    help="keep the edge rows in host memory (less GPU memory, a little slower)")
     p.add_argument("--lazy-encoder", action="store_true",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from tracer.commands.common import (HelpFormatter, add_model_arguments, check_writable, positive_float, positive_int,
-                                    probability)
+from tracer.commands.common import (
+    HelpFormatter, add_attribution_arguments, add_model_arguments, check_writable, positive_float, positive_int,
+)
 
 
 def register(sub) -> None:
@@ -23,13 +24,7 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, metavar="FILE.jsonl", help="the batch file")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumed if it holds this batch)")
     add_model_arguments(p)
-    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=positive_int, default=500,
-                   help="features explored per example, most influential first")
-    p.add_argument("--max_n_logits", "--max-n-logits", type=positive_int, default=10,
-                   help="at most this many salient logits as targets (examples without 'targets')")
-    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=probability, default=0.95,
-                   help="salient logits until their probabilities add up to this")
-    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=256, help="backward lanes per batch")
+    add_attribution_arguments(p, max_feature_nodes=500)
     p.add_argument("--workers", type=positive_int, default=None,
                    help="Ray workers, each with its own model copy (default: one per GPU, else one per "
                         "--cpus-per-worker cores)")

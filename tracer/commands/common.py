@@ -117,6 +117,18 @@ def port(text: str) -> int:
     return value
 
 
+def add_attribution_arguments(p, max_feature_nodes: int = 7500) -> None:
+    """The attribution settings shared by `attribute` and `batch` (circuit-tracer's spellings,
+    with dashes accepted too)."""
+    p.add_argument("--max_n_logits", "--max-n-logits", type=positive_int, default=10,
+                   help="at most this many salient logits as targets")
+    p.add_argument("--desired_logit_prob", "--desired-logit-prob", type=probability, default=0.95,
+                   help="salient logits until their probabilities add up to this (above 0, at most 1)")
+    p.add_argument("--max_feature_nodes", "--max-feature-nodes", type=positive_int_or_all, default=max_feature_nodes,
+                   help="explore at most this many features, most influential first ('all': every active one)")
+    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=256, help="backward lanes per batch")
+
+
 # -- outputs: checked before any work, so a run never fails after computing (or half writing)
 
 
