@@ -4,5 +4,6 @@ from tracer.commands import attribute, toy
 from tracer.commands import train_plt, transcoders
 from tracer.commands import export, features
 from tracer.commands import attention, batch, diff, steer
+from tracer.commands import supernodes
 
-COMMANDS = [attribute, toy, transcoders, train_plt, export, features, steer, attention, diff, batch]
+COMMANDS = [attribute, toy, transcoders, train_plt, export, features, steer, attention, diff, batch, supernodes]
