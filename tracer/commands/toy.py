@@ -95,7 +95,7 @@ def register(sub) -> None:
         "are zero- or mean-ablated, the same for as many random cells elsewhere (control), and a "
         "counterfactual edit of the scene (the answer must follow; the edited graph's top image node must "
         "sit on the object). Rows per question type and per answer value, checked against the targets "
-        "(flip >= 95%% per answer value, control <= 2%%, median share >= 60%%). Exit status 0 even when "
+        "(flip >= 95% per answer value, control <= 2%, median share >= 60%). Exit status 0 even when "
         "targets fail. Example: python -m tracer toy groundtruth --n 50 --types color,shape",
         formatter_class=HelpFormatter,
     )
