@@ -176,3 +176,18 @@ def test_cli_writes_json_and_refuses_bad_types(tmp_path, capsys):
     assert printed["summary"] == saved["summary"] and len(saved["rows"]) == 1
     assert main(["toy", "groundtruth", "--types", "fact"]) == 2
     assert "--types" in capsys.readouterr().err
+
+
+def test_a_scene_without_ground_truth_cells_has_no_flips_and_is_not_counted(session):
+    from tracer.toy.groundtruth import score_example
+
+    example = world.make_example("heldout", 19, 0, "exists")  # a yellow square; the scene has neither
+    assert example.evidence_tokens == [] and example.answer == "no"
+    row = score_example(session, example, max_feature_nodes=20)
+    assert row["share"] is None and row["control_tokens"] == []
+    assert all(row[f"{n}_{m}_flip"] is None for n in ("evidence", "control") for m in ("zero", "mean"))
+    other = dict(row, share=0.7, evidence_zero_flip=True, evidence_mean_flip=False, control_zero_flip=False,
+                 control_mean_flip=False)
+    s = summarize([row, other])["types"]["exists"]
+    assert s["n"] == 2 and s["n_ablated"] == 1 and s["share_median"] == 0.7
+    assert s["evidence_zero_flip"] == 1.0 and s["evidence_mean_flip"] == 0.0

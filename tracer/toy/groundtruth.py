@@ -13,7 +13,9 @@ Per held-out scene (one question type at a time) it measures, on the shipped toy
 
 Rows aggregate per question type and per (question type, ground-truth answer) and are compared
 with the targets of issue 13: flip >= 95% for every answer value, control <= 2%, median share >= 60%.
-A flip is any change of the model's own greedy answer (not of correctness).
+A flip is any change of the model's own greedy answer (not of correctness). Scenes with no
+ground-truth cells ("exists" questions about a colour and a shape that nothing in the scene has)
+have no share and no flips; `n_ablated` counts the scenes that do.
 """
 
 from __future__ import annotations
@@ -177,6 +179,9 @@ def score_example(session, example: world.Example, max_feature_nodes: int = 200,
     }
     for name, tokens in (("evidence", evidence), ("control", row["control_tokens"])):
         for mode in MODES:
+            if not tokens:  # e.g. "Is there a green triangle?" with nothing green or triangular: no region
+                row[f"{name}_{mode}_answer"] = row[f"{name}_{mode}_flip"] = None
+                continue
             result = ablate_region(session, example.question, image, cells_of(tokens), mode, top_k=1)
             row[f"{name}_{mode}_answer"] = result.answer_after
             row[f"{name}_{mode}_flip"] = result.answer_after != result.answer_before
@@ -227,9 +232,11 @@ def _stats(rows: list[dict]) -> dict:
     out = {"n": len(rows), "accuracy": float(np.mean([r["correct"] for r in rows])),
            "share_median": float(np.median(shares)) if shares else None,
            "share_mean": float(np.mean(shares)) if shares else None}
+    out["n_ablated"] = sum(r["evidence_zero_flip"] is not None for r in rows)
     for name in ("evidence", "control"):
         for mode in MODES:
-            out[f"{name}_{mode}_flip"] = float(np.mean([r[f"{name}_{mode}_flip"] for r in rows]))
+            flips = [r[f"{name}_{mode}_flip"] for r in rows if r[f"{name}_{mode}_flip"] is not None]
+            out[f"{name}_{mode}_flip"] = float(np.mean(flips)) if flips else None
     out["cf_n"] = len(cfs)
     out["cf_follows"] = float(np.mean([c["follows"] for c in cfs])) if cfs else None
     out["cf_top1_on_object"] = float(np.mean([c["top1_on_object"] for c in cfs])) if cfs else None
@@ -253,11 +260,11 @@ def failures(summary: dict) -> list[str]:
     out = []
     for key, s in summary["answers"].items():
         for mode in MODES:
-            if s[f"evidence_{mode}_flip"] < TARGETS["flip"]:
+            if s[f"evidence_{mode}_flip"] is not None and s[f"evidence_{mode}_flip"] < TARGETS["flip"]:
                 out.append(f"{key}: {mode}-ablation flip {s[f'evidence_{mode}_flip']:.0%} < {TARGETS['flip']:.0%}")
     for key, s in summary["types"].items():
         for mode in MODES:
-            if s[f"control_{mode}_flip"] > TARGETS["control"]:
+            if s[f"control_{mode}_flip"] is not None and s[f"control_{mode}_flip"] > TARGETS["control"]:
                 out.append(f"{key}: {mode} control flip {s[f'control_{mode}_flip']:.0%} > {TARGETS['control']:.0%}")
         if s["share_median"] is None or s["share_median"] < TARGETS["share"]:
             share = "n/a" if s["share_median"] is None else f"{s['share_median']:.0%}"
@@ -271,14 +278,14 @@ def _pct(x) -> str:
 
 def format_table(result: dict) -> str:
     """Markdown table: per type, then per answer value; then the targets that fail."""
-    head = ("| rows | n | acc % | share med % | flip zero % | flip mean % | ctrl zero % | ctrl mean % "
+    head = ("| rows | n | n abl | acc % | share med % | flip zero % | flip mean % | ctrl zero % | ctrl mean % "
             "| cf follows % | cf top1 on obj % |")
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     summary = result["summary"]
     for key, s in list(summary["types"].items()) + [("", None)] + list(summary["answers"].items()):
         if s is None:
             continue
-        lines.append(f"| {key} | {s['n']} | {_pct(s['accuracy'])} | {_pct(s['share_median'])} "
+        lines.append(f"| {key} | {s['n']} | {s['n_ablated']} | {_pct(s['accuracy'])} | {_pct(s['share_median'])} "
                      f"| {_pct(s['evidence_zero_flip'])} | {_pct(s['evidence_mean_flip'])} "
                      f"| {_pct(s['control_zero_flip'])} | {_pct(s['control_mean_flip'])} "
                      f"| {_pct(s['cf_follows'])} | {_pct(s['cf_top1_on_object'])} |")
