@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -237,6 +237,9 @@ def _stats(rows: list[dict]) -> dict:
         for mode in MODES:
             flips = [r[f"{name}_{mode}_flip"] for r in rows if r[f"{name}_{mode}_flip"] is not None]
             out[f"{name}_{mode}_flip"] = float(np.mean(flips)) if flips else None
+    # what the answer becomes with the cells zeroed: one value everywhere is a fallback answer
+    after = Counter(r["evidence_zero_answer"] for r in rows if r["evidence_zero_answer"] is not None)
+    out["zero_ablated_answers"] = {a: c / sum(after.values()) for a, c in after.most_common(3)}
     out["cf_n"] = len(cfs)
     out["cf_follows"] = float(np.mean([c["follows"] for c in cfs])) if cfs else None
     out["cf_top1_on_object"] = float(np.mean([c["top1_on_object"] for c in cfs])) if cfs else None
@@ -279,8 +282,8 @@ def _pct(x) -> str:
 def format_table(result: dict) -> str:
     """Markdown table: per type, then per answer value; then the targets that fail."""
     head = ("| rows | n | n abl | acc % | share med % | flip zero % | flip mean % | ctrl zero % | ctrl mean % "
-            "| cf follows % | cf top1 on obj % |")
-    lines = [head, "|" + "---|" * 11]
+            "| cf follows % | cf top1 on obj % | answer when zeroed |")
+    lines = [head, "|" + "---|" * 12]
     summary = result["summary"]
     for key, s in list(summary["types"].items()) + [("", None)] + list(summary["answers"].items()):
         if s is None:
@@ -288,7 +291,8 @@ def format_table(result: dict) -> str:
         lines.append(f"| {key} | {s['n']} | {s['n_ablated']} | {_pct(s['accuracy'])} | {_pct(s['share_median'])} "
                      f"| {_pct(s['evidence_zero_flip'])} | {_pct(s['evidence_mean_flip'])} "
                      f"| {_pct(s['control_zero_flip'])} | {_pct(s['control_mean_flip'])} "
-                     f"| {_pct(s['cf_follows'])} | {_pct(s['cf_top1_on_object'])} |")
+                     f"| {_pct(s['cf_follows'])} | {_pct(s['cf_top1_on_object'])} "
+                     f"| {', '.join(f'{a} {p:.0%}' for a, p in s['zero_ablated_answers'].items())} |")
     fails = failures(summary)
     lines.append("")
     lines.append(f"targets: flip >= {TARGETS['flip']:.0%} per answer value, control <= {TARGETS['control']:.0%}, "
