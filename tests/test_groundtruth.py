@@ -152,10 +152,12 @@ def test_counterfactual_edits_change_the_answer_and_keep_the_world_valid(qtype):
 def test_failures_name_every_missed_target():
     rows = [
         {"question_type": "color", "answer": a, "correct": True, "share": s, "cf": None,
-         "evidence_zero_flip": f, "evidence_mean_flip": f, "control_zero_flip": c, "control_mean_flip": False}
+         "evidence_zero_flip": f, "evidence_mean_flip": f, "control_zero_flip": c, "control_mean_flip": False,
+         "evidence_zero_answer": "red"}
         for a, s, f, c in [("red", 0.7, False, False), ("blue", 0.8, True, False), ("blue", 0.9, True, True)]
     ]
     summary = summarize(rows)
+    assert summary["types"]["color"]["zero_ablated_answers"] == {"red": 1.0}
     assert summary["answers"]["color/red"]["evidence_zero_flip"] == 0.0
     assert summary["types"]["color"]["control_zero_flip"] == pytest.approx(1 / 3)
     fails = failures(summary)
