@@ -12,7 +12,7 @@ import torch
 
 from tracer.toy import world
 from tracer.toy.groundtruth import (
-    IMAGE_TYPES, cells_of, counterfactual, failures, format_table, run_groundtruth, summarize,
+    IMAGE_TYPES, counterfactual, failures, format_table, run_groundtruth, summarize,
 )
 
 

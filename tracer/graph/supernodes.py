@@ -5,7 +5,8 @@ Three kinds of evidence, each grouped by complete linkage (every pair in a group
 
 * "image cells": image-driven features (most of their input, along all paths, comes from image
   soft tokens) whose inflow over the image cells is alike (cosine); the reason names the cells
-  and, for toy graphs (graph.info["toy"]) or given `regions`, the object they lie under;
+  carrying `cell_share` of the group's image inflow and, for toy graphs (graph.info["toy"]) or
+  given `regions`, the object under which at least half of that inflow arrives;
 * "inputs/outputs": features whose signed edge rows (inputs) and columns (outputs) are alike
   (mean of the two cosines);
 * "decoder": features whose decoder directions are alike, when the caller passes them (a graph
@@ -171,7 +172,8 @@ def suggest_supernodes(graph: Graph, *, top: int | None = 20, node_threshold: fl
                     name = best if on[best] >= 0.5 else ""
                 members = cand[driven[group]]
                 text = f"{len(group)} features reading cells {_cell_text(cells)}" + (f": the {name}" if name else "")
-                label = f"{name} cells" if name else f"cells {_cell_text(cells[:3])}" + ("…" if len(cells) > 3 else "")
+                more = "…" if len(cells) > 3 else ""
+                label = f"{name} cells" if name else f"cells {_cell_text(cells[:3])}{more}"
                 out.append(make(KINDS[0], members, sim_all[np.ix_(group, group)], label, text, cells))
 
     # (b) shared inputs / outputs
