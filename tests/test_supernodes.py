@@ -131,6 +131,24 @@ def test_cli_prints_suggestions_and_json(session, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert rows == sorted(rows, key=lambda r: -r["score"]) and len(rows) <= 50
     assert any(r["kind"] == "image cells" and r["reason"].endswith("the green cross") for r in rows)
+    # over every feature, the same feature at several positions writes the same direction
+    assert main(["supernodes", str(path), "--top", "500", "--json", "--transcoders", "toy-plt",
+                 "--node-threshold", "1"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    decoder = [r for r in rows if "decoder cosine" in r["reason"]]
+    assert any(len({(graph.features[m, 0], graph.features[m, 2]) for m in r["members"]}) == 1 for r in decoder)
     assert main(["supernodes", str(path), "--threshold", "0"]) == 2
     assert "--threshold" in capsys.readouterr().err
     assert format_suggestions([], graph).startswith("no supernode suggestions")
+
+
+def test_decoder_rows_are_the_transcoders_own(session):
+    import torch
+
+    from tracer.commands.supernodes import decoder_rows
+
+    graph = make_graph(seed=4, n_layers=4, n_features=15)
+    rows = decoder_rows(graph, "toy-plt")
+    for (layer, _, feat), row in zip(graph.features.tolist(), rows):
+        expected = session.transcoders[layer].decoder_rows(torch.tensor([feat]))[0].double().numpy()
+        np.testing.assert_allclose(row, expected, rtol=1e-6)
