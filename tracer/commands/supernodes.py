@@ -1,0 +1,70 @@
+"""`python -m tracer supernodes GRAPH`: suggested groupings of a graph's features."""
+
+from __future__ import annotations
+
+import json
+
+from tracer.commands.common import HelpFormatter
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "supernodes", help="suggest supernodes: features reading the same image cells, sharing edges or decoders",
+        description="Suggest groups of a graph's influential features that act as one unit: image-driven "
+        "features whose input comes from the same image cells (named after the toy object under them when the "
+        "graph records its scene), features with alike input and output edges, and, with --transcoders, features "
+        "with alike decoder directions. Each suggestion has a reason and a score (mean pairwise similarity x "
+        "the members' share of the feature influence). Example: python -m tracer supernodes "
+        "app/sample_graphs/color-heldout2-what-color-is-the-cross.graph.safetensors --top 5",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("graph", metavar="GRAPH", help="graph file (.graph.safetensors, viewer .json or reference .pt)")
+    p.add_argument("--top", type=int, default=10, help="suggestions printed, best score first")
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="every pair in a group is at least this alike (cosine, in (0, 1])")
+    p.add_argument("--node-threshold", type=float, default=0.8,
+                   help="consider the features kept at this share of the feature influence")
+    p.add_argument("--transcoders", default=None,
+                   help="transcoder set whose decoder rows to compare too (e.g. toy-plt for the shipped set); "
+                        "a graph file does not store decoder directions")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(handler=_supernodes)
+
+
+def decoder_rows(graph, transcoders_ref: str):
+    """(n_features, d_model) decoder rows of the graph's features from a transcoder set."""
+    import numpy as np
+    import torch
+
+    from tracer.transcoders import load_transcoder_set
+
+    ts = load_transcoder_set(None if transcoders_ref in ("toy", "toy-plt") else transcoders_ref, device="cpu")
+    out = np.zeros((graph.n_features, ts[int(graph.features[0, 0])].d_model) if graph.n_features else (0, 0))
+    for layer in sorted(set(graph.features[:, 0].tolist())):
+        rows = np.flatnonzero(graph.features[:, 0] == layer)
+        out[rows] = ts[layer].decoder_rows(torch.as_tensor(graph.features[rows, 2])).double().cpu().numpy()
+    return out
+
+
+def _supernodes(args) -> int:
+    from tracer.errors import InputError
+    from tracer.graph.formats import open_any_graph
+    from tracer.graph.supernodes import format_suggestions, suggest_supernodes
+
+    if args.top < 1:
+        raise InputError(f"--top must be >= 1, got {args.top}")
+    for name in ("threshold", "node_threshold"):
+        value = getattr(args, name)
+        if not 0 < value <= 1:  # also refuses nan
+            raise InputError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
+    graph = open_any_graph(args.graph)
+    decoders = decoder_rows(graph, args.transcoders) if args.transcoders and graph.n_features else None
+    found = suggest_supernodes(graph, top=args.top, threshold=args.threshold, node_threshold=args.node_threshold,
+                               decoders=decoders)
+    if args.json:
+        print(json.dumps([s.to_dict() for s in found], indent=1))
+    else:
+        print(format_suggestions(found, graph))
+        if decoders is None:
+            print("(decoder directions not compared: the graph file does not store them; pass --transcoders)")
+    return 0
