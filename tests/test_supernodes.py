@@ -137,8 +137,9 @@ def test_cli_prints_suggestions_and_json(session, tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     decoder = [r for r in rows if "decoder cosine" in r["reason"]]
     assert any(len({(graph.features[m, 0], graph.features[m, 2]) for m in r["members"]}) == 1 for r in decoder)
-    assert main(["supernodes", str(path), "--threshold", "0"]) == 2
-    assert "--threshold" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # argparse: usage and one error line
+        main(["supernodes", str(path), "--threshold", "0"])
+    assert refused.value.code == 2 and "--threshold" in capsys.readouterr().err
     assert format_suggestions([], graph).startswith("no supernode suggestions")
 
 

@@ -3,9 +3,6 @@
 from tracer.commands import attribute, toy
 from tracer.commands import train_plt, transcoders
 from tracer.commands import export, features
-from tracer.commands import attention, batch, diff, steer
+from tracer.commands import attention, batch, diff, steer, supernodes
 
-COMMANDS = [attribute, toy, transcoders, train_plt, export, features, steer, attention, diff, batch]
-
-from tracer.commands import supernodes  # noqa: E402  (appended, so that merges only add lines)
-COMMANDS.append(supernodes)
+COMMANDS = [attribute, toy, transcoders, train_plt, export, features, steer, attention, diff, supernodes, batch]

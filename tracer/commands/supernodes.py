@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tracer.commands.common import HelpFormatter
+from tracer.commands.common import HelpFormatter, positive_int, probability
 
 
 def register(sub) -> None:
@@ -19,10 +19,10 @@ def register(sub) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("graph", metavar="GRAPH", help="graph file (.graph.safetensors, viewer .json or reference .pt)")
-    p.add_argument("--top", type=int, default=10, help="suggestions printed, best score first")
-    p.add_argument("--threshold", type=float, default=0.8,
+    p.add_argument("--top", type=positive_int, default=10, help="suggestions printed, best score first")
+    p.add_argument("--threshold", type=probability, default=0.8,
                    help="every pair in a group is at least this alike (cosine, in (0, 1])")
-    p.add_argument("--node-threshold", type=float, default=0.8,
+    p.add_argument("--node-threshold", type=probability, default=0.8,
                    help="consider the features kept at this share of the feature influence")
     p.add_argument("--transcoders", default=None,
                    help="transcoder set whose decoder rows to compare too (e.g. toy-plt for the shipped set); "
@@ -47,16 +47,9 @@ def decoder_rows(graph, transcoders_ref: str):
 
 
 def _supernodes(args) -> int:
-    from tracer.errors import InputError
     from tracer.graph.formats import open_any_graph
     from tracer.graph.supernodes import format_suggestions, suggest_supernodes
 
-    if args.top < 1:
-        raise InputError(f"--top must be >= 1, got {args.top}")
-    for name in ("threshold", "node_threshold"):
-        value = getattr(args, name)
-        if not 0 < value <= 1:  # also refuses nan
-            raise InputError(f"--{name.replace('_', '-')} must be in (0, 1], got {value}")
     graph = open_any_graph(args.graph)
     decoders = decoder_rows(graph, args.transcoders) if args.transcoders and graph.n_features else None
     found = suggest_supernodes(graph, top=args.top, threshold=args.threshold, node_threshold=args.node_threshold,

@@ -103,12 +103,12 @@ def register(sub) -> None:
     )
     gt.add_argument("--model", default=None, help="model (default: the shipped toy VLM)")
     gt.add_argument("--transcoders", default=None, help="transcoders (default: the shipped toy set)")
-    gt.add_argument("-n", "--n", dest="n", type=int, default=200, help="held-out scenes per question type")
+    gt.add_argument("-n", "--n", dest="n", type=positive_int, default=200, help="held-out scenes per question type")
     gt.add_argument("--types", default=None,
                     help="comma-separated question types (default: every type with an image: "
                          "color, shape, position, count, exists)")
-    gt.add_argument("--max-feature-nodes", type=int, default=200, help="features per attribution graph")
-    gt.add_argument("--seed", type=int, default=0, help="which held-out scenes, control cells and edits")
+    gt.add_argument("--max-feature-nodes", type=positive_int, default=200, help="features per attribution graph")
+    gt.add_argument("--seed", type=non_negative_int, default=0, help="which held-out scenes, control cells and edits")
     gt.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     gt.add_argument("--out", default=None, help="also write everything (per-scene rows too) to this JSON file")
     gt.add_argument("--no-progress", action="store_true", help="no progress bar")
