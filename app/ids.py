@@ -160,3 +160,8 @@ BATCH_TABLE = "batch-table"
 BATCH_RECURRING = "batch-recurring"
 BATCH_TYPE = "batch-type"
 BATCH_INFLUENCE = "batch-influence"
+
+# supernode suggestions (tracer.graph.supernodes), under the graph
+SUGGEST_BUTTON = "suggest-button"
+SUGGESTIONS = "suggestions"
+SUGGEST_APPLY = "suggest-apply"  # pattern-matching: {"type": SUGGEST_APPLY, "index": k}

@@ -45,8 +45,11 @@ def graph_panel() -> html.Div:
                           className="group-label"),
                 html.Button("Group", id=ids.GROUP_BUTTON, title="Group the selected nodes into one labelled supernode"),
                 html.Button("Ungroup", id=ids.UNGROUP_BUTTON, title="Dissolve the selected supernode"),
+                html.Button("Suggest groups", id=ids.SUGGEST_BUTTON,
+                            title="Groups of features that read the same image cells, share inputs and outputs"),
                 html.Span(id=ids.ACTION_MESSAGE, className="message"),
             ]),
+            html.Div(id=ids.SUGGESTIONS, className="suggestions"),
             html.Div(className="action-group", children=[
                 html.Span("Export", className="group-title"),
                 dcc.RadioItems(id=ids.EXPORT_SCOPE, value="view", inline=True, className="export-scope", options=[

@@ -288,3 +288,29 @@ def test_every_sample_graph_is_readable_at_fit(laptop, sample_server):
             .filter(n => ['feature', 'logit', 'text'].includes(n.data('kind')))
             .map(n => parseFloat(n.renderedStyle('font-size')) - Math.max(8, parseFloat(n.style('min-zoomed-font-size')))))""")
         assert smallest >= 0, name
+
+
+def test_suggested_groups_are_listed_with_their_reason_and_group_in_one_click(laptop, samples, clean):
+    """Issue 13: the explorer offers tracer's supernode suggestions as one-click groups; on the
+    colour sample the image-cell group reads the queried red cross's cells and says so."""
+    from tracer.graph.supernodes import suggest_supernodes
+
+    folder, server = samples
+    page = laptop
+    open_app(page, server.url, COLOR)
+    expected = suggest_supernodes(page_session(samples, COLOR).graph, top=6)
+    assert expected, "the sample graph has groups to suggest"
+    page.locator(f"#{ids.SUGGEST_BUTTON}").click()
+    page.wait_for_function(f"() => document.querySelectorAll('#{ids.SUGGESTIONS} .suggestion').length > 0")
+    wait_idle(page)
+    rows = page.eval_on_selector_all(f"#{ids.SUGGESTIONS} .suggestion", "rs => rs.map(r => r.innerText)")
+    assert len(rows) == len(expected)
+    assert all(s.label in row and s.reason in row for s, row in zip(expected, rows))
+    page.locator(f"#{ids.SUGGESTIONS} .suggestion button").first.click()
+    page.wait_for_function(f"() => {CY}.getElementById('S_1').nonempty()")
+    wait_idle(page)
+    saved = json.loads(annotations_path(folder / COLOR).read_text())
+    keys = page_session(samples, COLOR).keys
+    assert saved["supernodes"] == [{"id": "S_1", "label": expected[0].label,
+                                    "members": [keys[m] for m in expected[0].members]}]
+    assert "grouped" in text_of(page, ids.ACTION_MESSAGE)
