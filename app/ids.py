@@ -165,3 +165,12 @@ BATCH_INFLUENCE = "batch-influence"
 SUGGEST_BUTTON = "suggest-button"
 SUGGESTIONS = "suggestions"
 SUGGEST_APPLY = "suggest-apply"  # pattern-matching: {"type": SUGGEST_APPLY, "index": k}
+
+# compare mode (tracer.graph.diff): the open graph (A) against another graph of the folder (B)
+COMPARE_PANEL = "compare-panel"
+COMPARE_WITH = "compare-with"
+COMPARE_SUMMARY = "compare-summary"
+COMPARE_IMAGE = "compare-image"
+COMPARE_TABLE = "compare-table"
+COMPARE_DOWNLOAD = "compare-download"
+COMPARE_FILE = "compare-file"

@@ -1,8 +1,9 @@
 """Callbacks, one module per feature, each with register(app, state)."""
 
-from app.callbacks import annotate, clientside, export, graph_list, graph_view, image, selection, suggest
+from app.callbacks import (annotate, clientside, compare, export, graph_list, graph_view, image, selection,
+                           suggest)
 
-MODULES = (graph_list, graph_view, selection, image, annotate, suggest, export, clientside)
+MODULES = (graph_list, graph_view, selection, image, annotate, suggest, compare, export, clientside)
 
 
 def register_all(app, state) -> None:

@@ -4,6 +4,7 @@ from dash import dcc, html
 
 from app import ids
 from app.panels.batch import batch_panel
+from app.panels.compare import compare_panel
 from app.panels.controls import controls
 from app.panels.details import details_panel
 from app.panels.graph import graph_panel
@@ -33,6 +34,6 @@ def page(names: list[str], value: str | None, folder: str, live=None, batch=None
         html.Main(className="main", children=[
             html.Section(className="left", children=[*([batch_panel(batch)] if batch is not None else []),
                                                      controls(), graph_panel()]),
-            html.Aside(className="right", children=[image_panel(), *extra["aside"], details_panel()]),
+            html.Aside(className="right", children=[image_panel(), compare_panel(), *extra["aside"], details_panel()]),
         ]),
     ])

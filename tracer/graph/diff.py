@@ -306,14 +306,21 @@ def save_diff(diff: GraphDiff, out_dir: str | Path, a: Graph | None = None, b: G
         for e in diff.edges:
             writer.writerow({k: (e.delta if k == "delta" else getattr(e, k)) for k in edge_fields})
     written.append(out / "edges.csv")
-    if a is not None and b is not None and a.images and b.images:
-        written.append(_save_image_panel(diff, a, b, out / "images.png"))
+    panel = image_panel(diff, a, b) if a is not None and b is not None else None
+    if panel is not None:
+        with atomic_path(out / "images.png") as tmp:
+            panel.save(tmp, format="PNG")
+        written.append(out / "images.png")
     return written
 
 
-def _save_image_panel(diff: GraphDiff, a: Graph, b: Graph, path: Path) -> Path:
+def image_panel(diff: GraphDiff, a: Graph, b: Graph):
+    """A PIL image: A's first image and B's side by side, B's changed cells outlined (None
+    without images)."""
     from PIL import Image, ImageDraw
 
+    if not a.images or not b.images:
+        return None
     scale = max(1, 256 // max(a.images[0].shape[:2]))
     img_a = Image.fromarray(a.images[0]).resize((a.images[0].shape[1] * scale, a.images[0].shape[0] * scale),
                                                 Image.NEAREST)
@@ -333,6 +340,4 @@ def _save_image_panel(diff: GraphDiff, a: Graph, b: Graph, path: Path) -> Path:
             x0 = img_a.width + 8 + cell["col"] * cw
             y0 = cell["row"] * ch
             draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], outline=(255, 0, 255), width=2)
-    with atomic_path(path) as tmp:
-        panel.save(tmp, format="PNG")
-    return path
+    return panel
