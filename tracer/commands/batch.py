@@ -40,7 +40,6 @@ def _batch(args) -> int:
     from tracer.batch.run import BatchSettings, per_type_table, run_batch
 
     check_writable(args.out, folder=True)
-
     settings = BatchSettings(
         model=args.model, transcoders=args.transcoders, device=args.device, dtype=args.dtype,
         attribution={"max_feature_nodes": args.max_feature_nodes, "max_n_logits": args.max_n_logits,
