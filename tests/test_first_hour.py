@@ -105,4 +105,7 @@ def test_the_announced_graph_file_size_is_the_size_written(tmp_path, capsys):
     line = next(part for part in text.splitlines() if "the graph file will be about" in part)
     announced = float(line.split("about ")[1].split(" MB")[0].replace(",", "")) * 1e6
     assert "exploring 400 of" in line
+    phases = next(part for part in text.splitlines() if part.startswith("phases: "))
+    for phase in ("forward", "encode", "logits", "features", "assemble"):
+        assert f"{phase} " in phases  # the time of each phase, not only the total
     assert abs(announced - out.stat().st_size) / out.stat().st_size < 0.05

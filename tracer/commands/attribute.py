@@ -90,6 +90,9 @@ def _attribute(args) -> int:
           f"({len(graph.image_positions)} image), {graph.n_logits} targets "
           f"[{', '.join(f'{x.label} p={x.probability:.3f}' for x in graph.targets)}] in {t:.2f} s; "
           f"replacement {graph.scores.get('replacement', 0):.3f}, completeness {graph.scores.get('completeness', 0):.3f}")
+    phases = {k: v for k, v in graph.info.get("timings_s", {}).items() if k != "total"}
+    if phases:
+        print("phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     if args.graph_file_dir:
         from tracer.graph.neuronpedia import export_neuronpedia
 
