@@ -153,21 +153,14 @@ def run_batch(data: str | Path, out: str | Path, settings: BatchSettings, *, wor
 
 def _trace_on_ray(todo: list[BatchExample], out: Path, settings: BatchSettings, workers: int | None,
                   address: str | None, cpus_per_worker: float, max_restarts: int, progress: bool) -> None:
-    import ray
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
-    try:
-        gpu = _wants_gpu(settings)
-        resources = ray.cluster_resources()
-        capacity = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // cpus_per_worker)
-        n = max(1, min(workers or capacity, len(todo)))
-        actor = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cpus_per_worker,
-                           max_restarts=max_restarts, max_task_retries=max_restarts)(TraceWorker)
+    from tracer.batch.ray_workers import actor_class, ray_session
+
+    with ray_session(address):
+        actor, n = actor_class(TraceWorker, len(todo), workers, _wants_gpu(settings), cpus_per_worker,
+                               max_restarts=max_restarts, max_task_retries=max_restarts)
         pool = ActorPool([actor.remote(settings.to_dict(), str(out.resolve())) for _ in range(n)])
         bar = tqdm(total=len(todo), desc=f"tracing on {n} worker{'s' * (n > 1)}", unit="example",
                    disable=not progress, dynamic_ncols=True)
@@ -176,9 +169,6 @@ def _trace_on_ray(todo: list[BatchExample], out: Path, settings: BatchSettings, 
             if row.get("error"):
                 bar.write(f"{row['id']}: {row['error']}")
         bar.close()
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _wants_gpu(settings: BatchSettings) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tracer.batch.ray_workers import actor_class, ray_session
 from tracer.features.compute import parse_data_spec, slot_keys, toy_examples, write_positions
 from tracer.features.writer import StoreWriter, _LayerTop
 
@@ -60,55 +61,45 @@ def compute_feature_examples_ray(out: str | Path, *, model: str | None = None, t
 
     spec = parse_data_spec(data)
     examples = toy_examples(spec, int(n_inputs))
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
-    writer = None
-    try:
-        gpu = device.startswith("cuda")
-        resources = ray.cluster_resources()
-        capacity = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1) // cpus_per_worker)
-        n = max(1, min(workers or capacity, len(examples)))
-        actor = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else cpus_per_worker)(FeatureWorker)
-        pool = [actor.remote(model, transcoders, device, dtype, n_per_feature) for _ in range(n)]
-        # shard edges on batch edges: every forward pass sees the same inputs (and padding) as in
-        # a single-process run, so activations agree bit for bit at equal thread counts
-        per = -(-len(examples) // (n * batch_size)) * batch_size
-        bounds = [min(len(examples), w * per) for w in range(n + 1)]
-        extra = ray.get(pool[0].manifest_extra.remote(data, len(examples), model_name, transcoder_name))
-        d = {int(layer): int(v) for layer, v in extra["transcoder"]["d_transcoder"].items()}
-        writer = StoreWriter(out, d, n_per_feature, manifest_extra=extra)
-        pending = [pool[w].scan.remote(data, examples[bounds[w]:bounds[w + 1]], bounds[w], batch_size)
-                   for w in range(n) if bounds[w] < bounds[w + 1]]
-        bar = tqdm(total=len(examples), desc=f"feature examples on {n} worker{'s' * (n > 1)}", unit="input",
-                   disable=not progress)
-        for job in pending:  # shards in order: input ids are global and records must be added in order
-            records, tops = ray.get(job)
-            for record in records:
-                writer.add_input(record)
-            for layer, top in tops.items():
-                writer.merge_top(layer, top)
-            bar.update(len(records))
-        bar.close()
-        if per_position:
-            tables = {layer: writer.slot_table(layer) for layer in writer.layers}
-            keys, ids = slot_keys(tables, d)
-            jobs = []
-            for w in range(n):
-                mine = {i: examples[i] for i in ids if bounds[w] <= i < bounds[w + 1]}
-                if mine:
-                    jobs.append(pool[w].scan_positions.remote(mine, keys, batch_size))
-            found = {layer: [] for layer in writer.layers}
-            for part in ray.get(jobs):
-                for layer, pieces in part.items():
-                    found[layer].extend(pieces)
-            write_positions(writer, tables, found, min_fraction)
-        return writer.finish()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    finally:
-        if started_here:
-            ray.shutdown()
+    with ray_session(address):
+        writer = None
+        try:
+            actor, n = actor_class(FeatureWorker, len(examples), workers, device.startswith("cuda"), cpus_per_worker)
+            pool = [actor.remote(model, transcoders, device, dtype, n_per_feature) for _ in range(n)]
+            # shard edges on batch edges: every forward pass sees the same inputs (and padding) as in
+            # a single-process run, so activations agree bit for bit at equal thread counts
+            per = -(-len(examples) // (n * batch_size)) * batch_size
+            bounds = [min(len(examples), w * per) for w in range(n + 1)]
+            extra = ray.get(pool[0].manifest_extra.remote(data, len(examples), model_name, transcoder_name))
+            d = {int(layer): int(v) for layer, v in extra["transcoder"]["d_transcoder"].items()}
+            writer = StoreWriter(out, d, n_per_feature, manifest_extra=extra)
+            pending = [pool[w].scan.remote(data, examples[bounds[w]:bounds[w + 1]], bounds[w], batch_size)
+                       for w in range(n) if bounds[w] < bounds[w + 1]]
+            bar = tqdm(total=len(examples), desc=f"feature examples on {n} worker{'s' * (n > 1)}", unit="input",
+                       disable=not progress)
+            for job in pending:  # shards in order: input ids are global and records must be added in order
+                records, tops = ray.get(job)
+                for record in records:
+                    writer.add_input(record)
+                for layer, top in tops.items():
+                    writer.merge_top(layer, top)
+                bar.update(len(records))
+            bar.close()
+            if per_position:
+                tables = {layer: writer.slot_table(layer) for layer in writer.layers}
+                keys, ids = slot_keys(tables, d)
+                jobs = []
+                for w in range(n):
+                    mine = {i: examples[i] for i in ids if bounds[w] <= i < bounds[w + 1]}
+                    if mine:
+                        jobs.append(pool[w].scan_positions.remote(mine, keys, batch_size))
+                found = {layer: [] for layer in writer.layers}
+                for part in ray.get(jobs):
+                    for layer, pieces in part.items():
+                        found[layer].extend(pieces)
+                write_positions(writer, tables, found, min_fraction)
+            return writer.finish()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
