@@ -38,14 +38,6 @@ def _register() -> None:
     AttentionInterface.register(_FROZEN_ATTENTION, _frozen_attention)
 
 
-def _text_attention_configs(adapter) -> list:
-    """The configs whose `_attn_implementation` the language model's attention layers read
-    (the vision tower's config is not among them)."""
-    found = (adapter.text_config, adapter.language_model.config,
-             *(adapter.layer(i).self_attn.config for i in range(adapter.n_layers)))
-    return list({id(c): c for c in found}.values())
-
-
 @contextmanager
 def frozen_attention_patterns(adapter, patterns: Sequence[torch.Tensor]):
     """Inside the block every attention layer of the language model uses the given pattern
@@ -56,7 +48,7 @@ def frozen_attention_patterns(adapter, patterns: Sequence[torch.Tensor]):
     """
     _register()
     top = adapter.model.config
-    configs = _text_attention_configs(adapter)
+    configs = adapter.attention_configs()
     saved = [getattr(c, "_attn_implementation", None) for c in configs]
     saved_top = top.__dict__.get("_attn_implementation_internal")
     for i, pattern in enumerate(patterns):
@@ -74,32 +66,36 @@ def frozen_attention_patterns(adapter, patterns: Sequence[torch.Tensor]):
         _patterns.clear()
 
 
-def frozen_norm_hook(scale: torch.Tensor, dtype: torch.dtype):
-    """A forward hook that turns a Gemma RMSNorm into a fixed diagonal scaling:
-    out = x * scale[position] * (1 + weight), computed in `dtype`, cast back to the output dtype."""
+def frozen_norm_hook(scale: torch.Tensor, gain: torch.Tensor, dtype: torch.dtype):
+    """A forward hook that turns an RMSNorm into a fixed diagonal scaling:
+    out = x * scale[position] * gain, computed in `dtype`, cast back to the output dtype."""
     def hook(module, args, output):
         x = args[0]
         return (x.to(dtype) * scale.to(x.device, dtype)[None, :, None]
-                * (1.0 + module.weight.to(dtype))).to(output.dtype)
+                * gain.to(x.device, dtype)).to(output.dtype)
     return hook
 
 
 @contextmanager
 def frozen_norms(adapter, record, dtype: torch.dtype | None = None, final: bool = True):
-    """Inside the block every RMSNorm of the language model (the four of each layer, and the
-    final norm unless final=False) multiplies by the scale (1/rms) recorded in `record` (a
-    ForwardRecord) instead of computing it: each norm becomes a fixed diagonal scaling."""
+    """Inside the block every residual-stream norm of the language model (each role the family
+    has, and the final norm unless final=False) multiplies by the scale (1/rms) recorded in
+    `record` (a ForwardRecord) instead of computing it: each norm becomes a fixed diagonal scaling."""
+    from tracer.attribution.record import NORM_SLOTS
+
     dtype = dtype or record.dtype
     with ExitStack() as stack:
+        def freeze(norm, scale):
+            hook = frozen_norm_hook(scale, adapter.norm_gain(norm), dtype)
+            stack.callback(norm.register_forward_hook(hook).remove)
+
         for i in range(adapter.n_layers):
-            layer = adapter.layer(i)
-            lr = record.layers[i]
-            for norm, scale in ((layer.input_layernorm, lr.s_in), (layer.post_attention_layernorm, lr.s_post_attn),
-                                (layer.pre_feedforward_layernorm, lr.s_pre_mlp),
-                                (layer.post_feedforward_layernorm, lr.s_post_mlp)):
-                stack.callback(norm.register_forward_hook(frozen_norm_hook(scale, dtype)).remove)
+            for role, slot in NORM_SLOTS.items():
+                norm = adapter.norm(i, role)
+                if norm is not None:
+                    freeze(norm, getattr(record.layers[i], slot))
         if final:
-            stack.callback(adapter.final_norm.register_forward_hook(frozen_norm_hook(record.s_final, dtype)).remove)
+            freeze(adapter.final_norm, record.s_final)
         yield
 
 

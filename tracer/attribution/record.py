@@ -1,9 +1,10 @@
 """One forward pass of the real model, recording what the local replacement model freezes.
 
-For each layer: the scale (1/rms) of each of the four RMSNorms at every position, the attention
+For each layer: the scale (1/rms) of each residual-stream norm at every position (by role, as the
+adapter declares them; a role the family lacks records ones), the attention
 pattern, the MLP input (`mlp.hook_in`) and raw output (`mlp.hook_out`); plus the embeddings that
-enter the language model (text embeddings already scaled by sqrt(d_model), image soft tokens as
-the projector made them) and the final norm's scale. With these frozen, the residual stream is a
+enter the first decoder layer (text embeddings as the model scales them, image soft tokens as the
+projector made them) and the final norm's scale. With these frozen, the residual stream is a
 linear function of the embeddings, the transcoder features and the error terms (docs/design.md §3).
 """
 
@@ -20,10 +21,10 @@ from tracer.models.precision import model_precision
 
 @dataclass
 class LayerRecord:
-    s_in: torch.Tensor  # (P,) 1/rms of the input_layernorm's input
-    s_post_attn: torch.Tensor  # (P,) post_attention_layernorm
-    s_pre_mlp: torch.Tensor  # (P,) pre_feedforward_layernorm
-    s_post_mlp: torch.Tensor  # (P,) post_feedforward_layernorm
+    s_in: torch.Tensor  # (P,) 1/rms of the input of the norm before attention
+    s_post_attn: torch.Tensor  # (P,) the norm after attention (ones if the family has none)
+    s_pre_mlp: torch.Tensor  # (P,) the norm before the MLP
+    s_post_mlp: torch.Tensor  # (P,) the norm after the MLP (ones if the family has none)
     pattern: torch.Tensor  # (H, P, P) attention pattern, queries x keys
     mlp_in: torch.Tensor  # (P, d)
     mlp_out: torch.Tensor  # (P, d)
@@ -55,6 +56,11 @@ def compute_dtype_for(model_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
+# record slot of each norm role
+NORM_SLOTS = {"before_attention": "s_in", "after_attention": "s_post_attn",
+              "before_mlp": "s_pre_mlp", "after_mlp": "s_post_mlp"}
+
+
 @torch.no_grad()
 def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
     model = adapter.model
@@ -65,7 +71,7 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
 
     def norm_hook(slot: str, layer: int | None):
         def hook(module, args, output):
-            scale = rms_scale(args[0][0], getattr(module, "eps", eps), dtype)
+            scale = rms_scale(args[0][0], adapter.norm_eps(module, eps), dtype)
             if layer is None:
                 got[slot] = scale
                 got["final_hidden"] = output[0, -1].to(dtype)
@@ -87,25 +93,25 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
             got["layers"][layer]["mlp_out"] = output[0].to(dtype)
         return hook
 
-    def embed_hook(module, args, kwargs):
-        got["embeddings"] = kwargs["inputs_embeds"][0].to(dtype)
+    def embed_hook(embeddings):
+        got["embeddings"] = embeddings[0].to(dtype)
 
     with ExitStack() as stack, eager_attention(adapter):
         def add(handle):
             stack.callback(handle.remove)
 
-        add(adapter.language_model.register_forward_pre_hook(embed_hook, with_kwargs=True))
+        add(adapter.register_embedding_hook(embed_hook))
         for i in range(n_layers):
-            layer = adapter.layer(i)
-            add(layer.input_layernorm.register_forward_hook(norm_hook("s_in", i)))
-            add(layer.post_attention_layernorm.register_forward_hook(norm_hook("s_post_attn", i)))
-            add(layer.pre_feedforward_layernorm.register_forward_hook(norm_hook("s_pre_mlp", i)))
-            add(layer.post_feedforward_layernorm.register_forward_hook(norm_hook("s_post_mlp", i)))
-            add(layer.self_attn.register_forward_hook(attn_hook(i)))
+            for role, slot in NORM_SLOTS.items():
+                norm = adapter.norm(i, role)
+                if norm is not None:
+                    add(norm.register_forward_hook(norm_hook(slot, i)))
+            add(adapter.attention(i).register_forward_hook(attn_hook(i)))
             add(adapter.mlp(i).register_forward_hook(mlp_hook(i)))
         add(adapter.final_norm.register_forward_hook(norm_hook("s_final", None)))
         out = model(**adapter.model_inputs(prompt.inputs), use_cache=False, logits_to_keep=1)
-    layers = [LayerRecord(**d) for d in got["layers"]]
+    ones = torch.ones(got["embeddings"].shape[0], dtype=dtype, device=got["embeddings"].device)
+    layers = [LayerRecord(**{**{slot: ones for slot in NORM_SLOTS.values()}, **d}) for d in got["layers"]]
     return ForwardRecord(
         prompt=prompt, embeddings=got["embeddings"], layers=layers, s_final=got["s_final"],
         final_hidden=got["final_hidden"], logits=out.logits[0, -1].to(dtype), dtype=dtype,
@@ -117,7 +123,7 @@ class eager_attention:
     A float64 model also runs its norms and softmaxes in float64 inside (models.precision)."""
 
     def __init__(self, adapter: VLMAdapter):
-        self.configs = [adapter.model.config, adapter.text_config]
+        self.configs = list({id(c): c for c in (adapter.model.config, *adapter.attention_configs())}.values())
         self.precision = model_precision(adapter)
         self.saved = []
 

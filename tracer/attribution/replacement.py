@@ -19,7 +19,8 @@ Per layer l, going down (G = d target / d residual after layer l, per lane):
     G      = G_mid + (G_v @ W_V) * g_in * s_in
     finally: embedding (p) <- emb[p] . G[p]
 
-(g = 1 + RMSNorm weight, s = the recorded 1/rms of that norm's input at each position.)
+(g = the norm's gain as the adapter defines it, e.g. 1 + weight for Gemma, weight for Llama/Qwen;
+s = the recorded 1/rms of that norm's input at each position; a norm the family lacks has g = s = 1.)
 Positions before `first_position` (BOS and the chat-template prefix) carry no feature or error
 nodes: their whole MLP output is a constant.
 """
@@ -96,8 +97,10 @@ def encode_sparse_on(tc, x: torch.Tensor, device: torch.device) -> tuple[torch.T
     return tc.activation.sparse(pre)
 
 
-def _gain(norm) -> torch.Tensor:
-    return 1.0 + norm.weight.detach()
+def _gain(adapter: VLMAdapter, norm, d_model: int) -> torch.Tensor:
+    """The norm's gain, ones for a role the family has no norm for."""
+    gain = adapter.norm_gain(norm)
+    return torch.ones(d_model) if gain is None else gain
 
 
 class LocalReplacement:
@@ -117,7 +120,7 @@ class LocalReplacement:
         self.keep[self.first_position:] = True
         self.kept_positions = torch.nonzero(self.keep).flatten()
         self.weights = [self._layer_weights(i) for i in range(self.n_layers)]
-        self.g_final = _gain(adapter.final_norm).to(self.device, self.dtype)
+        self.g_final = _gain(adapter, adapter.final_norm, self.d_model).to(self.device, self.dtype)
         self.embeddings = record.embeddings.to(self.device)
         self.active: list[ActiveFeatures] = []
         self.writes: list[torch.Tensor] = []  # (P, kmax + 2, d) per layer, see _encode_layer
@@ -140,20 +143,26 @@ class LocalReplacement:
 
     # ------------------------------------------------------------------ construction
     def _layer_weights(self, i: int) -> LayerWeights:
-        layer = self.adapter.layer(i)
-        attn = layer.self_attn
+        ad = self.adapter
+        attn = ad.attention(i)
         to = dict(device=self.device, dtype=self.dtype)
+
+        def gain(role):
+            return _gain(ad, ad.norm(i, role), self.d_model).to(**to)
+
+        o_proj = getattr(attn, ad.architecture.out_proj)
+        v_proj = getattr(attn, ad.architecture.value_proj)
         return LayerWeights(
-            W_O=attn.o_proj.weight.detach().to(**to),
-            W_V=attn.v_proj.weight.detach().to(**to),
-            b_O=None if attn.o_proj.bias is None else attn.o_proj.bias.detach().to(**to),
-            b_V=None if attn.v_proj.bias is None else attn.v_proj.bias.detach().to(**to),
-            g_in=_gain(layer.input_layernorm).to(**to),
-            g_post_attn=_gain(layer.post_attention_layernorm).to(**to),
-            g_pre_mlp=_gain(layer.pre_feedforward_layernorm).to(**to),
-            g_post_mlp=_gain(layer.post_feedforward_layernorm).to(**to),
-            n_heads=int(attn.config.num_attention_heads),
-            n_kv=int(attn.config.num_key_value_heads),
+            W_O=o_proj.weight.detach().to(**to),
+            W_V=v_proj.weight.detach().to(**to),
+            b_O=None if o_proj.bias is None else o_proj.bias.detach().to(**to),
+            b_V=None if v_proj.bias is None else v_proj.bias.detach().to(**to),
+            g_in=gain("before_attention"),
+            g_post_attn=gain("after_attention"),
+            g_pre_mlp=gain("before_mlp"),
+            g_post_mlp=gain("after_mlp"),
+            n_heads=ad.n_heads,
+            n_kv=ad.n_kv_heads,
             head_dim=int(attn.head_dim),
         )
 
@@ -214,8 +223,8 @@ class LocalReplacement:
         skip = skip_scale = None
         if W_skip is not None:
             skip = w.g_post_mlp[:, None] * W_skip * w.g_pre_mlp[None, :]
-            # from the MLP input (inside pre_feedforward_layernorm) to its output (inside
-            # post_feedforward_layernorm); cut at excluded positions, whose MLP output is constant
+            # from the MLP input (inside the before-MLP norm) to its output (inside the after-MLP
+            # norm); cut at excluded positions, whose MLP output is constant
             skip_scale = (s_pm * s_pre * self.keep.to(self.dtype))[:, None, None]
         return FoldedLayer(
             pattern_t=folded_pattern.transpose(1, 2).contiguous(),  # (H, K, Q)

@@ -75,9 +75,8 @@ def ablate_region(session, prompt: str | PromptInputs, image, region: Sequence, 
     image_of = {p: c[0] for p, c in cell_of.items()}
     cdt = compute_dtype_for(ad.dtype)
 
-    def replace(module, args, kwargs):
-        emb = kwargs.get("inputs_embeds")
-        if emb is None or emb.shape[1] != pi.n_positions:
+    def replace(emb):
+        if emb.shape[1] != pi.n_positions:
             return None
         emb = emb.clone()
         pos = torch.tensor(positions, device=emb.device)
@@ -89,13 +88,12 @@ def ablate_region(session, prompt: str | PromptInputs, image, region: Sequence, 
                 mine = torch.tensor([p for p in positions if image_of[p] == img], device=emb.device)
                 mean = emb[:, own].to(cdt).mean(1, keepdim=True)
                 emb[:, mine] = mean.to(emb.dtype).expand(-1, mine.numel(), -1)
-        kwargs["inputs_embeds"] = emb
-        return args, kwargs
+        return emb
 
     inputs = model_inputs(bundle, pi)
     with eager_attention(ad):
         before = ad.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].to(cdt)
-        handle = ad.language_model.register_forward_pre_hook(replace, with_kwargs=True)
+        handle = ad.register_embedding_hook(replace, prepend=True)
         try:
             after = ad.model(**inputs, use_cache=False, logits_to_keep=1).logits[0, -1].to(cdt)
         finally:

@@ -16,21 +16,185 @@ class PromptError(InputError):
     """A prompt that cannot be run as given (e.g. an image marker without an image)."""
 
 
+# The residual-stream norms of a decoder layer, by role. A family declares which attribute of its
+# decoder layer plays each role; a role it lacks is the identity (Llama-style layers have no norm
+# after attention or after the MLP).
+NORM_ROLES = ("before_attention", "after_attention", "before_mlp", "after_mlp")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where everything the engine needs sits inside one family's Hugging Face model, as data.
+
+    Paths are dotted attribute paths from the HF model (`language_model`, `vision_tower`,
+    `projector`, `unembedding`) or from one decoder layer (`norms`, `attention`, `mlp`). The engine
+    (record, frozen replacement, backward lanes, verify, steering, attention graphs, training)
+    reaches the model only through these; docs/adding_a_family.md lists what each one means.
+    """
+
+    family: str
+    model_classes: tuple[str, ...]  # HF classes of this family
+    model_types: tuple[str, ...]  # config.json "model_type" values
+    language_model: str  # the decoder stack: has `layers`, the final norm and the token embedding
+    norms: dict  # role (NORM_ROLES) -> attribute of a decoder layer, or None for the identity
+    norm_gain: str  # "1+w" (Gemma: x * (1 + weight)) or "w" (Llama, Qwen: x * weight)
+    rmsnorm_class: tuple[str, str]  # (transformers module, class) of its RMSNorm, for float64 runs
+    eager_attention_modules: tuple[str, ...]  # transformers modules whose eager attention it uses
+    layers: str = "layers"
+    final_norm: str = "norm"
+    embed_tokens: str = "embed_tokens"
+    attention: str = "self_attn"
+    value_proj: str = "v_proj"  # inside the attention module: W_V (+ bias)
+    out_proj: str = "o_proj"  # W_O (+ bias)
+    mlp: str = "mlp"
+    unembedding: str = "lm_head"
+    vision_tower: str | None = None
+    projector: str | None = None  # projector / merger: its output is the image soft tokens
+    uses_token_type_ids: bool = False  # whether the HF forward takes token_type_ids
+
+
+def resolve_path(root: nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 class VLMAdapter:
-    """Interface; see gemma3.py for the reference implementation."""
+    """One family's view of a loaded HF model, driven by its `architecture` (data); subclasses
+    add what is not data (chat prefix, image grids, processor loading). See gemma3.py."""
 
-    model: nn.Module
-    family: str = ""
+    architecture: Architecture
 
-    n_layers: int
-    d_model: int
-    vocab_size: int
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @property
+    def family(self) -> str:
+        return self.architecture.family
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def language_model(self) -> nn.Module:
+        return resolve_path(self.model, self.architecture.language_model)
+
+    @property
+    def text_config(self):
+        return self.model.config.get_text_config()
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.text_config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.text_config.vocab_size)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def n_kv_heads(self) -> int:
+        return int(getattr(self.text_config, "num_key_value_heads", None) or self.n_heads)
 
     def layer(self, index: int) -> nn.Module:
-        raise NotImplementedError
+        return resolve_path(self.language_model, self.architecture.layers)[index]
+
+    def attention(self, index: int) -> nn.Module:
+        return resolve_path(self.layer(index), self.architecture.attention)
 
     def mlp(self, index: int) -> nn.Module:
-        raise NotImplementedError
+        """The MLP module: its input is the transcoder input (`mlp.hook_in`, after the before-MLP
+        norm), its output what the transcoder replaces (`mlp.hook_out`, before any after-MLP norm)."""
+        return resolve_path(self.layer(index), self.architecture.mlp)
+
+    def norm(self, index: int, role: str) -> nn.Module | None:
+        """The norm of layer `index` that plays `role` (NORM_ROLES), or None (identity)."""
+        if role not in NORM_ROLES:
+            raise ValueError(f"unknown norm role {role!r}; roles: {NORM_ROLES}")
+        name = self.architecture.norms.get(role)
+        return None if name is None else resolve_path(self.layer(index), name)
+
+    def norm_gain(self, norm: nn.Module | None) -> torch.Tensor | None:
+        """The per-channel gain g of a norm (out = x / rms(x) * g); None for an absent norm."""
+        if norm is None:
+            return None
+        weight = norm.weight.detach()
+        return 1.0 + weight if self.architecture.norm_gain == "1+w" else weight
+
+    @staticmethod
+    def norm_eps(norm: nn.Module, default: float = 1e-6) -> float:
+        return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", default)))
+
+    @property
+    def embed_tokens(self) -> nn.Module:
+        return resolve_path(self.language_model, self.architecture.embed_tokens)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return resolve_path(self.language_model, self.architecture.final_norm)
+
+    @property
+    def unembedding(self) -> torch.Tensor:
+        """W_U as (vocab, d_model)."""
+        return resolve_path(self.model, self.architecture.unembedding).weight
+
+    @property
+    def vision_tower(self) -> nn.Module | None:
+        path = self.architecture.vision_tower
+        return None if path is None else resolve_path(self.model, path)
+
+    @property
+    def projector(self) -> nn.Module | None:
+        path = self.architecture.projector
+        return None if path is None else resolve_path(self.model, path)
+
+    @property
+    def image_token_id(self) -> int | None:
+        config = self.model.config
+        found = getattr(config, "image_token_id", None)
+        if found is None:
+            found = getattr(config, "image_token_index", None)
+        return None if found is None else int(found)
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Soft tokens per image when fixed by the config, else 0 (the grid depends on the image)."""
+        return 0
+
+    @property
+    def final_logit_softcap(self) -> float | None:
+        return None
+
+    def embed_scale(self) -> float:
+        """Factor the token embedding applies to its table rows (Gemma: sqrt(d_model))."""
+        return float(getattr(self.embed_tokens, "embed_scale", 1.0))
+
+    # -- hooks -----------------------------------------------------------------------------
+    def register_embedding_hook(self, fn, prepend: bool = False):
+        """Call fn(embeddings (B, P, d)) -> embeddings or None on what enters the first decoder
+        layer (text embeddings scaled, image soft tokens in place): where every family's sources
+        are, whatever path its forward took to build them. prepend: run before hooks registered
+        earlier (for hooks that edit the embeddings). Returns the hook handle."""
+        def pre_hook(module, args, kwargs):
+            if args:
+                out = fn(args[0])
+                return None if out is None else ((out, *args[1:]), kwargs)
+            out = fn(kwargs["hidden_states"])
+            return None if out is None else (args, {**kwargs, "hidden_states": out})
+        return self.layer(0).register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=prepend)
+
+    def attention_configs(self) -> list:
+        """The configs whose `_attn_implementation` the language model's attention reads (the
+        vision tower's are not among them)."""
+        found = (self.text_config, self.language_model.config,
+                 *(self.attention(i).config for i in range(self.n_layers)))
+        return list({id(c): c for c in found}.values())
 
     @property
     def device(self) -> torch.device:
@@ -43,9 +207,45 @@ class VLMAdapter:
     def model_inputs(self, inputs: dict) -> dict:
         """Processor outputs on the model's device, pixel values in the model's dtype."""
         out = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+        if not self.architecture.uses_token_type_ids:
+            out.pop("token_type_ids", None)
         if "pixel_values" in out:
             out["pixel_values"] = out["pixel_values"].to(self.dtype)
         return out
+
+    # -- prompts ---------------------------------------------------------------------------
+    def chat_prefix_length(self, input_ids: list[int], tokenizer) -> int:
+        """Leading positions that belong to the chat template, not the user's words (excluded
+        from feature nodes): BOS, then the user-turn header the template writes before the
+        message, found by rendering the template around a sentinel."""
+        n = 1 if input_ids and tokenizer.bos_token_id is not None and input_ids[0] == tokenizer.bos_token_id else 0
+        header = chat_header_ids(tokenizer)
+        if header and input_ids[n:n + len(header)] == header:
+            n += len(header)
+        return min(n, len(input_ids))
+
+    @classmethod
+    def load_processor(cls, path: str, **options):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, **options)
+
+
+def chat_header_ids(tokenizer) -> list[int]:
+    """Token ids the tokenizer's chat template writes before a user message (BOS excluded)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return []
+    sentinel = "\u2063SENTINEL\u2063"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False,
+                                             add_generation_prompt=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render a plain message has no usable header
+        return []
+    head = text[:text.find(sentinel)] if sentinel in text else ""
+    if tokenizer.bos_token and head.startswith(tokenizer.bos_token):
+        head = head[len(tokenizer.bos_token):]
+    return tokenizer(head, add_special_tokens=False)["input_ids"] if head else []
 
 
 @dataclass
@@ -69,7 +269,7 @@ class PromptInputs:
 
 
 def image_marker(processor) -> str:
-    return getattr(processor, "boi_token", None) or "<start_of_image>"
+    return getattr(processor, "boi_token", None) or getattr(processor, "image_token", None) or "<start_of_image>"
 
 
 def format_prompt(processor, prompt: str, n_images: int, chat: bool = True) -> str:
@@ -139,12 +339,8 @@ def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image
 
 def get_adapter(model: nn.Module | VLMAdapter) -> VLMAdapter:
     """The adapter for a loaded HF model (an adapter is returned as it is)."""
-    from tracer.models import gemma3
+    from tracer.models.registry import adapter_for_model
 
     if isinstance(model, VLMAdapter):
         return model
-    if gemma3.matches(model):
-        return gemma3.Gemma3Adapter(model)
-    raise NotImplementedError(
-        f"no adapter for {type(model).__name__}; supported: Gemma3ForConditionalGeneration"
-    )
+    return adapter_for_model(model)

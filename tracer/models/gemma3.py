@@ -1,70 +1,28 @@
-"""Gemma3 VLM adapter: where things are inside `Gemma3ForConditionalGeneration`.
-
-Everything model-specific that attribution, interventions and transcoder training need goes
-through an adapter, so that another VLM family is one new file in this folder.
-"""
+"""Gemma3 (`Gemma3ForConditionalGeneration`): SigLIP tower, pooled projector, Gemma3 decoder with
+four norms per layer whose gain is 1 + weight, and token embeddings scaled by sqrt(d_model)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from tracer.models.base import Architecture, VLMAdapter
 
-import torch
-from torch import nn
+GEMMA3 = Architecture(
+    family="gemma3",
+    model_classes=("Gemma3ForConditionalGeneration",),
+    model_types=("gemma3",),
+    language_model="model.language_model",
+    norms={"before_attention": "input_layernorm", "after_attention": "post_attention_layernorm",
+           "before_mlp": "pre_feedforward_layernorm", "after_mlp": "post_feedforward_layernorm"},
+    norm_gain="1+w",
+    rmsnorm_class=("transformers.models.gemma3.modeling_gemma3", "Gemma3RMSNorm"),
+    eager_attention_modules=("transformers.models.gemma3.modeling_gemma3", "transformers.models.siglip.modeling_siglip"),
+    vision_tower="model.vision_tower",
+    projector="model.multi_modal_projector",
+    uses_token_type_ids=True,
+)
 
-from tracer.models.base import PromptInputs, VLMAdapter
 
-
-@dataclass
 class Gemma3Adapter(VLMAdapter):
-    model: nn.Module
-
-    family = "gemma3"
-
-    # -- structure -------------------------------------------------------------------------
-    @property
-    def language_model(self) -> nn.Module:
-        return self.model.model.language_model
-
-    @property
-    def text_config(self):
-        return self.model.config.get_text_config()
-
-    @property
-    def n_layers(self) -> int:
-        return self.text_config.num_hidden_layers
-
-    @property
-    def d_model(self) -> int:
-        return self.text_config.hidden_size
-
-    @property
-    def vocab_size(self) -> int:
-        return self.text_config.vocab_size
-
-    def layer(self, index: int) -> nn.Module:
-        return self.language_model.layers[index]
-
-    def mlp(self, index: int) -> nn.Module:
-        """The MLP module: its input is `mlp.hook_in` (after pre_feedforward_layernorm), its output
-        is `mlp.hook_out` (raw, before post_feedforward_layernorm)."""
-        return self.layer(index).mlp
-
-    @property
-    def embed_tokens(self) -> nn.Module:
-        return self.language_model.embed_tokens
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.language_model.norm
-
-    @property
-    def unembedding(self) -> torch.Tensor:
-        """W_U as (vocab, d_model)."""
-        return self.model.lm_head.weight
-
-    @property
-    def image_token_id(self) -> int | None:
-        return getattr(self.model.config, "image_token_id", None)
+    architecture = GEMMA3
 
     @property
     def tokens_per_image(self) -> int:
@@ -75,13 +33,8 @@ class Gemma3Adapter(VLMAdapter):
         # Gemma3ForConditionalGeneration does not apply final_logit_softcapping in transformers 5.
         return None
 
-    def embed_scale(self) -> float:
-        return float(self.embed_tokens.embed_scale)
-
-    # -- prompts ---------------------------------------------------------------------------
     def chat_prefix_length(self, input_ids: list[int], tokenizer) -> int:
-        """Number of leading positions that belong to the chat template, not to the user's words:
-        `<bos><start_of_turn>user\\n` (conventionally excluded from feature nodes)."""
+        """`<bos><start_of_turn>user\\n` (conventionally excluded from feature nodes)."""
         start = tokenizer.convert_tokens_to_ids("<start_of_turn>")
         n = 0
         if n < len(input_ids) and input_ids[n] == tokenizer.bos_token_id:
@@ -95,8 +48,4 @@ class Gemma3Adapter(VLMAdapter):
         return min(n, len(input_ids))
 
 
-def matches(model: nn.Module) -> bool:
-    return type(model).__name__ in ("Gemma3ForConditionalGeneration",)
-
-
-__all__ = ["Gemma3Adapter", "PromptInputs", "matches"]
+__all__ = ["GEMMA3", "Gemma3Adapter"]

@@ -1,8 +1,9 @@
 """Float64 that is float64 all the way: norms and attention softmaxes.
 
-Hugging Face computes two things in float32 even when the model runs in float64:
-Gemma3RMSNorm (`x.float()`) and the eager attention softmax (`softmax(..., dtype=float32)`, in
-the Gemma3 language model and in the SigLIP vision tower). A float64 run is then only
+Hugging Face computes two things in float32 even when the model runs in float64: the RMSNorm
+(`x.float()`) and the eager attention softmax (`softmax(..., dtype=float32)`), in the language
+model and in the vision tower of every supported family (the sites are the families' declared
+`rmsnorm_class` and `eager_attention_modules`, tracer.models.registry). A float64 run is then only
 float32-exact at every norm and every pattern (~1e-7 relative), and a float64 graph cannot
 verify at float64 precision. Inside `float64_compute()` both compute in their input's dtype
 when that dtype is float64; float32 / bf16 inputs take the stock code path unchanged, so a
@@ -22,14 +23,17 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 
-def _rmsnorm(original):
-    """Gemma3RMSNorm.forward that keeps float64 in float64; other dtypes go to HF's own (bound
-    here, not looked up at call time: a call still in flight when the patch is removed works)."""
+def _rmsnorm(original, gain_rule: str):
+    """An RMSNorm forward that keeps float64 in float64 (gain 1 + weight or weight); other dtypes
+    go to HF's own (bound here, not looked up at call time: a call still in flight when the patch
+    is removed works)."""
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float64:
             return original(self, x)
-        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return out * (1.0 + self.weight.to(x.dtype))
+        eps = getattr(self, "eps", getattr(self, "variance_epsilon", 1e-6))
+        out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        weight = self.weight.to(x.dtype)
+        return out * (1.0 + weight if gain_rule == "1+w" else weight)
     return forward
 
 
@@ -57,15 +61,26 @@ def _eager_attention(original):
 
 
 def _patch_sites():
-    """(owner, attribute, replacement factory) of everything that downcasts a float64 run."""
-    from transformers.models.gemma3 import modeling_gemma3
-    from transformers.models.siglip import modeling_siglip
+    """(owner, attribute, key, replacement factory) of everything that downcasts a float64 run."""
+    import importlib
 
-    return [
-        (modeling_gemma3.Gemma3RMSNorm, "forward", "rmsnorm", _rmsnorm),
-        (modeling_gemma3, "eager_attention_forward", "gemma3_attention", _eager_attention),
-        (modeling_siglip, "eager_attention_forward", "siglip_attention", _eager_attention),
-    ]
+    from tracer.models.registry import architectures
+
+    sites, seen = [], set()
+    for arch in architectures():
+        module_name, class_name = arch.rmsnorm_class
+        owner = getattr(importlib.import_module(module_name), class_name)
+        if (owner, "forward") not in seen:
+            seen.add((owner, "forward"))
+            sites.append((owner, "forward", f"{class_name}.forward",
+                          lambda original, rule=arch.norm_gain: _rmsnorm(original, rule)))
+        for module_name in arch.eager_attention_modules:
+            owner = importlib.import_module(module_name)
+            if (owner, "eager_attention_forward") not in seen:
+                seen.add((owner, "eager_attention_forward"))
+                sites.append((owner, "eager_attention_forward", f"{module_name}.eager_attention_forward",
+                              _eager_attention))
+    return sites
 
 
 _lock = threading.Lock()
