@@ -28,12 +28,13 @@ from tracer.transcoders.transcoder_set import TranscoderSet
 TIGHT = 1e-10
 
 
-def random_set(activation: str = "topk", d_tc: int = 192, seed: int = 0, skip: bool = True) -> TranscoderSet:
+def random_set(activation: str = "topk", d_tc: int = 192, seed: int = 0, skip: bool = True, n_layers: int = 4,
+               d_model: int = 128) -> TranscoderSet:
     g = torch.Generator().manual_seed(seed)
     layers = {}
-    for layer in range(4):
+    for layer in range(n_layers):
         act = TopK(8) if activation == "topk" else JumpReLU(torch.rand(d_tc, generator=g, dtype=torch.float64) * 0.3)
-        tc = PerLayerTranscoder.init_random(layer, 128, d_tc, act, skip=skip, generator=g, dtype=torch.float64)
+        tc = PerLayerTranscoder.init_random(layer, d_model, d_tc, act, skip=skip, generator=g, dtype=torch.float64)
         with torch.no_grad():
             tc.W_enc.normal_(0, 0.15, generator=g)
             tc.b_enc.normal_(0, 0.1, generator=g)

@@ -112,6 +112,27 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _adapter_class(path: str, options: dict):
+    """The adapter class for the model at `path` (folder or hub id), read from its config.json
+    before any weights load: an unsupported family is refused in one line naming the supported ones."""
+    from tracer.models.registry import adapter_class_for_config
+
+    folder = Path(path)
+    if folder.is_dir():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    else:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(path, **options).to_dict()
+        except Exception as err:  # noqa: BLE001 - offline without a cached copy, no such repo: one line
+            raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}") from err
+    try:
+        return adapter_class_for_config(config)
+    except InputError as err:
+        raise ModelLoadError(f"{path}: {err}") from None
+
+
 def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
              attn_implementation: str = "eager", local_only: bool = False):
     """(model, processor) in eval mode. Eager attention by default, so that patterns can be
@@ -119,7 +140,7 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
 
     Never runs code shipped with a model (trust_remote_code=False). local_only: the reference came
     from a file, not from the user: a local folder or the local Hugging Face cache, never the hub."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     check_device(device)
     path = resolve_model_ref(ref)
@@ -129,10 +150,11 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
     elif _looks_local(path):
         raise ModelLoadError(f"{path}: no such folder (and not a Hugging Face model id like 'google/gemma-3-4b-it')")
     options = dict(trust_remote_code=False, local_files_only=local_only)
+    adapter_class = _adapter_class(path, options)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
                                                             **options)
-        processor = AutoProcessor.from_pretrained(path, **options)
+        processor = adapter_class.load_processor(path, **options)
     except MemoryError as err:
         raise ModelLoadError(f"cannot load model {path!r}: not enough memory") from err
     except OSError as err:  # not on the hub, no network, HF_HUB_OFFLINE=1 without a cached copy, no weights
