@@ -121,3 +121,43 @@ def test_declared_norm_gain_matches_the_stock_model(tiny):
             exact = model(**inputs, use_cache=False).logits[0, -1]
     assert torch.allclose(exact, stock, atol=1e-5 * float(stock.abs().max()), rtol=0)
     assert not torch.equal(exact, stock)  # the float64 path did run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_cli_story_on_every_family(family, tmp_path):
+    """The README's story on a new family: write a tiny model, train transcoders for it, trace with
+    --verify, steer, ablate a region, export, and build the explorer's view of the graph."""
+    import subprocess
+    import sys
+
+    from app.annotations import Annotations
+    from app.view.build import build_view
+    from app.view.session import GraphSession
+    from tracer.graph import load_graph
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "tracer", *map(str, args)], capture_output=True, text=True,
+                              env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    model, plt = tmp_path / "model", tmp_path / "plt"
+    cli("toy", "tiny", "--family", family, "--out", model)
+    cli("train-plt", "--model", model, "--out", plt, "--width", 128, "--k", 8, "--tokens", 4096,
+        "--eval-examples", 6, "--no-progress")
+    scene = world.make_example("heldout", 1, question_type="color")
+    scene.image().save(tmp_path / "scene.png")
+    common = ["--model", model, "--transcoders", plt, "--image", tmp_path / "scene.png", "--prompt", scene.question]
+    out = cli("attribute", *common, "--out", tmp_path / "g", "--verify", "--dtype", "float64")
+    assert "PASS" in out
+    graph_file = next(tmp_path.glob("g*.graph.safetensors"))
+    steer = cli("steer", *common, "--feature", "1:0:scale:0", "--top-k", 3)
+    assert "answer:" in steer
+    region = cli("steer", *common, "--ablate-region", "2,3;2,4", "--top-k", 3)
+    assert "region ablation (zero) of 2 soft tokens" in region
+    cli("export", graph_file, "--out", tmp_path / "np")
+    assert list((tmp_path / "np").glob("*.json"))
+    graph = load_graph(graph_file)
+    view = build_view(GraphSession(graph, graph_file.name, None), Annotations(), 0.8, 0.98)
+    assert view is not None and len(graph.image_positions) == 64

@@ -90,6 +90,20 @@ def register(sub) -> None:
                         help="features per graph (keeps the files small enough for git)")
     graphs.set_defaults(handler=_sample_graphs)
 
+    tiny = toy_sub.add_parser(
+        "tiny", help="write a tiny random-weight model of a supported family (gemma3, llava, qwen2_5_vl)",
+        description="Write a tiny random-weight VLM of one family (real Hugging Face class, the toy world's "
+        "vocabulary in the family's own chat format and special tokens, its processor) as a model folder "
+        "that --model accepts: try every command on LLaVA or Qwen2.5-VL with no download. It knows nothing "
+        "(random weights); train transcoders for it with `python -m tracer train-plt --model FOLDER`. "
+        "Example: python -m tracer toy tiny --family llava --out runs/tiny-llava",
+        formatter_class=HelpFormatter,
+    )
+    tiny.add_argument("--family", required=True, choices=["gemma3", "llava", "qwen2_5_vl"], help="model family")
+    tiny.add_argument("--out", required=True, help="output folder (created)")
+    tiny.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random weights")
+    tiny.set_defaults(handler=_tiny)
+
     gt = toy_sub.add_parser(
         "groundtruth", help="scoreboard: does the toy VLM answer from the ground-truth cells?",
         description="On held-out scenes of each question type: the share of the image influence on the "
@@ -159,6 +173,15 @@ def _sample(args) -> int:
                 record["image"] = name
             f.write(json.dumps(record) + "\n")
     print(f"wrote {args.n} examples to {out} ({out / args.jsonl})")
+    return 0
+
+
+def _tiny(args) -> int:
+    check_writable(args.out, folder=True)
+    from tracer.toy.families import write_tiny_model
+
+    folder = write_tiny_model(args.family, args.out, seed=args.seed)
+    print(f"wrote a tiny random-weight {args.family} model to {folder}")
     return 0
 
 

@@ -268,6 +268,16 @@ class PromptInputs:
         return len(self.input_ids)
 
 
+def end_of_turn_token(tokenizer) -> str:
+    """The token that closes a turn in the tokenizer's chat format (Gemma `<end_of_turn>`, Qwen
+    `<|im_end|>`), else its EOS."""
+    vocab = tokenizer.get_vocab()
+    for token in ("<end_of_turn>", "<|im_end|>", "<|eot_id|>"):
+        if token in vocab:
+            return token
+    return tokenizer.eos_token or ""
+
+
 def image_marker(processor) -> str:
     return getattr(processor, "boi_token", None) or getattr(processor, "image_token", None) or "<start_of_image>"
 

@@ -55,25 +55,29 @@ class QwenVLProcessor:
     def apply_chat_template(self, messages, **kwargs):
         return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
 
-    def __call__(self, text, images=None, return_tensors="pt", add_special_tokens=True, **kwargs):
+    def __call__(self, text, images=None, return_tensors="pt", add_special_tokens=True, padding=False, **kwargs):
+        """Like the HF processor: texts (one or a batch) with their images (a list per text, or a
+        flat list), each marker expanded to that image's soft tokens."""
         texts = [text] if isinstance(text, str) else list(text)
-        if len(texts) != 1:
-            raise ValueError("QwenVLProcessor takes one prompt at a time")
         flat = [im for group in (images or []) for im in (group if isinstance(group, (list, tuple)) else [group])]
-        prompt = texts[0].replace(VISION_START + IMAGE_PAD + VISION_END, VISION_START)
+        texts = [t.replace(VISION_START + IMAGE_PAD + VISION_END, VISION_START) for t in texts]
+        n_markers = sum(t.count(VISION_START) for t in texts)
+        if n_markers != len(flat):
+            raise PromptError(f"{len(flat)} image(s) but {n_markers} image marker(s) {VISION_START!r}")
         out = {}
         if flat:
             pixels = self.image_processor(images=flat, return_tensors="pt")
             grid = pixels["image_grid_thw"]
-            parts = prompt.split(VISION_START)
-            if len(parts) - 1 != len(flat):
-                raise PromptError(f"{len(flat)} image(s) but {len(parts) - 1} image marker(s) {VISION_START!r}")
-            merge = self.merge_size ** 2
-            counts = [int(torch.prod(g)) // merge for g in grid]
-            prompt = parts[0] + "".join(VISION_START + IMAGE_PAD * n + VISION_END + rest
-                                        for n, rest in zip(counts, parts[1:]))
+            counts = iter(int(torch.prod(g)) // self.merge_size ** 2 for g in grid)
+            expanded = []
+            for t in texts:
+                parts = t.split(VISION_START)
+                expanded.append(parts[0] + "".join(VISION_START + IMAGE_PAD * next(counts) + VISION_END + rest
+                                                   for rest in parts[1:]))
+            texts = expanded
             out.update(pixel_values=pixels["pixel_values"], image_grid_thw=grid)
-        enc = self.tokenizer(prompt, return_tensors=return_tensors, add_special_tokens=add_special_tokens)
+        enc = self.tokenizer(texts, return_tensors=return_tensors, add_special_tokens=add_special_tokens,
+                             padding=padding)
         out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         return out
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tracer.models.base import end_of_turn_token, format_prompt
 from tracer.toy import world
-from tracer.toy.model import chat_prompt
 
 # Per-token labels of the auxiliary vision loss: class 0 is "no object here".
 SHAPE_CLASSES = ("none",) + world.SHAPES
@@ -44,27 +44,28 @@ def token_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray]:
 def make_batch(processor, examples: list[world.Example], with_answers: bool = True) -> Batch:
     """Tokenise a list of examples; image and text-only examples may be mixed.
 
-    With answers, each sequence is prompt + answer + <end_of_turn> (the model learns to stop);
+    With answers, each sequence is prompt + answer + end of turn (the model learns to stop);
     the answer is predicted at `answer_pos` either way.
     """
     tok = processor.tokenizer
     image_examples = [e for e in examples if e.has_image]
+    end = end_of_turn_token(tok)
     texts = []
     for e in examples:
-        prompt = chat_prompt(e.question, e.has_image)
-        texts.append(prompt + (f"{e.answer}<end_of_turn>" if with_answers else ""))
+        prompt = format_prompt(processor, e.question, int(e.has_image))  # the model family's chat format
+        texts.append(prompt + (f"{e.answer}{end}" if with_answers else ""))
+    options = dict(return_tensors="pt", padding=True,
+                   add_special_tokens=not (tok.bos_token and all(t.startswith(tok.bos_token) for t in texts)))
     # The processor wants images for image prompts only; text-only prompts are tokenised alone
     # so that both kinds can share one batch.
     if image_examples:
-        enc = processor(
-            text=texts, images=[[e.image()] if e.has_image else [] for e in examples],
-            return_tensors="pt", padding=True,
-        )
+        enc = processor(text=texts, images=[[e.image()] if e.has_image else [] for e in examples], **options)
     else:
-        enc = processor(text=texts, return_tensors="pt", padding=True)
-        enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])
+        enc = processor(text=texts, **options)
+    enc = dict(enc)
+    enc.setdefault("token_type_ids", torch.zeros_like(enc["input_ids"]))
     lengths = enc["attention_mask"].sum(1)
-    answer_pos = lengths - (3 if with_answers else 1)  # ... model \n | answer <end_of_turn>
+    answer_pos = lengths - (3 if with_answers else 1)  # ... model \n | answer <end_of_turn> (one token each)
     answer_ids = torch.tensor([tok.convert_tokens_to_ids(e.answer) for e in examples])
     if with_answers:
         got = enc["input_ids"][torch.arange(len(examples)), answer_pos + 1]

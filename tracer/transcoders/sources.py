@@ -343,11 +343,11 @@ def encode_items(processor, items: list[PromptItem], max_length: int | None = No
 
     Items longer than max_length tokens are dropped (cutting an image in half is not possible).
     """
-    from tracer.models.base import format_prompt
+    from tracer.models.base import end_of_turn_token, format_prompt
 
     tokenizer = getattr(processor, "tokenizer", processor)
     texts, answer_lengths = [], []
-    eot = "<end_of_turn>" if "<end_of_turn>" in tokenizer.get_vocab() else ""
+    eot = end_of_turn_token(tokenizer)
     for item in items:
         text = format_prompt(processor, item.prompt, len(item.images))
         n_answer = 0
