@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tracer.models.base import PromptInputs, VLMAdapter
+from tracer.models.capture import record_mlps
 from tracer.models.precision import model_precision
 
 
@@ -87,12 +88,6 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
             got["layers"][layer]["pattern"] = weights[0].to(dtype)
         return hook
 
-    def mlp_hook(layer: int):
-        def hook(module, args, output):
-            got["layers"][layer]["mlp_in"] = args[0][0].to(dtype)
-            got["layers"][layer]["mlp_out"] = output[0].to(dtype)
-        return hook
-
     def embed_hook(embeddings):
         got["embeddings"] = embeddings[0].to(dtype)
 
@@ -107,9 +102,11 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
                 if norm is not None:
                     add(norm.register_forward_hook(norm_hook(slot, i)))
             add(adapter.attention(i).register_forward_hook(attn_hook(i)))
-            add(adapter.mlp(i).register_forward_hook(mlp_hook(i)))
+        mlps = stack.enter_context(record_mlps(adapter, range(n_layers)))
         add(adapter.final_norm.register_forward_hook(norm_hook("s_final", None)))
         out = model(**adapter.model_inputs(prompt.inputs), use_cache=False, logits_to_keep=1)
+    for i in range(n_layers):
+        got["layers"][i].update(mlp_in=mlps.inputs[i][0].to(dtype), mlp_out=mlps.outputs[i][0].to(dtype))
     ones = torch.ones(got["embeddings"].shape[0], dtype=dtype, device=got["embeddings"].device)
     layers = [LayerRecord(**{**{slot: ones for slot in NORM_SLOTS.values()}, **d}) for d in got["layers"]]
     return ForwardRecord(

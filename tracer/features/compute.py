@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -19,6 +20,7 @@ import torch
 
 from tracer.errors import InputError
 from tracer.features.writer import InputRecord, StoreWriter
+from tracer.models.capture import record_mlps, run_recording
 
 
 class DataSpecError(InputError):
@@ -72,49 +74,34 @@ def toy_examples(spec: DataSpec, count: int) -> list:
     return list(world.examples(spec.split, spec.seed, spec.start, count, spec.question_type))
 
 
-class _Stop(Exception):
-    pass
-
-
 class MLPInputs:
-    """Forward hooks that capture each layer's MLP input (the transcoder input, mlp.hook_in)
-    and stop the forward pass after the last layer needed."""
+    """Each chosen layer's MLP input (the transcoder input, mlp.hook_in) for a batch, the forward
+    pass stopped after the last layer needed (tracer.models.capture.record_mlps)."""
 
     def __init__(self, adapter, layers: list[int]):
         self.adapter = adapter
         self.layers = sorted(layers)
-        self.captured: dict[int, torch.Tensor] = {}
-        self._handles = []
+        self._stack = ExitStack()
+        self._record = None
 
     def __enter__(self):
-        last = self.layers[-1]
-        for layer in self.layers:
-            def hook(module, args, kwargs, layer=layer):
-                x = args[0] if args else next(iter(kwargs.values()))
-                self.captured[layer] = x.detach()
-                if layer == last:
-                    raise _Stop
-
-            self._handles.append(self.adapter.mlp(layer).register_forward_pre_hook(hook, with_kwargs=True))
+        self._record = self._stack.enter_context(
+            record_mlps(self.adapter, self.layers, stop_after_last=True, outputs=False))
         return self
 
     def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        self._stack.close()
         return False
 
     def run(self, model, inputs: dict) -> dict[int, torch.Tensor]:
-        self.captured = {}
-        try:
-            with torch.no_grad():
-                model(**inputs)
-        except _Stop:
-            pass
-        missing = [layer for layer in self.layers if layer not in self.captured]
+        self._record.inputs.clear()
+        with torch.no_grad():
+            run_recording(model, **inputs)
+        captured = dict(self._record.inputs)
+        missing = [layer for layer in self.layers if layer not in captured]
         if missing:
             raise RuntimeError(f"the forward pass never reached the MLPs of layers {missing}")
-        return self.captured
+        return captured
 
 
 def transcoder_fingerprint(tset) -> str:
@@ -194,7 +181,7 @@ class FeatureScanner:
                     valid, row, prefix, types = per_example[b]
                     on_record(InputRecord(
                         example_id=f"toy/{ex.split}/seed{spec.seed}/{ex.index:06d}",
-                        text=tok.decode(row[:1]) + _prompt_text(ex),
+                        text=_prompt_text(self.processor, ex),
                         token_ids=row, token_mask=[i >= prefix for i in range(len(row))], token_type_ids=types,
                         tokens=[tok.decode([t]) for t in row],
                         images=[ex.image()] if ex.has_image else [],
@@ -326,10 +313,11 @@ def _portable(source) -> str:
     return text
 
 
-def _prompt_text(ex) -> str:
-    from tracer.toy.model import chat_prompt
+def _prompt_text(processor, ex) -> str:
+    """The example's prompt as the model read it (chat template and BOS included)."""
+    from tracer.models.base import format_prompt
 
-    return chat_prompt(ex.question, ex.has_image)
+    return format_prompt(processor, ex.question, int(ex.has_image))
 
 
 def _encode_batch(transcoders, captured: dict[int, torch.Tensor], retained: torch.Tensor, start: int, emit) -> None:

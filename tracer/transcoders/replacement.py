@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 
 from tracer.models.base import get_adapter
+from tracer.models.capture import MLPRecord, StopForward, record_mlps, run_recording
 from tracer.transcoders.transcoder_set import TranscoderSet
 
 
@@ -88,53 +89,6 @@ def replace_mlps(model, tset: TranscoderSet, layers: Iterable[int] | None = None
     finally:
         for h in handles:
             h.remove()
-
-
-class StopForward(Exception):
-    """Raised by capture hooks to skip the layers after the last one recorded."""
-
-
-@dataclass
-class MLPRecord:
-    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-@contextmanager
-def record_mlps(model, layers: Iterable[int], stop_after_last: bool = False):
-    """Record each chosen layer's MLP input and raw output on every forward call (detached).
-
-    With stop_after_last, the forward pass is cut short after the last chosen MLP: call the model
-    through `run_recording(model, **inputs)`, which swallows the StopForward.
-    """
-    adapter = get_adapter(model)
-    layers = sorted(set(int(x) for x in layers))
-    record = MLPRecord()
-    handles = []
-
-    def make_hook(layer: int):
-        def hook(module, args, output):
-            record.inputs[layer] = args[0].detach()
-            record.outputs[layer] = output.detach()
-            if stop_after_last and layer == layers[-1]:
-                raise StopForward
-        return hook
-
-    try:
-        for layer in layers:
-            handles.append(adapter.mlp(layer).register_forward_hook(make_hook(layer)))
-        yield record
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def run_recording(model, **inputs):
-    """model(**inputs), tolerating a StopForward raised by record_mlps(stop_after_last=True)."""
-    try:
-        return model(**inputs)
-    except StopForward:
-        return None
 
 
 __all__ = ["MLPRecord", "StopForward", "prefix_lengths", "record_mlps", "replace_mlps", "run_recording"]
