@@ -112,6 +112,12 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _load_error(path: str, err: Exception, local_only: bool) -> ModelLoadError:
+    hint = (f" (a name read from a file is only looked up locally; pass --model {path} to fetch it)"
+            if local_only and not _looks_local(path) else "")
+    return ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}{hint}")
+
+
 def _adapter_class(path: str, options: dict):
     """The adapter class for the model at `path` (folder or hub id), read from its config.json
     before any weights load: an unsupported family is refused in one line naming the supported ones."""
@@ -126,7 +132,7 @@ def _adapter_class(path: str, options: dict):
         try:
             config = AutoConfig.from_pretrained(path, **options).to_dict()
         except Exception as err:  # noqa: BLE001 - offline without a cached copy, no such repo: one line
-            raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}") from err
+            raise _load_error(path, err, options["local_files_only"]) from err
     try:
         return adapter_class_for_config(config)
     except InputError as err:
@@ -158,9 +164,7 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
     except MemoryError as err:
         raise ModelLoadError(f"cannot load model {path!r}: not enough memory") from err
     except OSError as err:  # not on the hub, no network, HF_HUB_OFFLINE=1 without a cached copy, no weights
-        hint = (f" (a name read from a file is only looked up locally; pass --model {path} to fetch it)"
-                if local_only and not _looks_local(path) else "")
-        raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}{hint}") from err
+        raise _load_error(path, err, local_only) from err
     except Exception as err:  # noqa: BLE001 - custom code (refused), broken config or truncated weights: one line
         raise ModelLoadError(f"cannot load model {path!r}: {_first_line(err)}") from err
     model.to(device).eval()
