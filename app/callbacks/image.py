@@ -31,10 +31,14 @@ def register(app, state) -> None:
     @app.callback(
         Output(ids.IMAGE_SELECT, "options"), Output(ids.IMAGE_SELECT, "value"), Output(ids.IMAGE_SELECT, "style"),
         Output(ids.TRUTH_REGION, "style"),
-        Input(ids.STORE_GRAPH, "data"),
+        Input(ids.STORE_GRAPH, "data"), Input(ids.STORE_SELECTED, "data"),
     )
-    def images(graph):
+    def images(graph, selected):
         session = open_session(state, graph)
+        if ctx.triggered_id == ids.STORE_SELECTED:  # an image soft token's node shows its own image
+            cell = session.cell_of_position.get(int(selected[2:])) if (
+                session and selected and selected.startswith("E_") and selected[2:].isdigit()) else None
+            return no_update, cell[0] if cell else no_update, no_update, no_update
         n = len(session.graph.images) if session else 0
         truth = session is not None and bool(session.ground_truth and session.ground_truth["cells"])
         return ([{"label": f"image {k}", "value": k} for k in range(n)], 0,
