@@ -129,6 +129,29 @@ def test_the_second_images_cells_carry_the_image_influence(two_image_graph):
     assert g.position_text(pos) == "[img1 0,0]"
 
 
+def test_verify_replays_both_images_and_samples_sources_from_each(two_image_graph):
+    from tracer.attribution.verify import sample_sources
+
+    session, g = two_image_graph
+    picked = [s - g.embedding_offset for s in sample_sources(g, 24, np.random.default_rng(0))
+              if g.node_kind(s) == "embedding"]
+    assert {g.image_cell(p)[0] for p in picked if g.image_cell(p)} == {0, 1}
+    report = session.verify(g, n_sources=12, max_feature_targets=60)
+    assert report.ok, report.format()
+
+
+def test_vision_maps_for_each_image(two_image_graph):
+    from tracer.attention.vision import vision_attention_maps
+
+    session, _ = two_image_graph
+    pi = prompt_for((session.model, session.processor), [blank(), circle("red")])
+    maps = vision_attention_maps(session, pi)
+    assert maps.n_images == 2 and maps.grid == (8, 8) and maps.rollout.shape[:2] == (2, 64)
+    np.testing.assert_allclose(maps.rollout.sum((2, 3)), 1.0, atol=1e-5)
+    # the blank image's maps are not the circle's
+    assert not np.allclose(maps.similarity[0], maps.similarity[1], atol=1e-3)
+
+
 def test_ablating_the_object_in_image_1_moves_the_answer_and_image_0_does_not(two_image_graph):
     """(A blue circle: with the object gone the toy falls back to 'red', its default colour.)"""
     session, _ = two_image_graph
