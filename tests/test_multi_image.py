@@ -152,6 +152,16 @@ def test_vision_maps_for_each_image(two_image_graph):
     assert not np.allclose(maps.similarity[0], maps.similarity[1], atol=1e-3)
 
 
+def test_attention_graph_keeps_both_grids(two_image_graph, tmp_path):
+    from tracer.attention.graph import AttentionGraph, attention_graph
+
+    session, _ = two_image_graph
+    pi = prompt_for((session.model, session.processor), [blank(), circle("red")])
+    ag = AttentionGraph.load_npz(attention_graph(session, pi).save_npz(tmp_path / "a.heads.npz"))
+    assert ag.image_grids == [(8, 8), (8, 8)] and len(ag.images) == 2
+    assert ag.to_graph(max_feature_nodes=50).grids() == [(8, 8), (8, 8)]
+
+
 def test_ablating_the_object_in_image_1_moves_the_answer_and_image_0_does_not(two_image_graph):
     """(A blue circle: with the object gone the toy falls back to 'red', its default colour.)"""
     session, _ = two_image_graph
