@@ -266,6 +266,22 @@ def test_non_square_grids_round_trip_every_format(tmp_path, grids):
     assert cells == {tuple(int(x) for x in c) for c in g.image_grid}
 
 
+def test_diff_finds_the_changed_cell_of_the_second_image():
+    from tracer.graph.diff import changed_cells, diff_graphs, image_panel
+
+    a = make_graph(seed=13, n_pos=90, grids=[(4, 6), (3, 5)])
+    b = make_graph(seed=13, n_pos=90, grids=[(4, 6), (3, 5)])
+    b.images[1] = b.images[1].copy()
+    b.images[1][8:16, 32:40] = 255 - b.images[1][8:16, 32:40]  # cell (1, 4) of image 1's 3x5 grid
+    assert [(c["image"], c["row"], c["col"]) for c in changed_cells(a, b)] == [(1, 1, 4)]
+    panel = image_panel(diff_graphs(a, b), a, b)
+    scale = 256 // 48  # image 0 is 32 x 48 pixels, image 1 24 x 40
+    assert panel.size == (2 * 48 * scale + 8, (32 + 24) * scale + 8)  # one row per image, A beside B
+    top, left = 32 * scale + 8 + 1 * 8 * scale, 40 * scale + 8 + 4 * 8 * scale
+    outline = np.asarray(panel)[top, left:left + 8 * scale]
+    assert (outline == [255, 0, 255]).all(-1).all()  # the changed cell's top edge, on B's image 1
+
+
 def test_a_cell_outside_its_images_grid_is_refused(tmp_path):
     g = make_graph(seed=12, n_pos=90, grids=[(4, 6), (3, 5)])
     g.image_grid = g.image_grid.copy()
