@@ -138,6 +138,7 @@ def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image
     grids: list[tuple[int, int]] = []
     if image_token_id is not None and images:
         positions = [i for i, t in enumerate(ids) if t == image_token_id]
+    if positions:
         grids = image_grids(adapter, enc, len(images), tokens_per_image or len(positions) // len(images))
         if sum(r * c for r, c in grids) != len(positions):
             raise PromptError(f"the image grids {grids_text(grids)} hold {sum(r * c for r, c in grids)} soft tokens, "
