@@ -13,13 +13,18 @@ from tracer.graph import Graph, Target
 
 
 def make_graph(seed: int = 0, n_layers: int = 3, n_pos: int = 12, n_features: int = 20, n_logits: int = 2,
-               image_side: int = 2, with_image: bool = True) -> Graph:
+               image_side: int = 2, with_image: bool = True, grids: list[tuple[int, int]] | None = None) -> Graph:
+    """grids: (rows, cols) of each image's soft-token grid (several images, any shape); by
+    default one image_side x image_side image (or none without with_image)."""
     rng = np.random.default_rng(seed)
     tokens = ["<bos>", "<start_of_turn>", "user", "\n"]
-    n_img = image_side * image_side if with_image else 0
-    image_start = len(tokens) + 1 if with_image else None
-    if with_image:
-        tokens += ["<start_of_image>"] + ["<image_soft_token>"] * n_img + ["<end_of_image>"]
+    grids = list(grids) if grids is not None else [(image_side, image_side)] if with_image else []
+    image_positions, grid = [], []
+    for k, (rows, cols) in enumerate(grids):
+        tokens.append("<start_of_image>")
+        image_positions += range(len(tokens), len(tokens) + rows * cols)
+        grid += [(k, r, c) for r in range(rows) for c in range(cols)]
+        tokens += ["<image_soft_token>"] * (rows * cols) + ["<end_of_image>"]
     words = ["What", "color", "is", "the", "circle", "?", "<end_of_turn>", "\n", "<start_of_turn>", "model", "\n"]
     tokens += words[: max(0, n_pos - len(tokens))]
     n_pos = len(tokens)
@@ -47,14 +52,18 @@ def make_graph(seed: int = 0, n_layers: int = 3, n_pos: int = 12, n_features: in
     values = adjacency.astype(np.float64).sum(1) + constants + unexplored
     probs = rng.dirichlet(np.ones(n_logits)) * 0.9
     targets = [Target(label=f"tok{k}", token_id=100 + k, probability=float(probs[k])) for k in range(n_logits)]
-    image_positions = np.arange(image_start, image_start + n_img, dtype=np.int64) if with_image else np.zeros(0, np.int64)
-    grid = np.array([(0, k // image_side, k % image_side) for k in range(n_img)], dtype=np.int64).reshape(-1, 3)
-    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)] if with_image else []
+    image_positions = np.array(image_positions, dtype=np.int64)
+    grid = np.array(grid, dtype=np.int64).reshape(-1, 3)
+    # one 64 x 64 image as before (tests compare its pixels); several: 8 pixels per cell
+    sizes = [(64, 64)] if grids == [(image_side, image_side)] else [(8 * rows, 8 * cols) for rows, cols in grids]
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes]
     graph = Graph(
         prompt="".join(tokens), input_ids=np.arange(n_pos, dtype=np.int64), tokens=tokens, n_layers=n_layers,
         features=feats, activations=rng.random(n_features).astype(np.float32) + 0.1, errors=errors,
         targets=targets, adjacency=adjacency, values=values, constants=constants, unexplored=unexplored,
-        image_positions=image_positions, image_grid=grid, tokens_per_side=image_side if with_image else 0,
+        image_positions=image_positions, image_grid=grid,
+        tokens_per_side=grids[0][0] if len(set(grids)) == 1 and grids[0][0] == grids[0][1] else 0,
+        image_grids=[tuple(g) for g in grids],
         images=images, prefix_length=prefix,
         feature_position_activations=rng.random((n_features, n_pos)).astype(np.float32),
         top_logit_ids=rng.integers(0, 50, (n_features, 5)), top_logit_values=rng.random((n_features, 5)).astype(np.float32),

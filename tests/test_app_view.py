@@ -328,7 +328,7 @@ def test_image_figure_geometry():
     from app.panels.image_figure import base_figure, cell_from_xy, cells_in_box
 
     g = chain_graph()  # one 8 x 16 pixel image, a 1 x 2 grid of 8 x 8 pixel cells
-    g.image_grid = np.array([[0, 0, 0], [0, 0, 1]])
+    g.image_grid, g.image_grids = np.array([[0, 0, 0], [0, 0, 1]]), [(1, 2)]
     s = GraphSession(g, "chain.graph.safetensors")
     assert s.grid_shape(0) == (1, 2)
     assert cell_from_xy(s, 0, 3.5, 3.5) == (0, 0)  # the centre of cell (0, 0)

@@ -114,6 +114,10 @@ OUR_FILE_CASES = {
     "image index 10**9": (None, _tensor("image_grid", lambda g: g + np.array([10**9, 0, 0])), "image_grid"),
     "tokens_per_side 10**9": (_set("tokens_per_side", 10**9), None, "tokens_per_side"),
     "n_images 10**9": (_set("n_images", 10**9), None, "images"),
+    "image_grids side 10**9": (_set("image_grids", [[10**9, 2]]), None, "image_grids"),
+    "image_grids 1000 grids": (_set("image_grids", [[2, 2]] * 1000), None, "image_grids"),
+    "image_grids a string": (_set("image_grids", "8x8"), None, "image_grids"),
+    "image_grids not pairs": (_set("image_grids", [[2]]), None, "image_grids"),
     # wrong types in the metadata
     "n_layers a string": (_set("n_layers", "4"), None, "n_layers"),
     "n_layers a float": (_set("n_layers", 3.5), None, "n_layers"),
@@ -254,6 +258,8 @@ JSON_CASES = {
     "targets of the wrong shape": (lambda d: d["metadata"]["vlm"].__setitem__(
         "targets", [{"label": 1, "token_id": "x"}] * len(d["metadata"]["vlm"]["targets"])), "wrong type"),
     "tokens_per_side 10**9": (lambda d: d["metadata"]["vlm"].__setitem__("tokens_per_side", 10**9), "tokens_per_side"),
+    "image_grids side 10**9": (lambda d: d["metadata"]["vlm"].__setitem__("image_grids", [[2, 10**9]]), "image_grids"),
+    "image_grids a string": (lambda d: d["metadata"]["vlm"].__setitem__("image_grids", "8x8"), "image_grids"),
     "a decompression-bomb image": (_bomb_uri, "too large"),
     "an image that is not one": (lambda d: d["metadata"]["vlm"].__setitem__("images", ["data:image/png;base64,AAAA"]),
                                  "image"),

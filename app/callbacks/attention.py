@@ -36,10 +36,11 @@ def selected_cells(session, selected: str | None, region: dict | None) -> tuple[
     return None
 
 
-def vision_map(maps: dict, kind: str, image: int, cells, side: int) -> np.ndarray:
-    """Mean map of the cells' soft tokens, (P, P)."""
+def vision_map(maps: dict, kind: str, image: int, cells, grid: tuple[int, int]) -> np.ndarray:
+    """Mean map of the cells' soft tokens, (P, P); grid: (rows, cols) of soft tokens."""
     arr = maps[kind][image]
-    rows = [r * side + c for r, c in cells if 0 <= r * side + c < arr.shape[0]]
+    n_rows, n_cols = grid
+    rows = [r * n_cols + c for r, c in cells if 0 <= r < n_rows and 0 <= c < n_cols]
     return arr[rows].mean(0)
 
 
@@ -108,7 +109,7 @@ def register(app, state) -> None:
             if status and status["state"] != DONE:
                 return nothing(job_line(status)[0])
             return nothing("computing vision attention…")
-        m = vision_map(maps, kind, img, cells, maps["tokens_per_side"])
+        m = vision_map(maps, kind, img, cells, maps.get("token_grid") or (maps["tokens_per_side"],) * 2)
         h, w = session.graph.images[img].shape[:2]
         patch = Patch()
         patch["layout"]["images"] = [overlay_layout_image(m, int(w), int(h))]

@@ -15,7 +15,7 @@ from app.graph_store import GraphNotFound
 def describe(session) -> tuple[list, str]:
     """The status line and its plain text (the tooltip: the line is cut to one line of the header)."""
     g = session.graph
-    kind = f"{len(g.images)} image(s), {g.tokens_per_side}x{g.tokens_per_side} soft tokens" if len(g.images) else "text only"
+    kind = f"{len(g.images)} image(s), {g.grid_text()} soft tokens" if len(g.images) else "text only"
     targets = "; ".join(f"{t.label} ({t.probability_text()})" for t in g.targets[:4])
     more = f" and {len(g.targets) - 4} more" if len(g.targets) > 4 else ""
     rest = f" · {g.n_features} features, {g.n_nodes} nodes, {kind} · model {g.model or '?'} · targets: {targets}{more}"

@@ -42,6 +42,19 @@ def register(app, state) -> None:
                 {"display": "inline-block" if truth else "none"})
 
     @app.callback(
+        Output(ids.IMAGE_SELECT, "value", allow_duplicate=True),
+        Input(ids.STORE_SELECTED, "data"), State(ids.STORE_GRAPH, "data"), State(ids.IMAGE_SELECT, "value"),
+        prevent_initial_call=True,
+    )
+    def image_of_selection(selected, graph, shown):
+        """Selecting an image soft token's node shows its own image."""
+        if not (selected and selected.startswith("E_") and selected[2:].isdigit()):
+            return no_update
+        session = open_session(state, graph)
+        cell = session.cell_of_position.get(int(selected[2:])) if session else None
+        return cell[0] if cell and cell[0] != shown else no_update
+
+    @app.callback(
         Output(ids.IMAGE_FIGURE, "figure"), Output(ids.IMAGE_NOTE, "children"), Output(ids.IMAGE_FIGURE, "style"),
         Output(ids.STORE_FIGURE_KEY, "data"),
         Input(ids.STORE_GRAPH, "data"), Input(ids.IMAGE_SELECT, "value"), Input(ids.STORE_SELECTED, "data"),
@@ -145,6 +158,8 @@ def register(app, state) -> None:
         rows = sorted(r for r, _ in cells), sorted(c for _, c in cells)
         where = (f"cell ({cells[0][0]},{cells[0][1]})" if len(cells) == 1 else
                  f"{len(cells)} cells (rows {rows[0][0]}–{rows[0][-1]}, cols {rows[1][0]}–{rows[1][-1]})")
+        if g.n_images > 1:
+            where = f"image {int(region.get('image', 0))}, {where}"
         table = html.Table(className="shares", children=[
             html.Thead(html.Tr([html.Th("logit"), html.Th("probability"), html.Th("share from region (view)"),
                                 html.Th("(full graph)")])),

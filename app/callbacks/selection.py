@@ -55,7 +55,7 @@ def register(app, state) -> None:
         strip = token_strip(current.session, d.get("position_activations")) if d["kind"] == "feature" else []
         examples = []
         if d["kind"] == "feature":
-            grid = current.session.graph.tokens_per_side or None
+            grid = current.session.grid_shape(0) if current.session.graph.n_images else None
             found, note = state.examples.top(d["layer"], d["feature"], k=6, grid=grid)
             examples = examples_children(found, note)
         return title, details_children(d, in_view), d["label"], False, False, strip, examples

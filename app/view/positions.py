@@ -74,11 +74,8 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
         if levels[k] in (AXIS, LOGITS):
             continue
         cells.setdefault((int(levels[k]), col_of_pos[positions[k]]), []).append(k)
-    grid_cols: dict[int, int] = {}
-    grid_rows: dict[int, int] = {}
-    for i, r, c in cells_of.values():
-        grid_rows[i] = max(grid_rows.get(i, 0), r + 1)
-        grid_cols[i] = max(grid_cols.get(i, 0), c + 1)
+    grid_rows = {i: rows for i, (rows, _) in enumerate(graph.grids())}
+    grid_cols = {i: cols for i, (_, cols) in enumerate(graph.grids())}
     width = {c: (grid_cols[c[1]] * PITCH if c[0] == "i" else TEXT_COLUMN) for c in columns}
     for (_, col), members in cells.items():
         for start in range(0, len(members), WRAP):

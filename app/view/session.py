@@ -67,11 +67,13 @@ class GraphSession:
     def position_of_cell(self) -> dict[tuple[int, int, int], int]:
         return {cell: pos for pos, cell in self.cell_of_position.items()}
 
+    @cached_property
+    def grids(self) -> list[tuple[int, int]]:
+        return self.graph.grids()
+
     def grid_shape(self, image: int) -> tuple[int, int]:
-        cells = [c for c in self.cell_of_position.values() if c[0] == image]
-        if not cells:
-            return (0, 0)
-        return (max(c[1] for c in cells) + 1, max(c[2] for c in cells) + 1)
+        """(rows, cols) of one image's soft-token grid ((0, 0) for an image the graph lacks)."""
+        return self.grids[image] if 0 <= image < len(self.grids) else (0, 0)
 
     def patches(self):
         """(position, pixels) of the input image under each image soft token."""
@@ -108,8 +110,8 @@ class GraphSession:
             if cell is not None:
                 cells.append((cell[1], cell[2]))
         if not positions:
-            side = self.graph.tokens_per_side
-            cells = [divmod(int(t), side) for t in toy.get("evidence_tokens") or []] if side else []
+            cols = self.grid_shape(0)[1]
+            cells = [divmod(int(t), cols) for t in toy.get("evidence_tokens") or []] if cols else []
         return {"question": str(toy.get("question", "")), "answer": str(toy.get("answer", "")),
                 "evidence": [str(e) for e in toy.get("evidence") or []], "cells": sorted(set(cells))}
 

@@ -196,6 +196,7 @@ class AttentionGraph:
     tokens_per_side: int = 0
     images: list[np.ndarray] = field(default_factory=list)
     prefix_length: int = 0
+    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) per image
     model: str = ""
     transcoders: str = ""
     info: dict = field(default_factory=dict)
@@ -280,6 +281,7 @@ class AttentionGraph:
             values=adj.astype(np.float64).sum(1), constants=np.zeros(nF + T), unexplored=np.zeros(nF + T),
             image_positions=np.asarray(self.image_positions, np.int64),
             image_grid=np.asarray(self.image_grid, np.int64).reshape(-1, 3), tokens_per_side=self.tokens_per_side,
+            image_grids=list(self.image_grids),
             images=list(self.images), prefix_length=self.prefix_length, model=self.model,
             transcoders=self.transcoders, config={"kind": ATTENTION_GRAPH_KIND},
         )
@@ -326,6 +328,7 @@ class AttentionGraph:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"prompt": self.prompt, "tokens": self.tokens, "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "targets": [t.to_dict() for t in self.targets], "tokens_per_side": self.tokens_per_side,
+                "image_grids": [list(g) for g in self.image_grids],
                 "prefix_length": self.prefix_length, "model": self.model, "transcoders": self.transcoders,
                 "info": self.info, "n_images": len(self.images)}
         arrays = {"input_ids": self.input_ids, "head_edges": self.head_edges, "residual_edges": self.residual_edges,
@@ -352,7 +355,7 @@ class AttentionGraph:
                 image_positions=z["image_positions"], image_grid=z["image_grid"],
                 tokens_per_side=meta["tokens_per_side"], images=[z[f"image_{i}"] for i in range(meta["n_images"])],
                 prefix_length=meta["prefix_length"], model=meta["model"], transcoders=meta["transcoders"],
-                info=meta["info"],
+                info=meta["info"], image_grids=[tuple(g) for g in meta.get("image_grids", [])],
             )
 
 
@@ -390,6 +393,7 @@ def attention_graph_from_replacement(rep: LocalReplacement, targets: list[Resolv
         targets=[t.target for t in targets], target_weights=weights, target_values=final.double().cpu().numpy(),
         image_positions=np.asarray(prompt.image_positions, np.int64),
         image_grid=np.asarray(prompt.image_grid, np.int64).reshape(-1, 3), tokens_per_side=prompt.tokens_per_side,
+        image_grids=list(prompt.image_grids),
         images=[np.asarray(im.convert("RGB"), dtype=np.uint8) for im in prompt.images],
         prefix_length=prompt.prefix_length,
     )

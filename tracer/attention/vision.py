@@ -51,8 +51,8 @@ def _encoder_layers(tower):
 class VisionAttentionMaps:
     """Per image and soft token, maps on the patch grid.
 
-    rollout, similarity: (n_images, n_tokens, P, P) float32, soft tokens in row-major order
-    (token t is cell (t // tokens_per_side, t % tokens_per_side)), patches likewise.
+    rollout, similarity: (n_images, n_tokens, P, P) float32, soft tokens in row-major order on
+    the (rows, cols) token grid (token t is cell (t // cols, t % cols)), patches likewise.
     """
 
     rollout: np.ndarray
@@ -65,15 +65,21 @@ class VisionAttentionMaps:
     identity_weight: float = 0.5
     similarity_layer: int = -1
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (H, W) per image
+    token_grid: tuple[int, int] = ()  # (rows, cols) of soft tokens; () = tokens_per_side square
 
     @property
     def n_images(self) -> int:
         return int(self.rollout.shape[0])
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(int(x) for x in self.token_grid) if self.token_grid else (self.tokens_per_side,) * 2
+
     def token_index(self, row: int, col: int) -> int:
-        if not (0 <= row < self.tokens_per_side and 0 <= col < self.tokens_per_side):
-            raise IndexError(f"cell ({row}, {col}) outside the {self.tokens_per_side}x{self.tokens_per_side} grid")
-        return row * self.tokens_per_side + col
+        rows, cols = self.grid
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"cell ({row}, {col}) outside the {rows}x{cols} grid")
+        return row * cols + col
 
     def for_cell(self, image: int, row: int, col: int, kind: str = "rollout") -> np.ndarray:
         """(P, P) map of one soft token; kind "rollout" or "similarity"."""
@@ -102,6 +108,7 @@ class VisionAttentionMaps:
                            self.similarity_layer], dtype=np.int64),
             rollout_layers=np.asarray(self.rollout_layers, np.int64), identity_weight=np.float64(self.identity_weight),
             image_sizes=np.asarray(self.image_sizes, np.int64).reshape(-1, 2),
+            token_grid=np.asarray(self.grid, np.int64),
         )
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
@@ -111,7 +118,8 @@ class VisionAttentionMaps:
             m = z["meta"].tolist()
             return cls(z["rollout"], z["similarity"], m[0], m[1], m[2], (m[3], m[4]),
                        z["rollout_layers"].tolist(), float(z["identity_weight"]), m[5],
-                       [tuple(s) for s in z["image_sizes"].tolist()])
+                       [tuple(s) for s in z["image_sizes"].tolist()],
+                       tuple(z["token_grid"].tolist()) if "token_grid" in z.files else ())
 
 
 def upsample(grid_map: np.ndarray, size: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
@@ -203,6 +211,9 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
     side = int(projector.tokens_per_side)
     if P * P != N:
         raise ValueError(f"vision tower output has {N} patches, expected {P}x{P}")
+    if isinstance(image_or_prompt, PromptInputs) and any(g != (side, side) for g in image_or_prompt.image_grids):
+        raise ValueError(f"the prompt's image grids {image_or_prompt.image_grids} are not the projector's "
+                         f"{side}x{side} pooling")
     # float64 where cheap (exact maps on small towers), float32 for big patch grids
     cdt = torch.float64 if N <= 1024 else torch.float32
     eye = torch.eye(N, dtype=cdt, device=final.device)
@@ -230,7 +241,7 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
         similarity=sim.view(B, T, P, P).float().cpu().numpy(),
         patches_per_side=P, tokens_per_side=side, kernel=k, input_size=tuple(pixel_values.shape[-2:]),
         rollout_layers=rolled, identity_weight=float(identity_weight), similarity_layer=int(similarity_layer),
-        image_sizes=sizes,
+        image_sizes=sizes, token_grid=(side, side),
     )
 
 

@@ -358,6 +358,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
         image_positions=np.asarray(prompt.image_positions, dtype=np.int64),
         image_grid=np.asarray(prompt.image_grid, dtype=np.int64).reshape(-1, 3),
         tokens_per_side=prompt.tokens_per_side,
+        image_grids=list(prompt.image_grids),
         images=[np.asarray(im.convert("RGB"), dtype=np.uint8) for im in prompt.images],
         prefix_length=rep.first_position,
         # settings only (asdict would deep-copy the callbacks, which may hold locks)

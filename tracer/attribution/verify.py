@@ -107,11 +107,12 @@ def target_directions(graph: Graph, unembedding: torch.Tensor, dtype) -> torch.T
 
 
 def sample_sources(graph: Graph, n: int, rng: np.random.Generator) -> list[int]:
-    """Node indices spread over kinds: features, errors, text embeddings, image embeddings."""
+    """Node indices spread over kinds: features, errors, text embeddings, each image's embeddings."""
     groups = [np.arange(graph.n_features), graph.error_offset + np.arange(graph.n_errors)]
     is_img = graph.is_image_position()
     emb = graph.embedding_offset + np.arange(graph.n_embeddings)
-    groups += [emb[~is_img], emb[is_img]]
+    groups += [emb[~is_img]] + [graph.embedding_offset + graph.image_positions[graph.image_grid[:, 0] == k]
+                                for k in range(graph.n_images)]
     groups = [g for g in groups if len(g)]
     per = max(1, n // len(groups))
     picked: list[int] = []

@@ -32,15 +32,20 @@ def add_model_arguments(p, transcoders_help: str = "transcoder set: local folder
 def add_prompt_arguments(p, required: bool = True) -> None:
     p.add_argument("--prompt", required=required,
                    help="the question; the chat template is applied and an image marker added when an image is given")
-    p.add_argument("--image", default=None, help="image file (PNG, JPEG, WebP)")
+    p.add_argument("--image", action="append", default=None,
+                   help="image file (PNG, JPEG, WebP); repeat it for several images, in the order of the prompt's "
+                        "image markers (without markers the images go before the question)")
     p.add_argument("--no-chat", action="store_true", help="use the prompt as is (no chat template)")
 
 
 def image_from_args(args):
-    """The --image file opened and validated, or None (an ImageError says what is wrong with it)."""
+    """The --image file(s) opened and validated: None, one image, or a list for several (an
+    ImageError says what is wrong with a file)."""
     from tracer.images import open_image
 
-    return open_image(args.image) if args.image else None
+    paths = [args.image] if isinstance(args.image, str) else list(args.image or [])
+    images = [open_image(path) for path in paths]
+    return None if not images else images[0] if len(images) == 1 else images
 
 
 # -- option types: a bad number is an argparse error (usage + one line, exit 2), never a traceback

@@ -42,7 +42,8 @@ def register(sub) -> None:
                    help="also generate N tokens greedily before and after the edit (attention live)")
     p.add_argument("--ablate-region", default=None, metavar="CELLS",
                    help="instead of feature edits: ablate these image cells 'row,col;row,col' (one cell: 'row,col'; "
-                   "image i: 'i,row,col'), or image soft-token sequence positions 'pos:40,41'")
+                   "with several images name the image, counting from 0: 'img1:row,col;row,col' or "
+                   "'i,row,col'), or image soft-token sequence positions 'pos:40,41'")
     p.add_argument("--region-mode", choices=["zero", "mean"], default="zero",
                    help="region ablation: replace the soft tokens by zeros or by the image's mean soft token")
     p.add_argument("--top-k", type=positive_int, default=10, help="tokens listed before and after")
@@ -76,7 +77,8 @@ def _steer(args) -> int:
     try:
         positions = parse_positions(args.positions)
         features = [FeatureIntervention.parse(spec, positions) for spec in args.feature]
-        region = parse_region(args.ablate_region) if args.ablate_region else None
+        n_images = len(image) if isinstance(image, list) else int(image is not None)
+        region = parse_region(args.ablate_region, n_images) if args.ablate_region else None
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

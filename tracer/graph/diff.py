@@ -188,13 +188,11 @@ def _check_comparable(a: Graph, b: Graph, allow_mismatch: bool) -> None:
 def changed_cells(a: Graph, b: Graph, threshold: float = PIXEL_CHANGE) -> list[dict]:
     """Cells of the soft-token grid whose pixels differ between the graphs' images (same sizes)."""
     out = []
+    grids = a.grids()
     for k, (img_a, img_b) in enumerate(zip(a.images, b.images)):
-        if img_a.shape != img_b.shape:
+        if img_a.shape != img_b.shape or k >= len(grids) or not all(grids[k]):
             continue
-        cells = a.image_grid[a.image_grid[:, 0] == k]
-        if not len(cells):
-            continue
-        rows, cols = int(cells[:, 1].max()) + 1, int(cells[:, 2].max()) + 1
+        rows, cols = grids[k]
         h, w = img_a.shape[:2]
         diff = np.abs(img_a.astype(np.int16) - img_b.astype(np.int16)).mean(-1)
         for r in range(rows):
@@ -315,29 +313,34 @@ def save_diff(diff: GraphDiff, out_dir: str | Path, a: Graph | None = None, b: G
 
 
 def image_panel(diff: GraphDiff, a: Graph, b: Graph):
-    """A PIL image: A's first image and B's side by side, B's changed cells outlined (None
-    without images)."""
+    """A PIL image: each of A's images beside B's (one row per image), B's changed cells outlined
+    on B's image grid (None without images)."""
     from PIL import Image, ImageDraw
 
-    if not a.images or not b.images:
+    pairs = list(zip(a.images, b.images))
+    if not pairs:
         return None
-    scale = max(1, 256 // max(a.images[0].shape[:2]))
-    img_a = Image.fromarray(a.images[0]).resize((a.images[0].shape[1] * scale, a.images[0].shape[0] * scale),
-                                                Image.NEAREST)
-    img_b = Image.fromarray(b.images[0]).resize((b.images[0].shape[1] * scale, b.images[0].shape[0] * scale),
-                                                Image.NEAREST)
-    panel = Image.new("RGB", (img_a.width + img_b.width + 8, max(img_a.height, img_b.height)), "white")
-    panel.paste(img_a, (0, 0))
-    panel.paste(img_b, (img_a.width + 8, 0))
+    scale = max(1, 256 // max(max(im.shape[:2]) for pair in pairs for im in pair))
+
+    def big(im):
+        return Image.fromarray(im).resize((im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST)
+
+    rows = [(big(x), big(y)) for x, y in pairs]
+    width = max(x.width + y.width for x, y in rows) + 8
+    panel = Image.new("RGB", (width, sum(max(x.height, y.height) for x, y in rows) + 8 * (len(rows) - 1)), "white")
     draw = ImageDraw.Draw(panel)
-    cells = b.image_grid[b.image_grid[:, 0] == 0]
-    if len(cells):
-        rows, cols = int(cells[:, 1].max()) + 1, int(cells[:, 2].max()) + 1
-        ch, cw = img_b.height / rows, img_b.width / cols
-        for cell in diff.changed_cells:
-            if cell["image"] != 0:
-                continue
-            x0 = img_a.width + 8 + cell["col"] * cw
-            y0 = cell["row"] * ch
-            draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], outline=(255, 0, 255), width=2)
+    grids = b.grids()
+    top = 0
+    for k, (img_a, img_b) in enumerate(rows):
+        panel.paste(img_a, (0, top))
+        panel.paste(img_b, (img_a.width + 8, top))
+        n_rows, n_cols = grids[k] if k < len(grids) else (0, 0)
+        if n_rows and n_cols:
+            ch, cw = img_b.height / n_rows, img_b.width / n_cols
+            for cell in diff.changed_cells:
+                if cell["image"] != k:
+                    continue
+                x0, y0 = img_a.width + 8 + cell["col"] * cw, top + cell["row"] * ch
+                draw.rectangle([x0, y0, x0 + cw - 1, y0 + ch - 1], outline=(255, 0, 255), width=2)
+        top += max(img_a.height, img_b.height) + 8
     return panel

@@ -79,7 +79,8 @@ class Graph:
     # --- images: positions of image soft tokens and their grid cells
     image_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n_img,)
     image_grid: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # (n_img, 3): image, row, col
-    tokens_per_side: int = 0
+    tokens_per_side: int = 0  # side of a square grid all images share, else 0 (what files before image_grids hold)
+    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of each image's soft-token grid
     images: list[np.ndarray] = field(default_factory=list)  # uint8 (H, W, 3) each, the input images
     prefix_length: int = 0  # leading chat-template positions with no feature nodes
     # --- per-feature extras for viewers (aligned with `features`; may be empty)
@@ -207,6 +208,29 @@ class Graph:
         """values - (sum of edges + unexplored + constant), per target row: ~0 for an exact graph."""
         return self.values - (self.adjacency.astype(np.float64).sum(1) + self.unexplored + self.constants)
 
+    @property
+    def n_images(self) -> int:
+        """Images in the prompt (also when their pixels were not stored)."""
+        cells = int(self.image_grid[:, 0].max()) + 1 if len(self.image_grid) else 0
+        return max(len(self.images), len(self.image_grids), cells)
+
+    def grids(self) -> list[tuple[int, int]]:
+        """(rows, cols) of each image's soft-token grid: as recorded; for files from before grids
+        were recorded, the square tokens_per_side grid, else the extent of the image's cells."""
+        if self.image_grids:
+            return [(int(r), int(c)) for r, c in self.image_grids]
+        n = self.n_images
+        if self.tokens_per_side:
+            return [(int(self.tokens_per_side),) * 2] * n
+        out = [(0, 0)] * n
+        for image, row, col in self.image_grid.tolist():
+            out[image] = (max(out[image][0], row + 1), max(out[image][1], col + 1))
+        return out
+
+    def grid_text(self) -> str:
+        """'8x8' for one grid or several equal ones, else '8x8 + 4x6' (rows x cols per image)."""
+        return grids_text(self.grids())
+
     def image_cell(self, pos: int) -> tuple[int, int, int] | None:
         """(image, row, column) of an image soft-token position, None for text positions."""
         hit = np.flatnonzero(self.image_positions == pos)
@@ -216,7 +240,7 @@ class Graph:
         """A short display string for a position: its token, or its image cell."""
         cell = self.image_cell(int(pos))
         if cell is not None:
-            return f"[img {cell[1]},{cell[2]}]"
+            return f"[img{cell[0]} {cell[1]},{cell[2]}]" if self.n_images > 1 else f"[img {cell[1]},{cell[2]}]"
         tok = self.tokens[pos] if 0 <= pos < len(self.tokens) else "?"
         return repr(tok)[1:-1] if tok.strip() != tok or not tok else tok
 
@@ -334,18 +358,51 @@ class Graph:
         need(len(self.image_positions) == len(self.image_grid), "image_positions and image_grid differ in length")
         need(0 <= self.tokens_per_side <= limits.MAX_GRID_SIDE,
              f"tokens_per_side = {self.tokens_per_side} is outside 0..{limits.MAX_GRID_SIDE}")
+        need(isinstance(self.image_grids, list) and len(self.image_grids) <= limits.MAX_IMAGES,
+             f"image_grids must be a list of at most {limits.MAX_IMAGES} (rows, cols) pairs")
+        for k, g in enumerate(self.image_grids):
+            need(isinstance(g, (list, tuple)) and len(g) == 2 and all(
+                isinstance(x, (int, np.integer)) and not isinstance(x, bool) and 0 < x <= limits.MAX_GRID_SIDE
+                for x in g), f"image_grids[{k}] must be (rows, cols), each 1..{limits.MAX_GRID_SIDE}, not {g!r:.40}")
+        need(not self.images or not self.image_grids or len(self.image_grids) == len(self.images),
+             f"{len(self.image_grids)} image grids for {len(self.images)} images")
         if not len(self.image_positions):
             return
         need(int(self.image_positions.min()) >= 0 and int(self.image_positions.max()) < self.n_positions,
              "image position out of range")
         need(len(np.unique(self.image_positions)) == len(self.image_positions), "an image position appears twice")
-        n_images = len(self.images) or limits.MAX_IMAGES
-        side = self.tokens_per_side or limits.MAX_GRID_SIDE
+        n_images = len(self.images) or len(self.image_grids) or limits.MAX_IMAGES
         image, row, col = self.image_grid.T
         need(int(image.min()) >= 0 and int(image.max()) < n_images,
              f"image_grid names image {int(image.max())}, but the graph has {len(self.images)} images")
-        need(int(min(row.min(), col.min())) >= 0 and int(max(row.max(), col.max())) < side,
-             f"image_grid cell ({int(row.max())}, {int(col.max())}) is outside a {side}x{side} grid")
+        need(int(min(row.min(), col.min())) >= 0, "image_grid holds a negative row or column")
+        if self.image_grids:
+            rows, cols = np.asarray(self.image_grids, np.int64).T[:, image]
+        else:
+            rows = cols = np.full(len(image), self.tokens_per_side or limits.MAX_GRID_SIDE)
+        bad = np.flatnonzero((row >= rows) | (col >= cols))[:1]
+        need(not len(bad), f"image_grid cell ({int(row[bad].sum())}, {int(col[bad].sum())}) of image "
+                           f"{int(image[bad].sum())} is outside its {int(rows[bad].sum())}x{int(cols[bad].sum())} grid")
+
+
+def grids_text(grids) -> str:
+    """'8x8' for one grid or several equal ones, else '8x8 + 4x6' (rows x cols per image)."""
+    texts = [f"{r}x{c}" for r, c in grids]
+    return "none" if not texts else texts[0] if len(set(texts)) == 1 else " + ".join(texts)
+
+
+def grid_cells(grids) -> list[tuple[int, int, int]]:
+    """(image, row, col) of every soft token, image after image, each row-major: the order a
+    VLM lays its images' soft tokens out in the sequence."""
+    return [(k, r, c) for k, (rows, cols) in enumerate(grids) for r in range(rows) for c in range(cols)]
+
+
+def square_side(grids) -> int:
+    """The side shared by square grids (what tokens_per_side meant before grids were recorded),
+    else 0."""
+    sides = {(int(r), int(c)) for r, c in grids}
+    return next(iter(sides))[0] if len(sides) == 1 and len(set(next(iter(sides)))) == 1 else 0
+
 
 def carrier_layers(graph: "Graph", target_node: int, source_node: int) -> range:
     """The layers whose heads can lie on a path source -> target (node indices of graph): after

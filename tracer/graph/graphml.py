@@ -6,11 +6,12 @@ Node attributes: kind (feature / error / embedding / logit), layer (embeddings -
 n_layers), position, feature (feature index; -1 for other kinds), token_id (embeddings and logits;
 -1 otherwise), label, influence (un-normalised influence on the logits), activation (features;
 0 otherwise), is_image, image, row, col (image soft tokens; -1 otherwise). Edge attribute:
-weight = A[target, source].
+weight = A[target, source]. Graph attribute: image_grids, the JSON list of [rows, cols] per image.
 """
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -54,7 +55,11 @@ def graph_to_graphml(graph: Graph, pruned=None, *, node_mask=None, edge_mask=Non
         ET.SubElement(root, f"{{{NS}}}key", {"id": f"n_{name}", "for": "node", "attr.name": name, "attr.type": typ})
     for name, typ in EDGE_KEYS:
         ET.SubElement(root, f"{{{NS}}}key", {"id": f"e_{name}", "for": "edge", "attr.name": name, "attr.type": typ})
+    ET.SubElement(root, f"{{{NS}}}key", {"id": "g_image_grids", "for": "graph", "attr.name": "image_grids",
+                                         "attr.type": "string"})
     g = ET.SubElement(root, f"{{{NS}}}graph", {"id": graph.slug or "graph", "edgedefault": "directed"})
+    grids = ET.SubElement(g, f"{{{NS}}}data", {"key": "g_image_grids"})
+    grids.text = json.dumps([list(rc) for rc in graph.grids()])
 
     kinds = graph.node_kinds()
     layers = graph.node_layers()

@@ -36,7 +36,8 @@ Nodes:
     (only when the graph has them).
   * logits: ``target_label``, ``target_kind`` (``"token"`` or ``"direction"``), ``target_spec``.
 Metadata ``vlm`` (an object): format and version, ``n_layers``, ``input_ids``, ``tokens``,
-``prefix_length``, ``tokens_per_side``, ``image_positions``, ``image_grid`` ([image, row, col] per
+``prefix_length``, ``tokens_per_side`` (the side of a square grid all images share, else 0),
+``image_grids`` ([rows, cols] per image), ``image_positions``, ``image_grid`` ([image, row, col] per
 image position), ``images`` (PNG data URIs), ``targets``, ``model``, ``transcoders``, ``scores``,
 ``config``, ``pruned`` (whether nodes or edges were left out), ``edge_threshold``,
 ``virtual_token_offset``.
@@ -79,7 +80,7 @@ import numpy as np
 from tracer import limits
 from tracer.files import atomic_write_text
 from tracer.graph.errors import GraphFormatError
-from tracer.graph.graph import Graph, Target
+from tracer.graph.graph import Graph, Target, square_side
 
 SCHEMA_VERSION = 1
 FORMAT = "vlm-circuits-neuronpedia-extension"
@@ -364,7 +365,8 @@ def graph_to_json(graph: Graph, pruned=None, *, node_mask=None, edge_mask=None, 
         "input_ids": [int(x) for x in graph.input_ids.tolist()],
         "tokens": list(graph.tokens),
         "prefix_length": int(graph.prefix_length),
-        "tokens_per_side": int(graph.tokens_per_side),
+        "tokens_per_side": int(graph.tokens_per_side or square_side(graph.grids())),
+        "image_grids": [[int(r), int(c)] for r, c in graph.grids()],
         "image_positions": [int(x) for x in graph.image_positions.tolist()],
         "image_grid": [[int(v) for v in row] for row in graph.image_grid.tolist()],
         "n_images": len(graph.images),
@@ -560,6 +562,15 @@ def _basic_check(data) -> None:
 # ----------------------------------------------------------------------------------- import
 def _parse_id(node_id: str) -> list[str]:
     return str(node_id).split("_")
+
+
+def _list(x) -> list:
+    """A JSON list field, or [] when absent; anything else is refused."""
+    if x is None:
+        return []
+    if not isinstance(x, list) or len(x) > limits.MAX_IMAGES:
+        raise GraphFormatError(f"image_grids must be a list of at most {limits.MAX_IMAGES} [rows, cols] pairs")
+    return x
 
 
 def _int(x, what: str) -> int:
@@ -772,6 +783,7 @@ def _json_to_graph(data: dict, source: str) -> Graph:
         features=features, activations=activations, errors=errs, targets=targets, adjacency=adjacency,
         values=values, constants=constants, unexplored=unexplored, image_positions=image_positions,
         image_grid=image_grid, tokens_per_side=int(vlm.get("tokens_per_side") or 0), images=images,
+        image_grids=[tuple(g) if isinstance(g, list) else g for g in _list(vlm.get("image_grids"))],
         prefix_length=int(vlm.get("prefix_length") or 0), model=str(vlm.get("model") or ""),
         transcoders=str(vlm.get("transcoders") or ""), scan=str(meta.get("scan", "")), slug=str(meta.get("slug", "")),
         config=dict(vlm.get("config") or {}),

@@ -23,7 +23,7 @@ from tracer import limits
 from tracer.errors import InputError
 from tracer.files import atomic_path, read_safetensors_header
 from tracer.graph.errors import GraphFormatError
-from tracer.graph.graph import Graph, Target
+from tracer.graph.graph import Graph, Target, square_side
 
 SUFFIX = ".graph.safetensors"
 FORMAT = "vlm-circuits-graph"
@@ -68,7 +68,8 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
         "tokens": graph.tokens,
         "n_layers": graph.n_layers,
         "targets": [t.to_dict() for t in graph.targets],
-        "tokens_per_side": graph.tokens_per_side,
+        "tokens_per_side": graph.tokens_per_side or square_side(graph.grids()),  # for readers before image_grids
+        "image_grids": [list(g) for g in graph.grids()],
         "prefix_length": graph.prefix_length,
         "n_images": len(graph.images),
         "vocab": {str(k): v for k, v in graph.vocab.items()},
@@ -117,6 +118,7 @@ def read_metadata(path: str | Path) -> dict:
 
 # metadata field -> the JSON types it may have (checked before anything is built from it)
 _META_TYPES = {"prompt": str, "tokens": list, "n_layers": int, "targets": list, "tokens_per_side": int,
+               "image_grids": list,
                "prefix_length": int, "n_images": int, "vocab": dict, "model": str, "transcoders": str, "scan": str,
                "slug": str, "config": dict, "scores": dict, "info": dict}
 _TARGET_TYPES = {"label": str, "token_id": int, "probability": (int, float), "kind": str, "spec": dict}
@@ -225,6 +227,7 @@ def load_graph(path: str | Path) -> Graph:
             image_positions=t.get("image_positions", np.zeros(0, np.int64)),
             image_grid=t.get("image_grid", np.zeros((0, 3), np.int64)),
             tokens_per_side=int(meta.get("tokens_per_side", 0)),
+            image_grids=[tuple(g) if isinstance(g, list) else g for g in meta.get("image_grids", [])],
             images=[t[f"image_{k}"] for k in range(int(meta.get("n_images", 0)))],
             prefix_length=int(meta.get("prefix_length", 0)),
             vocab={int(k): v for k, v in meta.get("vocab", {}).items()},

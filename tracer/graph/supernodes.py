@@ -165,8 +165,8 @@ def suggest_supernodes(graph: Graph, *, top: int | None = 20, node_threshold: fl
                 cells = [tuple(int(x) for x in graph.image_grid[i]) for i in picked]
                 name = ""
                 if regions:
-                    side = graph.tokens_per_side or int(round(np.sqrt(len(graph.image_positions))))
-                    local = graph.image_grid[:, 1] * side + graph.image_grid[:, 2]
+                    cols = np.array([c for _, c in graph.grids()], np.int64)[graph.image_grid[:, 0]]
+                    local = graph.image_grid[:, 1] * cols + graph.image_grid[:, 2]
                     on = {n: weights[np.isin(local, cells_)].sum() / weights.sum() for n, cells_ in regions.items()}
                     best = max(on, key=on.get)
                     name = best if on[best] >= 0.5 else ""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from tracer.graph.graph import grids_text
 from tracer.models.base import PromptInputs, VLMAdapter, get_adapter, prepare_prompt
 
 
@@ -77,9 +78,8 @@ def image_cell_positions(prompt: PromptInputs, cells) -> list[int]:
         if cell in lookup and lookup[cell] in out:
             raise ValueError(f"image cell {cell} is given twice")
         if len(cell) != 3 or cell not in lookup:
-            side = prompt.tokens_per_side
             raise ValueError(f"image cell {cell} is not in this prompt (images: {len(prompt.images)}, "
-                             f"grid {side}x{side} soft tokens per image)")
+                             f"soft-token grid {grids_text(prompt.image_grids)} rows x cols)")
         out.append(lookup[cell])
     return out
 
@@ -171,10 +171,12 @@ class NextTokenComparison:
         return "\n".join(lines)
 
 
-def parse_region(text: str) -> list:
+def parse_region(text: str, n_images: int = 1) -> list:
     """The command-line form of an image region, one syntax per kind so that nothing is guessed:
 
-        'r,c' or 'r,c;r,c;...'        image cells (row, column) of image 0
+        'r,c' or 'r,c;r,c;...'        image cells (row, column) of the only image
+        'img1:r,c;r,c'                cells of image 1 (images count from 0); 'img0:r,c;img1:r,c'
+                                      names several; a prompt with several images must name them
         'i,r,c;...'                   image cells of image i
         'pos:40,41'                   image soft-token sequence positions
 
@@ -191,17 +193,28 @@ def parse_region(text: str) -> list:
         what = "position"
     else:
         items = []
-        for part in (c.strip().strip("()") for c in raw.split(";")):
+        image = None  # the image an 'imgK:' prefix named, for this part and the ones after it
+        for part in (c.strip() for c in raw.split(";")):
+            head, sep, rest = part.partition(":")
+            if sep:
+                if not (head.strip().lower().startswith("img") and head.strip()[3:].isdigit()):
+                    raise InputError(f"region {text!r}: {head!r} does not name an image; write 'img1:r,c;r,c'")
+                image, part = int(head.strip()[3:]), rest.strip()
+            part = part.strip("()")
             if not part:
                 continue
             try:
                 cell = tuple(int(x) for x in part.split(","))
             except ValueError:
                 cell = ()
-            if len(cell) not in (2, 3) or min(cell) < 0:
+            if len(cell) not in ((2,) if image is not None else (2, 3)) or min(cell) < 0:
                 raise InputError(f"region {text!r}: {part!r} is not an image cell 'row,col' or 'image,row,col' "
-                                 "(cells are separated by ';'; sequence positions are written 'pos:40,41')")
-            items.append(cell if len(cell) == 3 else (0,) + cell)
+                                 "(cells are separated by ';', an image is named by 'img1:'; sequence positions "
+                                 "are written 'pos:40,41')")
+            if len(cell) == 2 and image is None and n_images > 1:
+                raise InputError(f"region {text!r}: the prompt has {n_images} images; name the image of each "
+                                 "cell, e.g. 'img1:2,3;2,4' (images count from 0)")
+            items.append(cell if len(cell) == 3 else (image or 0,) + cell)
         what = "cell"
     if not items:
         raise InputError(f"region {text!r} is empty: give cells 'row,col;row,col' or positions 'pos:40,41'")

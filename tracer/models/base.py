@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from tracer.errors import InputError
+from tracer.graph.graph import grid_cells, grids_text, square_side
 
 
 class PromptError(InputError):
@@ -259,7 +260,8 @@ class PromptInputs:
     image_positions: list[int] = field(default_factory=list)
     # (image index, row, column) of each image soft token, aligned with image_positions
     image_grid: list[tuple[int, int, int]] = field(default_factory=list)
-    tokens_per_side: int = 0
+    tokens_per_side: int = 0  # side of a square grid all images share, else 0
+    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of each image's soft tokens
     prefix_length: int = 0  # leading chat-template positions (excluded from feature nodes)
     images: list[Image.Image] = field(default_factory=list)
 
@@ -313,6 +315,18 @@ def load_image(image) -> Image.Image:
     return open_image(image)
 
 
+def image_grids(adapter, inputs: dict, n_images: int, tokens_per_image: int) -> list[tuple[int, int]]:
+    """(rows, cols) of each image's soft-token grid: the adapter's image_grids(inputs, n_images)
+    where the family's grid depends on the image, else a square of tokens_per_image tokens."""
+    if adapter is not None and hasattr(adapter, "image_grids"):
+        return [(int(r), int(c)) for r, c in adapter.image_grids(inputs, n_images)]
+    side = math.isqrt(tokens_per_image)
+    if side * side != tokens_per_image:
+        raise PromptError(f"{tokens_per_image} soft tokens per image is not a square grid, and the adapter "
+                          f"does not say the grid (image_grids)")
+    return [(side, side)] * n_images
+
+
 def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image_token_id: int | None = None,
                    tokens_per_image: int | None = None, adapter=None) -> PromptInputs:
     """Tokenise prompt (+ images) exactly as the model will see it."""
@@ -331,19 +345,18 @@ def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image
     ids = enc["input_ids"][0].tolist()
     tokens = [tokenizer.decode([i]) for i in ids]
     positions: list[int] = []
-    grid: list[tuple[int, int, int]] = []
-    side = 0
+    grids: list[tuple[int, int]] = []
     if image_token_id is not None and images:
         positions = [i for i, t in enumerate(ids) if t == image_token_id]
-        per_image = tokens_per_image or (len(positions) // len(images))
-        side = int(round(math.sqrt(per_image)))
-        for k, pos in enumerate(positions):
-            idx, within = divmod(k, per_image)
-            grid.append((idx, within // side, within % side))
+    if positions:
+        grids = image_grids(adapter, enc, len(images), tokens_per_image or len(positions) // len(images))
+        if sum(r * c for r, c in grids) != len(positions):
+            raise PromptError(f"the image grids {grids_text(grids)} hold {sum(r * c for r, c in grids)} soft tokens, "
+                              f"but the prompt has {len(positions)}")
     prefix = adapter.chat_prefix_length(ids, tokenizer) if adapter is not None else 0
     return PromptInputs(
-        inputs=enc, input_ids=ids, tokens=tokens, text=text, image_positions=positions, image_grid=grid,
-        tokens_per_side=side, prefix_length=prefix, images=images,
+        inputs=enc, input_ids=ids, tokens=tokens, text=text, image_positions=positions, image_grid=grid_cells(grids),
+        tokens_per_side=square_side(grids), image_grids=grids, prefix_length=prefix, images=images,
     )
 
 
