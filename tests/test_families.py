@@ -161,3 +161,24 @@ def test_cli_story_on_every_family(family, tmp_path):
     graph = load_graph(graph_file)
     view = build_view(GraphSession(graph, graph_file.name, None), Annotations(), 0.8, 0.98)
     assert view is not None and len(graph.image_positions) == 64
+
+
+def test_qwen_dynamic_grids_and_two_images(tmp_path):
+    """Qwen2.5-VL's grid follows the image (dynamic resolution): a 64x64 and a 96x64 image in one
+    prompt give 8x8 and 8x12 grids of soft tokens, and the identities hold with sources in both."""
+    folder = write_tiny_model("qwen2_5_vl", tmp_path / "qwen")
+    model, processor = load_vlm(str(folder), dtype=torch.float64)
+    square = world.make_example("heldout", 2, question_type="color").image()
+    wide = world.make_example("heldout", 5, question_type="shape").image().resize((96, 64))
+    tset = random_set("topk", d_tc=96, seed=7, n_layers=N_LAYERS, d_model=D_MODEL)
+    result = _attribute((None, None, model, processor), "What color is the circle?", [square, wide], tset)
+    g = result.graph
+    assert [tuple(x) for x in g.image_grids] == [(8, 8), (8, 12)]
+    cells = g.image_grid.tolist()
+    assert sum(1 for c in cells if c[0] == 1) == 96 and max(c[2] for c in cells if c[0] == 1) == 11
+    assert np.abs(g.sum_rule_residual()).max() < TIGHT
+    sources = sample_sources(g, 24, np.random.default_rng(3))
+    images_hit = {cells[list(g.image_positions).index(s - g.embedding_offset)][0] for s in sources
+                  if g.node_kind(s) == "embedding" and (s - g.embedding_offset) in set(g.image_positions)}
+    assert images_hit == {0, 1}
+    assert perturbation_errors(result, tset, sources) < TIGHT
