@@ -182,3 +182,49 @@ def test_qwen_dynamic_grids_and_two_images(tmp_path):
                   if g.node_kind(s) == "embedding" and (s - g.embedding_offset) in set(g.image_positions)}
     assert images_hit == {0, 1}
     assert perturbation_errors(result, tset, sources) < TIGHT
+
+
+def test_llava_vision_maps_follow_its_projector(tmp_path):
+    """LLaVA's projector reads one tower token per patch (CLS dropped) from hidden_states[-2]:
+    with the identity alone (identity_weight 1) each soft token's rollout is its own patch, and its
+    similarity map is 1 at its own patch (it is compared with the very state the projector reads)."""
+    from tracer.attention import vision_attention_maps
+    from tracer.interventions.common import Bundle
+
+    folder = write_tiny_model("llava", tmp_path / "llava")
+    model, processor = load_vlm(str(folder), dtype=torch.float64)
+    image = world.make_example("heldout", 2, question_type="color").image()
+    bundle = Bundle(model, processor)
+    own = vision_attention_maps(bundle, image, identity_weight=1.0)
+    assert own.patches_per_side == 8 and own.grid == (8, 8) and own.rollout_layers == [0]  # 2 layers, reads 1
+    eye = np.eye(64).reshape(64, 8, 8)
+    assert np.allclose(own.rollout[0], eye, atol=1e-6)
+    maps = vision_attention_maps(bundle, image)
+    assert np.allclose(maps.similarity[0].reshape(64, 64).diagonal(), 1.0, atol=1e-6)
+    totals = maps.rollout[0].reshape(64, 64).sum(1)  # what is left after the CLS token's share
+    assert np.all(totals <= 1 + 1e-6) and np.all(totals > 0.5)
+
+
+def test_families_without_vision_maps_say_so(tmp_path, capsys):
+    """Qwen2.5-VL has no vision maps yet: `attention` says so in one line and still writes the
+    attention graph; the library refuses with the same sentence."""
+    from tracer.attention import vision_attention_maps
+    from tracer.cli import main
+    from tracer.interventions.common import Bundle
+    from tracer.models.base import VisionMapsUnavailable
+    from tracer.transcoders.loading import save_transcoder_set
+
+    folder = write_tiny_model("qwen2_5_vl", tmp_path / "qwen")
+    image = tmp_path / "scene.png"
+    world.make_example("heldout", 2, question_type="color").image().save(image)
+    plt = tmp_path / "plt"
+    save_transcoder_set(random_set("topk", d_tc=64, seed=1, n_layers=N_LAYERS, d_model=D_MODEL), plt)
+    code = main(["attention", "--model", str(folder), "--transcoders", str(plt), "--image", str(image),
+                 "--prompt", "What color is the circle?", "-o", str(tmp_path / "att")])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "vision attention maps are not available for qwen2_5_vl models yet" in err
+    assert (tmp_path / "att.graph.safetensors").exists() and not (tmp_path / "att.vision.npz").exists()
+    model, processor = load_vlm(str(folder))
+    with pytest.raises(VisionMapsUnavailable):
+        vision_attention_maps(Bundle(model, processor), image)

@@ -30,16 +30,6 @@ from tracer.models.base import PromptInputs, load_image
 from tracer.models.precision import model_precision
 
 
-def vision_parts(model):
-    """(vision_tower, multi_modal_projector) of a Gemma3-style VLM."""
-    inner = getattr(model, "model", model)
-    tower = getattr(inner, "vision_tower", None)
-    projector = getattr(inner, "multi_modal_projector", None)
-    if tower is None or projector is None:
-        raise NotImplementedError(f"{type(model).__name__}: no vision_tower / multi_modal_projector found")
-    return tower, projector
-
-
 def _encoder_layers(tower):
     enc = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
     if enc is None:
@@ -160,17 +150,15 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
         i in 1..n_layers = the output of encoder layer i - 1.
     """
     bundle = as_bundle(session)
-    model = bundle.model
-    tower, projector = vision_parts(model)
+    adapter = bundle.adapter
+    adapter.check_vision_maps()  # a family without maps refuses before any work
+    tower = adapter.vision_tower
     layers = _encoder_layers(tower)
     n_layers = len(layers)
-    last_layers = n_layers if last_layers is None else int(last_layers)
-    if not 1 <= last_layers <= n_layers:
-        raise ValueError(f"last_layers must be in 1..{n_layers}")
     pixel_values, sizes = _pixel_values(bundle, image_or_prompt)
     param = next(tower.parameters())
     pixel_values = pixel_values.to(param.device, param.dtype)
-    rolled = list(range(n_layers - last_layers, n_layers))
+    rolled = list(range(n_layers))  # narrowed to the layers the projector reads below
     patterns: dict[int, torch.Tensor] = {}
     hidden: dict[int, torch.Tensor] = {}
     handles = []
@@ -206,18 +194,22 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
             h.remove()
     final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, N, D)
     B, N, D = final.shape
-    P = int(projector.patches_per_image)
-    k = int(projector.kernel_size)
-    side = int(projector.tokens_per_side)
-    if P * P != N:
-        raise ValueError(f"vision tower output has {N} patches, expected {P}x{P}")
+    readout = adapter.vision_readout(N)
+    P, k, side = readout.patches_per_side, readout.kernel, readout.tokens_per_side
+    read = readout.layers_read
+    last_layers = read if last_layers is None else int(last_layers)
+    if not 1 <= last_layers <= read:
+        raise ValueError(f"last_layers must be in 1..{read} (the vision layers the projector reads)")
+    rolled = list(range(read - last_layers, read))
+    if not readout.from_final:
+        final = hidden[read]
     if isinstance(image_or_prompt, PromptInputs) and any(g != (side, side) for g in image_or_prompt.image_grids):
         raise ValueError(f"the prompt's image grids {image_or_prompt.image_grids} are not the projector's "
                          f"{side}x{side} pooling")
     # float64 where cheap (exact maps on small towers), float32 for big patch grids
     cdt = torch.float64 if N <= 1024 else torch.float32
     eye = torch.eye(N, dtype=cdt, device=final.device)
-    pool = _pooling_matrix(P, k, side, device=final.device).to(cdt)  # (T, N): soft token t averages its patches
+    pool = readout.pool.to(final.device, cdt)  # (T, N): soft token t from the tower's tokens
     # rollout rows of the soft tokens: pool @ R with R = A'_last @ ... @ A'_first, last layer first
     M = pool.expand(B, -1, -1)
     for i in reversed(rolled):
@@ -225,7 +217,8 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
         A = (1.0 - identity_weight) * A + identity_weight * eye
         A = A / A.sum(-1, keepdim=True)
         M = M @ A
-    rollout = M  # (B, T, N)
+    patches = readout.patch_tokens.to(final.device)
+    rollout = M[:, :, patches]  # (B, T, P*P): on the patch grid (a CLS token's share is left out)
     vec = pool @ final.to(cdt)  # (B, T, D): the pooled vectors the projector normalises
     if similarity_layer == -1:
         ref = final
@@ -234,6 +227,7 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
     else:
         raise ValueError(f"similarity_layer must be -1 (final output) or 0..{n_layers}")
     ref = ref.to(cdt)
+    ref = ref[:, patches]
     sim = torch.nn.functional.normalize(vec, dim=-1) @ torch.nn.functional.normalize(ref, dim=-1).transpose(1, 2)
     T = side * side
     return VisionAttentionMaps(
@@ -243,14 +237,3 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
         rollout_layers=rolled, identity_weight=float(identity_weight), similarity_layer=int(similarity_layer),
         image_sizes=sizes, token_grid=(side, side),
     )
-
-
-def _pooling_matrix(P: int, k: int, side: int, device=None) -> torch.Tensor:
-    """(side*side, P*P) float64: row t averages the k x k patches of soft token t (AvgPool2d(k, k))."""
-    token = (np.arange(P)[:, None] // k) * side + (np.arange(P)[None, :] // k)  # soft token of each patch
-    token[(np.arange(P) >= side * k)[:, None] | (np.arange(P) >= side * k)[None, :]] = -1  # pooling drops a remainder
-    M = np.zeros((side * side, P * P))
-    flat = token.ravel()
-    inside = flat >= 0
-    M[flat[inside], np.flatnonzero(inside)] = 1.0 / (k * k)
-    return torch.from_numpy(M).to(device)

@@ -57,6 +57,7 @@ def _attention(args) -> int:
     from tracer.commands.attribute import slug_from
     from tracer.graph import save_graph
     from tracer.interventions.common import prompt_inputs
+    from tracer.models.base import VisionMapsUnavailable
     from tracer.session import TracingSession
 
     stem = _stem(args.out)
@@ -69,8 +70,11 @@ def _attention(args) -> int:
         ag = attention_graph(session, pi, targets=args.target, max_n_logits=args.max_n_logits,
                              desired_logit_prob=args.desired_logit_prob)
         if image is not None and not args.no_vision:
-            maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers,
-                                         identity_weight=args.identity_weight)
+            try:
+                maps = vision_attention_maps(session, pi, last_layers=args.rollout_layers,
+                                             identity_weight=args.identity_weight)
+            except VisionMapsUnavailable as err:
+                print(f"note: {err}; the attention graph is written without them", file=sys.stderr)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

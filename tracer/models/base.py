@@ -54,6 +54,24 @@ class Architecture:
     uses_token_type_ids: bool = False  # whether the HF forward takes token_type_ids
 
 
+class VisionMapsUnavailable(InputError):
+    """Vision attention maps are not implemented for this family's vision tower."""
+
+
+@dataclass
+class VisionReadout:
+    """How a family's projector reads its vision tower, so attention maps can be drawn in patch
+    space: soft token t = sum_n pool[t, n] * tower token n of the hidden state it reads."""
+
+    layers_read: int  # the projector reads the output of the first `layers_read` encoder layers
+    from_final: bool  # it reads the tower's final output (post-layernorm), else hidden_states[layers_read]
+    pool: torch.Tensor  # (T, N) float64 over the tower's N tokens
+    patch_tokens: torch.Tensor  # (P*P,) long: tower token of each patch, patch grid row-major
+    patches_per_side: int
+    kernel: int  # patches per soft token along each side
+    tokens_per_side: int
+
+
 def resolve_path(root: nn.Module, path: str):
     obj = root
     for part in path.split("."):
@@ -175,6 +193,18 @@ class VLMAdapter:
     def embed_scale(self) -> float:
         """Factor the token embedding applies to its table rows (Gemma: sqrt(d_model))."""
         return float(getattr(self.embed_tokens, "embed_scale", 1.0))
+
+    vision_maps = False  # whether vision_readout is implemented
+
+    def check_vision_maps(self) -> None:
+        if not self.vision_maps:
+            raise VisionMapsUnavailable(f"vision attention maps are not available for {self.family} models yet")
+
+    def vision_readout(self, n_tower_tokens: int) -> VisionReadout:
+        """The projector's view of the tower (tracer.attention.vision); families without one
+        refuse in one line."""
+        self.check_vision_maps()
+        raise NotImplementedError
 
     # -- hooks -----------------------------------------------------------------------------
     def register_embedding_hook(self, fn, prepend: bool = False):

@@ -3,7 +3,10 @@ four norms per layer whose gain is 1 + weight, and token embeddings scaled by sq
 
 from __future__ import annotations
 
-from tracer.models.base import Architecture, VLMAdapter
+import numpy as np
+import torch
+
+from tracer.models.base import Architecture, VisionReadout, VLMAdapter
 
 GEMMA3 = Architecture(
     family="gemma3",
@@ -33,6 +36,18 @@ class Gemma3Adapter(VLMAdapter):
         # Gemma3ForConditionalGeneration does not apply final_logit_softcapping in transformers 5.
         return None
 
+    vision_maps = True
+
+    def vision_readout(self, n_tower_tokens: int) -> VisionReadout:
+        """The projector average-pools the final (post-layernorm) P x P patch grid k x k -> side x side."""
+        projector = self.projector
+        P, k, side = int(projector.patches_per_image), int(projector.kernel_size), int(projector.tokens_per_side)
+        if P * P != n_tower_tokens:
+            raise ValueError(f"vision tower output has {n_tower_tokens} patches, expected {P}x{P}")
+        return VisionReadout(layers_read=int(self.model.config.vision_config.num_hidden_layers), from_final=True,
+                             pool=_pooling_matrix(P, k, side), patch_tokens=torch.arange(P * P),
+                             patches_per_side=P, kernel=k, tokens_per_side=side)
+
     def chat_prefix_length(self, input_ids: list[int], tokenizer) -> int:
         """`<bos><start_of_turn>user\\n` (conventionally excluded from feature nodes)."""
         start = tokenizer.convert_tokens_to_ids("<start_of_turn>")
@@ -46,6 +61,17 @@ class Gemma3Adapter(VLMAdapter):
                 n += 1
             n += 1
         return min(n, len(input_ids))
+
+
+def _pooling_matrix(P: int, k: int, side: int) -> torch.Tensor:
+    """(side*side, P*P) float64: row t averages the k x k patches of soft token t (AvgPool2d(k, k))."""
+    token = (np.arange(P)[:, None] // k) * side + (np.arange(P)[None, :] // k)  # soft token of each patch
+    token[(np.arange(P) >= side * k)[:, None] | (np.arange(P) >= side * k)[None, :]] = -1  # pooling drops a remainder
+    M = np.zeros((side * side, P * P))
+    flat = token.ravel()
+    inside = flat >= 0
+    M[flat[inside], np.flatnonzero(inside)] = 1.0 / (k * k)
+    return torch.from_numpy(M)
 
 
 __all__ = ["GEMMA3", "Gemma3Adapter"]
