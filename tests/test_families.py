@@ -51,6 +51,10 @@ def test_family_is_picked_from_the_config(tiny):
     assert json.loads((folder / "config.json").read_text())["model_type"] == adapter.architecture.model_types[0]
 
 
+def test_graph_records_its_family(tiny, image_graph):
+    assert image_graph[0].graph.config["family"] == tiny[0]
+
+
 def test_image_prompt_identities_hold_in_float64(tiny, image_graph):
     result, tset = image_graph
     g = result.graph

@@ -366,6 +366,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
                 if f.name not in ("progress", "on_progress", "should_stop")},
     )
     graph.config["dtype"] = str(adapter.dtype).replace("torch.", "")
+    graph.config["family"] = adapter.family
     if cfg.feature_position_activations and n_sel:
         graph.feature_position_activations = _position_activations(rep, features, graph.stored_dtype)
     if cfg.top_logit_k and n_sel:
