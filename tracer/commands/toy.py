@@ -10,6 +10,8 @@ from tracer.commands.common import (
 )
 from tracer.errors import InputError
 
+FAMILIES = ("gemma3", "llava", "qwen2_5_vl")  # tracer.toy.families.TINY_FAMILIES (not imported: --help stays light)
+
 
 def register(sub) -> None:
     toy = sub.add_parser(
@@ -21,12 +23,15 @@ def register(sub) -> None:
 
     train = toy_sub.add_parser(
         "train", help="train the toy VLM from scratch (seeded, resumable)",
-        description="Train a small Gemma3ForConditionalGeneration on the shapes world and save it as a "
+        description="Train a small VLM (Gemma3ForConditionalGeneration by default; LLaVA or Qwen2.5-VL with "
+        "--family) on the shapes world and save it as a "
         "Hugging Face folder (config.json, model.safetensors, tokenizer and processor files). "
         "Re-running with the same --out resumes from the last checkpoint.",
         formatter_class=HelpFormatter,
     )
     train.add_argument("--out", required=True, help="output folder")
+    train.add_argument("--family", default="gemma3", choices=FAMILIES,
+                       help="model family: the toy sizes in that family's HF class and chat format")
     train.add_argument("--steps", type=positive_int, default=12000, help="optimiser steps in all")
     train.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
     train.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate")
@@ -99,7 +104,7 @@ def register(sub) -> None:
         "Example: python -m tracer toy tiny --family llava --out runs/tiny-llava",
         formatter_class=HelpFormatter,
     )
-    tiny.add_argument("--family", required=True, choices=["gemma3", "llava", "qwen2_5_vl"], help="model family")
+    tiny.add_argument("--family", required=True, choices=FAMILIES, help="model family")
     tiny.add_argument("--out", required=True, help="output folder (created)")
     tiny.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random weights")
     tiny.set_defaults(handler=_tiny)
@@ -136,10 +141,10 @@ def _train(args) -> int:
     cfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         aux_weight=args.aux_weight, seed=args.seed, eval_every=args.eval_every, device=args.device,
-        threads=args.threads, num_workers=args.workers,
+        threads=args.threads, num_workers=args.workers, family=args.family,
     )
     out = train(args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
-    print(f"saved the toy VLM to {out}")
+    print(f"saved the toy {args.family} VLM to {out}")
     return 0
 
 

@@ -17,8 +17,12 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import PreTrainedTokenizerFast
 
 from tracer.toy import world
+from tracer.toy.model import ToyModelSpec
 
 TINY_FAMILIES = ("gemma3", "llava", "qwen2_5_vl")
+# text 64 wide, 2 layers; vision 32 wide, 2 layers; 64 px images -> 8x8 soft tokens
+TINY_SPEC = ToyModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                         head_dim=16, vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def _template(user_open: str, user_close: str, generation: str, image_item: str,
 LLAVA_CHAT = ChatFormat(
     special=("<pad>", "<s>", "</s>", "<unk>", "<image>"), words=("USER:", "ASSISTANT:"),
     bos="<s>", eos="</s>", pad="<pad>",
-    template=_template("USER: ", " ", "ASSISTANT:", "<image>\n", bos=True), image_item="<image>\n",
+    template=_template("USER: ", " ", "ASSISTANT: ", "<image>\n", bos=True), image_item="<image>\n",
 )
 QWEN_CHAT = ChatFormat(
     special=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -87,80 +91,91 @@ def build_word_tokenizer(chat: ChatFormat) -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_llava(seed: int = 0):
-    """(LlavaForConditionalGeneration, LlavaProcessor): Llama decoder 64 wide, 2 layers; CLIP
-    tower 32 wide, 2 layers, 64 px images at patch 8 -> an 8x8 grid of 64 soft tokens."""
+def build_llava(seed: int = 0, spec: ToyModelSpec | None = None):
+    """(LlavaForConditionalGeneration, LlavaProcessor) of the given sizes: a Llama decoder and a
+    CLIP tower reading 64 px images at spec.patch_size (8: an 8x8 grid of 64 soft tokens)."""
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+    spec = spec or TINY_SPEC
     tok = build_word_tokenizer(LLAVA_CHAT)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": world.IMAGE_SIZE},
-                                            crop_size={"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": spec.image_size},
+                                            crop_size={"height": spec.image_size, "width": spec.image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=spec.patch_size,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                image_token="<image>", chat_template=LLAVA_CHAT.template)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = LlavaConfig(
-        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, rms_norm_eps=1e-6, **ids),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2, image_size=world.IMAGE_SIZE, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=spec.hidden_size,
+                         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+                         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+                         head_dim=spec.head_dim, max_position_embeddings=512, rms_norm_eps=1e-6, **ids),
+        vision_config=dict(model_type="clip_vision_model", hidden_size=spec.vision_hidden,
+                           intermediate_size=spec.vision_intermediate, num_hidden_layers=spec.vision_layers,
+                           num_attention_heads=spec.vision_heads, image_size=spec.image_size,
+                           patch_size=spec.patch_size),
         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
         vision_feature_select_strategy="default", tie_word_embeddings=False, **ids,
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    _spread_norm_weights(model, seed)
-    return model.eval(), processor
+    return LlavaForConditionalGeneration(config), processor
 
 
-def build_tiny_qwen2_5_vl(seed: int = 0):
-    """(Qwen2_5_VLForConditionalGeneration, QwenVLProcessor): Qwen2 decoder 64 wide, 2 layers,
-    M-RoPE; windowed ViT 32 wide, 2 blocks (one windowed, one full), patch 4, 2x2 merger: a 64 px
-    image gives an 8x8 grid of 64 soft tokens, a 64x96 image an 8x12 grid."""
+def build_qwen2_5_vl(seed: int = 0, spec: ToyModelSpec | None = None):
+    """(Qwen2_5_VLForConditionalGeneration, QwenVLProcessor) of the given sizes: a Qwen2 decoder
+    with M-RoPE and a windowed ViT (one windowed block, then full attention) at patch
+    spec.patch_size // 2 with a 2x2 merger: a 64 px image gives the same 8x8 grid of soft tokens as
+    the other families, a 96x64 image an 8x12 grid."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from tracer.models.qwen2_5_vl import QwenVLProcessor
 
+    spec = spec or TINY_SPEC
     tok = build_word_tokenizer(QWEN_CHAT)
-    patch, merge = 4, 2
+    merge = 2
+    patch = spec.patch_size // merge
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch, merge_size=merge, temporal_patch_size=2,
         min_pixels=32 * 32, max_pixels=128 * 128, size={"shortest_edge": 32 * 32, "longest_edge": 128 * 128})
     processor = QwenVLProcessor(image_processor, tok)
     tid = tok.convert_tokens_to_ids
+    quarter = spec.head_dim // 2
+    section = [quarter - 2 * (quarter // 3), quarter // 3, quarter // 3]  # temporal, height, width: sums to head_dim/2
     config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rms_norm_eps=1e-6, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        text_config=dict(vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                         num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                         num_key_value_heads=spec.num_kv_heads, max_position_embeddings=512, rms_norm_eps=1e-6,
+                         rope_scaling={"type": "mrope", "mrope_section": section},
                          bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=patch, spatial_merge_size=merge, temporal_patch_size=2,
-                           window_size=patch * merge * 2, fullatt_block_indexes=[1]),
+        vision_config=dict(depth=spec.vision_layers, hidden_size=spec.vision_hidden,
+                           intermediate_size=spec.vision_intermediate, num_heads=spec.vision_heads,
+                           out_hidden_size=spec.hidden_size, patch_size=patch, spatial_merge_size=merge,
+                           temporal_patch_size=2, window_size=patch * merge * 2,
+                           fullatt_block_indexes=list(range(1, spec.vision_layers))),
         image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
         vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"),
         bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    _spread_norm_weights(model, seed)
-    return model.eval(), processor
+    return Qwen2_5_VLForConditionalGeneration(config), processor
 
 
-def build_tiny_gemma3(seed: int = 0):
-    """The toy Gemma3 architecture at half size with random weights."""
-    from tracer.toy.model import ToyModelSpec, build_model
+def build_gemma3(seed: int = 0, spec: ToyModelSpec | None = None):
+    """The toy Gemma3 architecture (tracer.toy.model) at the given sizes."""
+    from tracer.toy.model import build_model
 
-    spec = ToyModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                        head_dim=16, vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2)
-    model, processor = build_model(seed=seed, spec=spec)
-    _spread_norm_weights(model, seed)
-    return model.eval(), processor
+    return build_model(seed=seed, spec=spec or TINY_SPEC)
 
 
-BUILDERS = {"gemma3": build_tiny_gemma3, "llava": build_tiny_llava, "qwen2_5_vl": build_tiny_qwen2_5_vl}
+BUILDERS = {"gemma3": build_gemma3, "llava": build_llava, "qwen2_5_vl": build_qwen2_5_vl}
+
+
+def build_family_model(family: str, seed: int = 0, spec: ToyModelSpec | None = None):
+    """(model, processor): a freshly initialised VLM of `family` (TINY_SPEC sizes by default)."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
+    return BUILDERS[family](seed, spec)
 
 
 def _spread_norm_weights(model, seed: int) -> None:
@@ -173,10 +188,11 @@ def _spread_norm_weights(model, seed: int) -> None:
 
 
 def write_tiny_model(family: str, folder: str | Path, seed: int = 0) -> Path:
-    """Build a tiny random model of `family` and save it (model + processor) to `folder`."""
-    if family not in BUILDERS:
-        raise ValueError(f"unknown family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
-    model, processor = BUILDERS[family](seed)
+    """Build a tiny random model of `family` (random norm gains too) and save it (model +
+    processor) to `folder`."""
+    model, processor = build_family_model(family, seed)
+    _spread_norm_weights(model, seed)
+    model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)

@@ -5,7 +5,8 @@ Recipe: AdamW with warm-up and cosine decay; the loss is the answer token (plus 
 asks a linear probe to read each image token's shape and colour. The auxiliary loss is what
 makes shape-colour binding learnable at this size: without it the vision tower tends to encode
 "there is red" and "there is a circle" in different tokens and the language model cannot bind
-them. The probe is discarded; the saved model is a plain Gemma3ForConditionalGeneration.
+them. The probe is discarded; the saved model is a plain Hugging Face VLM of the chosen family
+(Gemma3 by default; LLaVA and Qwen2.5-VL with --family, tracer.toy.families).
 
 Batches are a pure function of the step number, so a run resumes exactly where it stopped.
 """
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 
 from tracer.toy import data, world
 from tracer.toy.evaluate import evaluate_model
-from tracer.toy.model import ToyModelSpec, build_model
+from tracer.toy.families import build_family_model
+from tracer.toy.model import ToyModelSpec
 
 CHECKPOINT = "train_state.pt"
 
@@ -48,6 +50,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "cpu"
     threads: int = 1
+    family: str = "gemma3"  # tracer.toy.families: gemma3, llava, qwen2_5_vl
     spec: ToyModelSpec = field(default_factory=ToyModelSpec)
 
 
@@ -78,21 +81,33 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+    from tracer.models.base import get_adapter
+
+    adapter = get_adapter(model)
+    device = adapter.device
+    inputs = adapter.model_inputs(batch.inputs)
     n = len(batch.examples)
     rows = torch.arange(n, device=device)
-    mm = {}
     aux = torch.zeros((), device=device)
+    entering = {}
+
+    def keep(embeddings):
+        entering["emb"] = embeddings
+
+    # the image soft tokens as they enter the language model (every family puts them there in place
+    # of its image placeholder tokens), with their gradient
+    hook = adapter.register_embedding_hook(keep)
+    try:
+        out = model(**inputs)
+    finally:
+        hook.remove()
     if "pixel_values" in inputs:
-        image_out = model.model.get_image_features(inputs.pop("pixel_values"), return_dict=True)
-        soft = image_out.pooler_output  # (n_images, 64, d_model)
-        mm = {"mm_encoder_outputs": {"image": image_out}}
+        is_image = inputs["input_ids"] == adapter.image_token_id
+        soft = entering["emb"][is_image].view(-1, world.TOKEN_GRID ** 2, adapter.d_model)  # (n_images, 64, d)
         logits_aux = probe(soft)
         n_shape = len(data.SHAPE_CLASSES)
         aux = F.cross_entropy(logits_aux[..., :n_shape].flatten(0, 1), batch.shape_labels.to(device).flatten()) + \
             F.cross_entropy(logits_aux[..., n_shape:].flatten(0, 1), batch.color_labels.to(device).flatten())
-    out = model(**inputs, **mm)
     pos = batch.answer_pos.to(device)
     answer_logits = out.logits[rows, pos].float()
     answer_ids = batch.answer_ids.to(device)
@@ -141,7 +156,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    model, processor = build_model(cfg.seed, cfg.spec)
+    model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec)
     model.to(device).train()
     torch.manual_seed(cfg.seed + 1)
     probe = torch.nn.Linear(cfg.spec.hidden_size, len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES)).to(device)
