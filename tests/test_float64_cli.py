@@ -167,7 +167,7 @@ def test_model_precision_applies_only_to_float64(toy_vlm):
 def test_a_float64_model_gets_float64_softmaxes_without_the_caller_asking(scene):
     """Rows of a float32 softmax widened to float64 sum to 1 only to ~1e-7; float64 ones to ~1e-15.
     Language-model patterns come from record_forward, vision patterns from the vision maps."""
-    from tracer.attention.vision import vision_attention_maps, vision_parts
+    from tracer.attention.vision import vision_attention_maps
     from tracer.attribution.record import record_forward
     from tracer.interventions.common import Bundle, prompt_inputs
     from tracer.models import load_vlm
@@ -179,7 +179,7 @@ def test_a_float64_model_gets_float64_softmaxes_without_the_caller_asking(scene)
     record = record_forward(bundle.adapter, pi)
     for layer in record.layers:
         assert (layer.pattern.sum(-1) - 1).abs().max() < 1e-13
-    tower, _ = vision_parts(model)
+    tower = bundle.adapter.vision_tower
     seen = []
     hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(out[1].detach()))
              for name, m in tower.named_modules() if name.endswith("self_attn")]
