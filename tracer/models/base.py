@@ -139,12 +139,14 @@ def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image
 
 def get_adapter(model: nn.Module | VLMAdapter) -> VLMAdapter:
     """The adapter for a loaded HF model (an adapter is returned as it is)."""
-    from tracer.models import gemma3
+    from tracer.models import gemma3, gemma3_text
 
     if isinstance(model, VLMAdapter):
         return model
     if gemma3.matches(model):
         return gemma3.Gemma3Adapter(model)
+    if gemma3_text.matches(model):
+        return gemma3_text.Gemma3TextAdapter(model)
     raise NotImplementedError(
-        f"no adapter for {type(model).__name__}; supported: Gemma3ForConditionalGeneration"
+        f"no adapter for {type(model).__name__}; supported: Gemma3ForConditionalGeneration, Gemma3ForCausalLM"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from tracer.errors import InputError
+from tracer.models.gguf import is_gguf_ref, model_folder
 
 
 def resolve_model_ref(ref: str | Path | None) -> str:
@@ -112,6 +113,11 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def is_text_only(config) -> bool:
+    """A language model without a vision tower (its config has no vision part), e.g. gemma3_text."""
+    return getattr(config, "vision_config", None) is None and not hasattr(config, "text_config")
+
+
 def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
              attn_implementation: str = "eager", local_only: bool = False):
     """(model, processor) in eval mode. Eager attention by default, so that patterns can be
@@ -119,10 +125,12 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
 
     Never runs code shipped with a model (trust_remote_code=False). local_only: the reference came
     from a file, not from the user: a local folder or the local Hugging Face cache, never the hub."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     check_device(device)
     path = resolve_model_ref(ref)
+    if is_gguf_ref(path):  # real weights shipped as GGUF: dequantised once into a cached folder
+        path = str(model_folder(path))
     if Path(path).expanduser().exists():
         path = str(Path(path).expanduser())
         check_model_folder(path)
@@ -130,9 +138,17 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
         raise ModelLoadError(f"{path}: no such folder (and not a Hugging Face model id like 'google/gemma-3-4b-it')")
     options = dict(trust_remote_code=False, local_files_only=local_only)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                                            **options)
-        processor = AutoProcessor.from_pretrained(path, **options)
+        if is_text_only(AutoConfig.from_pretrained(path, **options)):
+            # a causal LM (e.g. Gemma 3 270M): the processor slot holds its tokenizer
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                         **options)
+            processor = AutoTokenizer.from_pretrained(path, **options)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype,
+                                                                attn_implementation=attn_implementation, **options)
+            processor = AutoProcessor.from_pretrained(path, **options)
     except MemoryError as err:
         raise ModelLoadError(f"cannot load model {path!r}: not enough memory") from err
     except OSError as err:  # not on the hub, no network, HF_HUB_OFFLINE=1 without a cached copy, no weights
