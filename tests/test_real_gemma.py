@@ -49,6 +49,15 @@ def test_an_unknown_gguf_name_is_one_clear_line():
         load_vlm("/nonexistent/model.gguf")
 
 
+def test_an_instruction_tuned_gguf_is_told_from_its_name():
+    """A GGUF of an -it checkpoint without a template in the file gets Gemma's published turn format."""
+    from tracer.models.gguf import is_instruction_tuned
+
+    assert [is_instruction_tuned(n) for n in ("Gemma 3 270m It", "gemma-3-1b-it", "gemma-3-4b-it-qat",
+                                              "Gemma 3 Instruct")] == [True] * 4
+    assert [is_instruction_tuned(n) for n in ("Gemma 3 270m", "italian-model", "Gemma Ita", "")] == [False] * 4
+
+
 @pytest.fixture(scope="module")
 def session64():
     from tracer.session import TracingSession

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sys
 import time
@@ -113,13 +114,25 @@ def dequantise(gguf_file: Path, folder: Path) -> None:
     print(f"dequantised in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
+def is_instruction_tuned(name: str) -> bool:
+    """Whether a GGUF's model name (general.name, e.g. 'Gemma 3 270m It' or 'gemma-3-1b-it')
+    names an instruction-tuned checkpoint."""
+    return re.search(r"(?:^|[\s_-])(?:it|instruct)(?:$|[\s_.-])", name.strip(), re.IGNORECASE) is not None
+
+
 def _save_plain(model, tokenizer, folder: Path) -> None:
     """The dequantised model as an ordinary folder. transformers refuses save_pretrained on a model
     loaded from GGUF (it counts as quantised), but its weights are plain float32 tensors: the config
     without its GGUF marker, and the state dict (tied embeddings stored once) as safetensors."""
     from safetensors.torch import save_model
 
+    from tracer.models.gemma3_text import GEMMA3_CHAT_TEMPLATE
+
     folder.mkdir(parents=True)
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    if (not getattr(tokenizer, "chat_template", None) and model.config.model_type == "gemma3_text"
+            and is_instruction_tuned(name)):
+        tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE  # the file names an -it model but carries no template
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
