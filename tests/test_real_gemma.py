@@ -210,3 +210,48 @@ def test_steering_generation_and_attention_graphs_on_real_weights(paris, session
     ag = attention_graph(session64, PROMPT, targets=[" Paris"])
     assert (ag.n_layers, ag.n_positions, ag.n_heads) == (18, 6, 4)
     assert [t.label for t in ag.targets] == ["▁Paris"]
+
+
+def test_a_text_only_gemma3_folder_loads_as_a_causal_lm_and_traces_exactly(tmp_path):
+    """Without the extra: a tiny random Gemma3ForCausalLM (model_type gemma3_text) saved as a
+    folder with a tokenizer loads through load_vlm as a causal LM with its tokenizer as the
+    processor, and its attribution graph is exact in float64 (sum rule, perturbation identity)."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase
+
+    from tracer.attribution.attribute import AttributionConfig, attribute_full
+    from tracer.attribution.verify import verify_graph
+    from tracer.models.gemma3_text import Gemma3TextAdapter
+    from tracer.models.loading import load_vlm
+    from tracer.toy.model import default_model_dir
+    from tracer.transcoders.activations import TopK
+    from tracer.transcoders.per_layer import PerLayerTranscoder
+    from tracer.transcoders.transcoder_set import TranscoderSet
+
+    tok = AutoTokenizer.from_pretrained(default_model_dir())
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                              bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id)
+    Gemma3ForCausalLM(config).save_pretrained(tmp_path)
+    tok.chat_template = None  # a base model: raw text after <bos>
+    tok.save_pretrained(tmp_path)
+    model, processor = load_vlm(tmp_path, dtype=torch.float64)
+    assert type(model).__name__ == "Gemma3ForCausalLM" and isinstance(processor, PreTrainedTokenizerBase)
+    g = torch.Generator().manual_seed(1)
+    layers = {}
+    for layer in range(3):
+        tc = PerLayerTranscoder.init_random(layer, 64, 96, TopK(6), skip=True, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            tc.b_enc.normal_(0, 0.1, generator=g)
+            tc.W_skip.normal_(0, 0.03, generator=g)
+        layers[layer] = tc
+    tset = TranscoderSet(layers, config={"feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"},
+                         source="random")
+    res = attribute_full(model, processor, tset, "What color is grass?", None,
+                         AttributionConfig(progress=False, max_feature_nodes=None))
+    graph = res.graph
+    assert isinstance(res.replacement.adapter, Gemma3TextAdapter)
+    assert graph.tokens[0] == tok.bos_token and graph.prefix_length == 1 and len(graph.image_positions) == 0
+    report = verify_graph(graph, model, processor, tset, n_sources=12)
+    assert report.ok and report.perturbation_max_rel < TIGHT and report.sum_rule_max_rel < TIGHT, report.format()
