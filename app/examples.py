@@ -89,6 +89,12 @@ def token_window(tokens: list[str], active: int | None, radius: int = 10) -> lis
     return out[max(0, active_at - radius): active_at + radius + 1]
 
 
+def _set_name(ref: str) -> str:
+    """A transcoder set's name from a path, hub id or display name: 'tracer/data/toy-plt',
+    'toy-plt' and 'toy-plt (shipped)' are all 'toy-plt'."""
+    return str(ref).split(" (")[0].rstrip("/").replace("\\", "/").split("/")[-1]
+
+
 class FeatureExamples:
     def __init__(self, path: Path | None, store=None):
         self.path = path
@@ -110,10 +116,24 @@ class FeatureExamples:
         except Exception as err:  # a broken store: say so, keep the app running
             self.note = f"Cannot open the feature-examples store at {path}: {type(err).__name__}: {err}"
 
-    def top(self, layer: int, feature: int, k: int = 6, grid: int | tuple | None = None) -> tuple[list[dict], str]:
-        """([{value, tokens: [(text, is_active)], text, thumb}], note)"""
+    def store_transcoders(self) -> str | None:
+        """The name of the transcoder set the store was computed with (None: not recorded)."""
+        manifest = getattr(self.store, "manifest", None) or {}
+        info = manifest.get("transcoder") or {}
+        name = info.get("source") or info.get("name")
+        return _set_name(name) if name else None
+
+    def top(self, layer: int, feature: int, k: int = 6, grid: int | tuple | None = None,
+            transcoders: str | None = None) -> tuple[list[dict], str]:
+        """([{value, tokens: [(text, is_active)], text, thumb}], note). transcoders: the graph's
+        transcoder set; a store computed with another set has nothing to say about its features
+        (graphs of several models can share a folder)."""
         if self.store is None:
             return [], self.note
+        own = self.store_transcoders()
+        if transcoders and own and _set_name(transcoders) != own:
+            return [], (f"The feature-examples store in this folder was computed with the transcoders {own}; "
+                        f"this graph's features belong to {_set_name(transcoders)}.")
         try:
             raw = list(self.store.top_examples(int(layer), int(feature), k))
         except Exception as err:

@@ -259,3 +259,16 @@ def test_a_batch_folder_with_an_unreadable_summary_says_so_and_still_serves_its_
     layout = client.get("/_dash-layout")
     assert layout.status_code == 200
     assert "not a readable batch summary" in layout.get_data(as_text=True)
+
+
+def test_a_store_of_another_transcoder_set_shows_no_examples_for_a_graph():
+    """A folder may hold graphs of several models (the toy VLM's and Gemma 3 270M's): the store's
+    examples belong to the transcoder set it was computed with, and only to graphs of that set."""
+    store = FakeStore()
+    store.manifest = {"transcoder": {"name": "toy-plt (shipped)", "source": "tracer/data/toy-plt"}}
+    examples = FeatureExamples(None, store=store)
+    assert examples.store_transcoders() == "toy-plt"
+    same, _ = examples.top(1, 2, k=2, transcoders="toy-plt")
+    assert len(same) == 2
+    other, note = examples.top(1, 2, k=2, transcoders="tracer/data/gemma-3-270m-plt")
+    assert other == [] and "computed with the transcoders toy-plt" in note and "gemma-3-270m-plt" in note

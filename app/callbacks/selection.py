@@ -56,6 +56,7 @@ def register(app, state) -> None:
         examples = []
         if d["kind"] == "feature":
             grid = current.session.grid_shape(0) if current.session.graph.n_images else None
-            found, note = state.examples.top(d["layer"], d["feature"], k=6, grid=grid)
+            found, note = state.examples.top(d["layer"], d["feature"], k=6, grid=grid,
+                                             transcoders=current.session.graph.transcoders)
             examples = examples_children(found, note)
         return title, details_children(d, in_view), d["label"], False, False, strip, examples

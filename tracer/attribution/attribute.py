@@ -185,7 +185,8 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     rep = LocalReplacement(adapter, record, transcoders, first_position=first, device=adapter.device, progress=bar)
     timings["encode"] = time.perf_counter() - t0 - timings["forward"]
 
-    targets = resolve_targets(cfg.targets, record.logits, adapter.unembedding, processor.tokenizer,
+    tokenizer = getattr(processor, "tokenizer", processor)  # a text-only model's processor is its tokenizer
+    targets = resolve_targets(cfg.targets, record.logits, adapter.unembedding, tokenizer,
                               cfg.max_n_logits, cfg.desired_logit_prob, dtype=rep.dtype)
     n_logits = len(targets)
     n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
@@ -263,7 +264,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     timings["total"] = time.perf_counter() - t0
     graph.info["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
     graph.info["n_active_features"] = rep.n_active
-    graph.info["logits_top"] = _top_tokens(record.logits, processor.tokenizer, 5)
+    graph.info["logits_top"] = _top_tokens(record.logits, tokenizer, 5)
     bar.update(1)
     bar.close()
     return AttributionResult(graph, rep, targets, timings)
@@ -341,7 +342,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     kept = rep.kept_positions.cpu().numpy()
     errors = np.array([(l, p) for l in range(rep.n_layers) for p in kept], dtype=np.int64).reshape(-1, 2)
 
-    tokenizer = processor.tokenizer
+    tokenizer = getattr(processor, "tokenizer", processor)
     graph = Graph(
         prompt=prompt.text,
         input_ids=np.asarray(prompt.input_ids, dtype=np.int64),
@@ -401,29 +402,35 @@ def _position_activations(rep: LocalReplacement, features: np.ndarray, dtype=np.
     return out
 
 
-def _feature_logit_effects(rep: LocalReplacement, adapter: VLMAdapter, features: np.ndarray, k: int, chunk: int = 512):
+def _feature_logit_effects(rep: LocalReplacement, adapter: VLMAdapter, features: np.ndarray, k: int,
+                           elements: int = 1 << 26):
     """Tokens each feature's decoder row promotes / suppresses through the direct path:
-    (W_dec[f] * g_post_mlp * g_final) @ W_U^T, positive scale factors (norm scales) dropped."""
+    (W_dec[f] * g_post_mlp * g_final) @ W_U^T, positive scale factors (norm scales) dropped.
+    Computed once per (layer, feature), however many positions it is active at, in chunks of at
+    most `elements` logits (a 262k-token vocabulary makes each row 1 MB)."""
     W_U = adapter.unembedding.detach()  # in the model's dtype: a float32 copy of a big vocabulary costs GBs
     n = len(features)
     k = min(k, W_U.shape[0])
+    chunk = max(1, elements // W_U.shape[0])
     ids_top = np.zeros((n, k), np.int64)
     val_top = np.zeros((n, k), np.float32)
     ids_bot = np.zeros((n, k), np.int64)
     val_bot = np.zeros((n, k), np.float32)
     for layer in np.unique(features[:, 0]):
         idx = np.flatnonzero(features[:, 0] == layer)
+        unique, where = np.unique(features[idx, 2], return_inverse=True)
         tc = rep.transcoders[int(layer)]
         gain = rep.weights[int(layer)].g_post_mlp * rep.g_final
-        for s in range(0, len(idx), chunk):
-            part = idx[s:s + chunk]
-            feats = torch.as_tensor(features[part, 2])
+        for s in range(0, len(unique), chunk):
+            feats = torch.as_tensor(unique[s:s + chunk])
             dec = tc.decoder_rows(feats if tc.lazy_decoder else feats.to(tc.b_enc.device)).to(rep.device, rep.dtype)
             effect = ((dec * gain).to(W_U.dtype) @ W_U.T).float()
             top = torch.topk(effect, k, dim=1)
             bot = torch.topk(-effect, k, dim=1)
-            ids_top[part], val_top[part] = top.indices.cpu().numpy(), top.values.float().cpu().numpy()
-            ids_bot[part], val_bot[part] = bot.indices.cpu().numpy(), (-bot.values).float().cpu().numpy()
+            hit = (where >= s) & (where < s + len(feats))
+            part, rows = idx[hit], where[hit] - s
+            ids_top[part], val_top[part] = top.indices.cpu().numpy()[rows], top.values.float().cpu().numpy()[rows]
+            ids_bot[part], val_bot[part] = bot.indices.cpu().numpy()[rows], (-bot.values).float().cpu().numpy()[rows]
     return ids_top, val_top, ids_bot, val_bot
 
 

@@ -31,6 +31,7 @@ def resolve_token(tokenizer, text: str) -> int:
     Text the tokenizer only knows as its unknown token is refused, not traced as `<unk>`."""
     if not text.strip():
         raise TargetError("an empty target: give a token, 'A - B' or '#<id>'")
+    spaced = text[:1].isspace()
     text = text.strip()
     if text.startswith("#") and len(text) > 1:
         try:
@@ -41,10 +42,14 @@ def resolve_token(tokenizer, text: str) -> int:
             if not 0 <= token_id < len(tokenizer):
                 raise TargetError(f"token id {token_id} is outside the vocabulary (0..{len(tokenizer) - 1})")
             return token_id
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if spaced:  # ' Paris' and 'Paris' are different tokens in a real vocabulary: keep the space asked for
+        ids = tokenizer.encode(" " + text, add_special_tokens=False)
+        if len(ids) == 1 and (unk is None or ids[0] != unk):
+            return int(ids[0])
     vocab = tokenizer.get_vocab()
     if text in vocab:
         return int(vocab[text])
-    unk = getattr(tokenizer, "unk_token_id", None)
     for candidate in (text, " " + text):
         ids = tokenizer.encode(candidate, add_special_tokens=False)
         if len(ids) == 1 and (unk is None or ids[0] != unk):

@@ -256,6 +256,13 @@ class VLMAdapter:
         return min(n, len(input_ids))
 
     @classmethod
+    def load_model(cls, path: str, **options):
+        """The HF model of this family from a folder or hub id (a VLM class by default)."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText.from_pretrained(path, **options)
+
+    @classmethod
     def load_processor(cls, path: str, **options):
         from transformers import AutoProcessor
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from tracer.errors import InputError
+from tracer.models.gguf import is_gguf_ref, model_folder
 
 
 def resolve_model_ref(ref: str | Path | None) -> str:
@@ -146,10 +147,10 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
 
     Never runs code shipped with a model (trust_remote_code=False). local_only: the reference came
     from a file, not from the user: a local folder or the local Hugging Face cache, never the hub."""
-    from transformers import AutoModelForImageTextToText
-
     check_device(device)
     path = resolve_model_ref(ref)
+    if is_gguf_ref(path):  # real weights shipped as GGUF: dequantised once into a cached folder
+        path = str(model_folder(path))
     if Path(path).expanduser().exists():
         path = str(Path(path).expanduser())
         check_model_folder(path)
@@ -158,8 +159,7 @@ def load_vlm(ref: str | Path | None = None, dtype: torch.dtype = torch.float32, 
     options = dict(trust_remote_code=False, local_files_only=local_only)
     adapter_class = _adapter_class(path, options)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                                            **options)
+        model = adapter_class.load_model(path, dtype=dtype, attn_implementation=attn_implementation, **options)
         processor = adapter_class.load_processor(path, **options)
     except MemoryError as err:
         raise ModelLoadError(f"cannot load model {path!r}: not enough memory") from err

@@ -8,10 +8,11 @@ from torch import nn
 from tracer.errors import InputError
 from tracer.models.base import VLMAdapter
 from tracer.models.gemma3 import Gemma3Adapter
+from tracer.models.gemma3_text import Gemma3TextAdapter
 from tracer.models.llava import LlavaAdapter
 from tracer.models.qwen2_5_vl import Qwen25VLAdapter
 
-ADAPTERS: tuple[type[VLMAdapter], ...] = (Gemma3Adapter, LlavaAdapter, Qwen25VLAdapter)
+ADAPTERS: tuple[type[VLMAdapter], ...] = (Gemma3Adapter, Gemma3TextAdapter, LlavaAdapter, Qwen25VLAdapter)
 
 
 class UnsupportedModelError(InputError, NotImplementedError):

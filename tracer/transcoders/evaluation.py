@@ -210,7 +210,7 @@ def toy_accuracy(model, processor, tset: TranscoderSet | None, per_type: int = 2
 
     if tset is None:
         return evaluate_model(model, processor, per_type, batch_size=batch_size, seed=seed, progress=progress)
-    with replace_mlps(model, tset, tokenizer=processor.tokenizer):
+    with replace_mlps(model, tset, tokenizer=getattr(processor, "tokenizer", processor)):
         return evaluate_model(model, processor, per_type, batch_size=batch_size, seed=seed, progress=progress)
 
 
@@ -218,6 +218,8 @@ def is_toy_model(model, processor) -> bool:
     """Whether the model speaks the shapes-world vocabulary (so toy accuracy means something)."""
     from tracer.toy import world
 
+    if getattr(model.config, "vision_config", None) is None:  # a text-only model cannot see the shapes
+        return False
     vocab = getattr(processor, "tokenizer", processor).get_vocab()
     return all(w in vocab for w in world.vocabulary())
 
