@@ -195,19 +195,28 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
              f"{size / 1e6:,.1f} MB" + (" (max_feature_nodes bounds it)" if size > 50e6 else ""))
     store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
     n_rows = n_logits + n_explore
-    rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)
+    explore_all = n_explore == rep.n_active
+    if explore_all:
+        # Every feature explored: the lanes write straight into the graph's adjacency layout (rows:
+        # features in global = (layer, position, feature) order, then logits; columns: rep's columns,
+        # then the logits), so assembling needs no gather and no second copy of the matrix.
+        edges = torch.zeros(n_rows, rep.n_columns + n_logits, dtype=rep.dtype, device=store)
+        rows, logit_row = edges[:, :rep.n_columns], rep.n_active
+    else:
+        edges, logit_row = None, 0
+        rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)
     consts = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     values = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     bs = max(1, cfg.batch_size)
     bar.phase("logit lanes", n_logits)
 
     directions = torch.stack([t.direction for t in targets]).to(rep.device, rep.dtype)
-    values[:n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)
+    values[logit_row:logit_row + n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)
     for start in range(0, n_logits, bs):
         stop = min(n_logits, start + bs)
         lanes = torch.arange(stop - start, device=rep.device)
-        r, c = rep.backward(stop - start, top=(lanes, rep.logit_injection(directions[start:stop])))
-        rows[start:stop], consts[start:stop] = r.to(store), c.to(store)
+        consts[logit_row + start:logit_row + stop] = _lanes_into(
+            rows[logit_row + start:logit_row + stop], rep, top=(lanes, rep.logit_injection(directions[start:stop])))
         bar.update(stop - start)
     timings["logits"] = time.perf_counter() - t0 - timings["forward"] - timings["encode"]
 
@@ -217,14 +226,16 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1.0 / n_logits)
     explored = torch.empty(0, dtype=torch.long, device=store)
     is_explored = torch.zeros(rep.n_active, dtype=torch.bool, device=store)
-    explore_all = n_explore == rep.n_active
-    # With every feature explored the order does not matter: go top layer first, which keeps
-    # each batch's lanes short. Otherwise pick the most influential unexplored features.
-    all_order = torch.argsort(-table[:, 0].to(store) * rep.n_active - torch.arange(rep.n_active, device=store))
+    # With every feature explored the order does not matter: go top layer first, one layer per batch,
+    # positions ascending, which keeps each batch's lanes short (few layers, few positions).
+    all_batches = [torch.arange(s, min(s + bs, rep.feature_offsets[l + 1]), device=store)
+                   for l in range(rep.n_layers - 1, -1, -1)
+                   for s in range(rep.feature_offsets[l], rep.feature_offsets[l + 1], bs)]
     while explored.numel() < n_explore:
         need = min(bs, n_explore - explored.numel())
         if explore_all:
-            picked = all_order[explored.numel(): explored.numel() + need]
+            picked = all_batches.pop(0)
+            need = picked.numel()
         else:
             influence = _feature_influence(rows[: n_logits + explored.numel()], n_logits, explored, weights,
                                            rep.n_active, rep.n_layers)
@@ -244,9 +255,8 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
             enc = tc.encoder_rows(feats.cpu() if tc.lazy_encoder else feats.to(tc.b_enc.device))
             injections[layer] = (lanes, pos, rep.feature_injection(layer, pos, enc))
             lane_values[lanes] = rep.feature_target_values(layer, pos, enc)
-        r, c = rep.backward(need, injections=injections)
-        start = n_logits + explored.numel()
-        rows[start:start + need], consts[start:start + need] = r.to(store), c.to(store)
+        start = int(picked[0]) if explore_all else n_logits + explored.numel()
+        consts[start:start + need] = _lanes_into(rows[start:start + need], rep, injections=injections)
         values[start:start + need] = lane_values.to(store)
         explored = torch.cat([explored, picked])
         is_explored[picked] = True
@@ -254,7 +264,8 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     timings["features"] = time.perf_counter() - t0 - sum(timings.values())
 
     bar.phase("assemble", 1)
-    graph = _assemble(rep, adapter, processor, prompt_inputs, targets, rows, consts, values, explored, table, cfg)
+    graph = _assemble(rep, adapter, processor, prompt_inputs, targets, rows, consts, values, explored, table, cfg,
+                      edges)
     graph.model = model_ref
     graph.transcoders = transcoders_ref or str(getattr(transcoders, "source", "") or "")
     graph.slug = slug
@@ -267,6 +278,15 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     bar.update(1)
     bar.close()
     return AttributionResult(graph, rep, targets, timings)
+
+
+def _lanes_into(out: torch.Tensor, rep: LocalReplacement, **lanes) -> torch.Tensor:
+    """Run one batch of lanes, their rows written into `out` (zero-filled); returns their constants."""
+    if out.device == rep.device:
+        return rep.backward(out.shape[0], out=out, **lanes)[1].to(out.device)
+    r, c = rep.backward(out.shape[0], **lanes)
+    out.copy_(r)
+    return c.to(out.device)
 
 
 def _row_chunk(n_columns: int, elements: int = 1 << 26) -> int:
@@ -308,33 +328,32 @@ def _feature_influence(rows: torch.Tensor, n_logits: int, explored: torch.Tensor
 
 
 def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: PromptInputs,
-              targets: list[ResolvedTarget], rows, consts, values, explored, table, cfg: AttributionConfig) -> Graph:
+              targets: list[ResolvedTarget], rows, consts, values, explored, table, cfg: AttributionConfig,
+              edges: torch.Tensor | None = None) -> Graph:
+    """The Graph. edges: when every feature was explored, the rows already in the adjacency's layout
+    (see _attribute); otherwise rows are in exploration order (logits first) and are gathered."""
     n_logits = len(targets)
     store = rows.device
-    # selected features in (layer, position, feature) order
-    sel_np = explored.cpu().numpy()
-    t_np = table.cpu().numpy()
-    order = np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0]))
-    sel_sorted = explored[torch.as_tensor(order, device=store)]
-    row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
-    row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
-    row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
-    n_sel = sel_sorted.numel()
-    n_rest = rep.n_columns - rep.n_active  # errors + embeddings
     # float32 edges, or float64 when the model ran in float64 (exactness checks)
     edge_dtype = compute_dtype_for(rep.dtype)
-    adjacency = torch.zeros(n_sel + n_logits, n_sel + n_rest + n_logits, dtype=edge_dtype)
-    unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=store)
-    unexplored_mask[sel_sorted] = False
-    unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=store)
-    step = _row_chunk(rows.shape[1])  # rows can be many GB: never copy them whole
-    for s in range(0, len(row_index), step):
-        R = rows[row_index[s:s + step]]
-        adjacency[s:s + step, :n_sel] = R[:, sel_sorted].to(edge_dtype).cpu()
-        adjacency[s:s + step, n_sel:n_sel + n_rest] = R[:, rep.n_active:].to(edge_dtype).cpu()
-        if n_sel < rep.n_active:
-            unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
-        del R
+    t_np = table.cpu().numpy()
+    if edges is not None:
+        sel_np = np.arange(rep.n_active)
+        order = sel_np
+        sel_sorted = torch.arange(rep.n_active, device=store)
+        row_index = torch.arange(rep.n_active + n_logits, device=store)
+        adjacency = edges.to(edge_dtype).cpu()  # no copy on the CPU in the model's precision
+        unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=store)
+    else:
+        # selected features in (layer, position, feature) order
+        sel_np = explored.cpu().numpy()
+        order = np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0]))
+        sel_sorted = explored[torch.as_tensor(order, device=store)]
+        row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
+        row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
+        row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
+        adjacency, unexplored = _gather_rows(rep, rows, row_index, sel_sorted, n_logits, edge_dtype)
+    n_sel = sel_sorted.numel()
 
     features = t_np[sel_np[order]]  # (n_sel, 3) int64: layer, position, feature
     acts = rep.active_values().to(store)[sel_sorted].to(edge_dtype).cpu().numpy()
@@ -379,6 +398,28 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     graph.vocab = {int(i): tokenizer.convert_ids_to_tokens(int(i)) for i in sorted(used)}
     graph.scores = graph_scores(graph)
     return graph
+
+
+def _gather_rows(rep: LocalReplacement, rows: torch.Tensor, row_index: torch.Tensor, sel_sorted: torch.Tensor,
+                 n_logits: int, edge_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjacency (rows in `row_index` order; columns: selected features, errors, embeddings,
+    then zeros for the logits) and each row's summed edges from unexplored features."""
+    n_sel = sel_sorted.numel()
+    n_rest = rep.n_columns - rep.n_active  # errors + embeddings
+    adjacency = torch.empty(len(row_index), n_sel + n_rest + n_logits, dtype=edge_dtype)
+    adjacency[:, n_sel + n_rest:] = 0
+    unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=rows.device)
+    unexplored_mask[sel_sorted] = False
+    columns = torch.cat([sel_sorted, torch.arange(rep.n_active, rep.n_columns, device=rows.device)])
+    unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=rows.device)
+    step = _row_chunk(rows.shape[1])  # rows can be many GB: never copy them whole
+    for s in range(0, len(row_index), step):
+        R = rows[row_index[s:s + step]]
+        adjacency[s:s + step, :n_sel + n_rest] = R[:, columns].to(edge_dtype).cpu()  # one gather per chunk
+        if n_sel < rep.n_active:
+            unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
+        del R
+    return adjacency, unexplored
 
 
 def _position_activations(rep: LocalReplacement, features: np.ndarray, dtype=np.float32) -> np.ndarray:

@@ -31,7 +31,8 @@ def normalized_rows(graph: Graph) -> np.ndarray:
     precision (float32 for ordinary graphs: no float64 copy of a large matrix)."""
     a = np.abs(graph.adjacency)
     sums = a.sum(1, keepdims=True)
-    return np.divide(a, sums, out=np.zeros_like(a), where=sums > 0)
+    sums[sums == 0] = 1  # a zero row stays zero; dividing in place keeps one copy of the matrix, not two
+    return np.divide(a, sums, out=a)
 
 
 def logit_weights(graph: Graph) -> np.ndarray:
