@@ -286,10 +286,9 @@ class _Rows:
 
     def __init__(self, path: Path):
         self.path = path
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            self.shape, fortran, self.dtype = np.lib.format._read_array_header(f, version)
-            self.offset = f.tell()
+        m = np.load(path, mmap_mode="r")  # only for the header: shape, dtype, data offset
+        self.shape, self.dtype, self.offset, fortran = m.shape, m.dtype, m.offset, not m.flags.c_contiguous
+        del m
         if fortran or len(self.shape) != 2:
             raise SystemExit(f"{path}: expected a C-ordered 2-D array")
 

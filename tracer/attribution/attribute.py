@@ -193,6 +193,7 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     size = graph_file_bytes(n_explore, n_logits, rep.n_errors, rep.n_positions, 8 if rep.dtype == torch.float64 else 4)
     bar.note(f"exploring {n_explore:,} of {rep.n_active:,} active features: the graph file will be about "
              f"{size / 1e6:,.1f} MB" + (" (max_feature_nodes bounds it)" if size > 50e6 else ""))
+    bar.phase("logit lanes", n_logits)
     store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
     n_rows = n_logits + n_explore
     explore_all = n_explore == rep.n_active
@@ -208,7 +209,6 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     consts = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     values = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     bs = max(1, cfg.batch_size)
-    bar.phase("logit lanes", n_logits)
 
     directions = torch.stack([t.direction for t in targets]).to(rep.device, rep.dtype)
     values[logit_row:logit_row + n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)

@@ -330,6 +330,12 @@ class LocalReplacement:
                     rows[:n, err:err + P_eff - first] = per_slot[first:, :, k].T
                 const[:n] += per_slot[:, :, k + 1].sum(0)
                 del per_slot
+            if n == 0 and on_layer is None and self._enter_once(injections.get(layer), live[layer]):
+                # every lane enters here, each at one position: its gradient is a single row, so the
+                # attention backward is an outer product with one pattern column (no full products)
+                n = live[layer]
+                G = self._entering_attention(layer, P_eff, injections[layer], head_mask, const)
+                continue
             G_mid = G
             if f.skip is not None and n:
                 G_mid = G + (G @ f.skip) * f.skip_scale[:P_eff]
@@ -360,6 +366,36 @@ class LocalReplacement:
             emb = self.embedding_columns.start
             rows[:n, emb:emb + P_eff] = torch.einsum("pbd,pd->bp", G, self.embeddings[:P_eff])
         return rows, const
+
+    @staticmethod
+    def _enter_once(injection, n_lanes: int) -> bool:
+        """Does this injection give each of lanes 0..n_lanes-1 exactly one vector?"""
+        if injection is None or injection[0].numel() != n_lanes or not n_lanes:
+            return False
+        return bool(torch.equal(torch.sort(injection[0]).values, torch.arange(n_lanes, device=injection[0].device)))
+
+    def _entering_attention(self, layer: int, P_eff: int, injection, head_mask, const: torch.Tensor) -> torch.Tensor:
+        """The residual gradient (P_eff, n, d) below layer `layer`'s attention for lanes that all
+        enter at this layer, lane i with one vector at one position (see _enter_once)."""
+        f, w = self.folded[layer], self.weights[layer]
+        to = dict(device=self.device, dtype=self.dtype)
+        lanes, pos, vecs = injection
+        order = torch.argsort(lanes)
+        pos, vecs = pos[order], vecs[order].to(**to)
+        n, d = vecs.shape
+        u = (vecs @ f.W_O).view(n, w.n_heads, w.head_dim)  # the head outputs' gradient at each lane's position
+        if head_mask is not None:
+            u = u * head_mask[:n, layer].to(**to)[:, :, None]
+        if w.b_O is not None:
+            const[:n] += (vecs * f.s_post_attn[pos, None]) @ (w.g_post_attn * w.b_O)
+        column = f.pattern_t[:, :P_eff, pos].permute(1, 2, 0)  # (K, n, H): pattern[h, pos_i, k]
+        G_v = column[..., None] * u[None]  # (K, n, H, dh)
+        G_v = G_v.view(P_eff, n, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).view(P_eff, n, -1)
+        if w.b_V is not None:
+            const[:n] += (G_v / f.s_in[:P_eff, None, None]).sum(0) @ w.b_V
+        G = (G_v.view(-1, G_v.shape[-1]) @ f.W_V).view(P_eff, n, d)
+        G[pos, torch.arange(n, device=self.device)] += vecs
+        return G
 
     def _span(self) -> torch.Tensor:
         """(P,) long: span[p] = how many positions the gradient of a target at position p can reach,
