@@ -79,6 +79,16 @@ class FoldedLayer:
     skip_scale: torch.Tensor | None  # (P, 1, 1): s_post_mlp[p] * s_pre_mlp[p] at kept positions, else 0
 
 
+@dataclass
+class LaneMaps:
+    """A layer's folded map in the layouts the batched backward multiplies with."""
+
+    writes_t: torch.Tensor  # (P, d, kmax + 2): (writes * mlp_scale) transposed
+    W_O: torch.Tensor  # (H, d, dh)
+    pattern: torch.Tensor  # (n_kv, K, H / n_kv, Q)
+    W_V: torch.Tensor  # (n_kv, dh, d)
+
+
 def encode_sparse_on(tc, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The transcoder's sparse encoding of x, computed on `device`.
 
@@ -316,9 +326,8 @@ class LocalReplacement:
             act = self.active[layer]
             if n:
                 # feature edges, error edges and constants of this layer in one product
-                G_mlp = G * f.mlp_scale[:P_eff]  # gradient at the raw MLP output, (P_eff, n, d)
-                per_slot = torch.bmm(G_mlp, self.writes[layer][:P_eff].transpose(1, 2))  # (P_eff, n, kmax + 2)
-                del G_mlp
+                maps = self._lane_maps(layer)
+                per_slot = torch.bmm(G, maps.writes_t[:P_eff])  # (P_eff, n, kmax + 2)
                 k = per_slot.shape[2] - 2
                 n_feat = self._features_before(layer, P_eff)
                 if n_feat:
@@ -348,17 +357,29 @@ class LocalReplacement:
                     G_mid = G.clone()  # G went to on_layer above
                 G_mid[pos, lanes] += vecs.to(**to)
             n = n_at
-            Z = (G_mid @ f.W_O).view(P_eff, n, w.n_heads, w.head_dim)
+            maps = self._lane_maps(layer)
+            H, group, dh, n_kv = w.n_heads, w.n_heads // w.n_kv, w.head_dim, w.n_kv
+            # head-major throughout, so that no product needs a transposed copy: Z[h] = G_mid @ W_O[h]
+            # (queries, lanes, dh); one product per KV head sums its query heads' pattern-weighted Z;
+            # then each KV head's share of W_V
+            G_flat = G_mid.view(-1, d)
+            Z = torch.empty(H, P_eff * n, dh, **to)
+            for h in range(H):
+                torch.mm(G_flat, maps.W_O[h], out=Z[h])
             if head_mask is not None:
-                Z = Z * head_mask[:n, layer].to(**to)[None, :, :, None]
+                Z.view(H, P_eff, n, dh).mul_(head_mask[:n, layer].to(**to).T[:, None, :, None])
             if w.b_O is not None:
                 const[:n] += (G_mid * f.s_post_attn[:P_eff, None, None]).sum(0) @ (w.g_post_attn * w.b_O)
-            G_v = torch.einsum("hkq,qbhe->kbhe", f.pattern_t[:, :P_eff, :P_eff], Z)
+            pattern = maps.pattern[:, :P_eff, :, :P_eff].reshape(n_kv, P_eff, group * P_eff)
+            G_v = torch.bmm(pattern, Z.view(n_kv, group * P_eff, n * dh))  # (n_kv, keys, lanes * dh)
             del Z
-            G_v = G_v.reshape(P_eff, n, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).reshape(P_eff, n, -1)
             if w.b_V is not None:  # the pattern carries s_in[k]; the bias gradient must not
-                const[:n] += (G_v / f.s_in[:P_eff, None, None]).sum(0) @ w.b_V
-            G = torch.addmm(G_mid.view(-1, d), G_v.view(-1, G_v.shape[-1]), f.W_V).view(P_eff, n, d)
+                per_kv = (G_v.view(n_kv, P_eff, n, dh) / f.s_in[None, :P_eff, None, None]).sum(1)
+                const[:n] += torch.einsum("jbe,je->b", per_kv, w.b_V.view(n_kv, dh))
+            G = torch.addmm(G_flat, G_v[0].view(-1, dh), maps.W_V[0])
+            for j in range(1, n_kv):
+                G.addmm_(G_v[j].view(-1, dh), maps.W_V[j])
+            G = G.view(P_eff, n, d)
             del G_v
             if on_layer is not None:
                 on_layer(layer, self._full_lanes(G_mid, n_lanes), self._full_lanes(G, n_lanes))
@@ -366,6 +387,23 @@ class LocalReplacement:
             emb = self.embedding_columns.start
             rows[:n, emb:emb + P_eff] = torch.einsum("pbd,pd->bp", G, self.embeddings[:P_eff])
         return rows, const
+
+    def _lane_maps(self, layer: int) -> "LaneMaps":
+        """The layer's frozen map laid out for the batched backward (built once, on first use)."""
+        cache = self.__dict__.setdefault("_lane_maps_cache", {})
+        if layer not in cache:
+            f, w = self.folded[layer], self.weights[layer]
+            H, dh, n_kv, d = w.n_heads, w.head_dim, w.n_kv, self.d_model
+            P = self.n_positions
+            cache[layer] = LaneMaps(
+                # MLP-output scale folded into what the MLP writes: one product gives the edges
+                writes_t=(self.writes[layer] * f.mlp_scale).transpose(1, 2).contiguous(),  # (P, d, kmax + 2)
+                W_O=f.W_O.view(d, H, dh).permute(1, 0, 2).contiguous(),  # (H, d, dh)
+                # (n_kv, keys, query heads of that KV head, queries)
+                pattern=f.pattern_t.view(n_kv, H // n_kv, P, P).permute(0, 2, 1, 3).contiguous(),
+                W_V=f.W_V.view(n_kv, dh, d),
+            )
+        return cache[layer]
 
     @staticmethod
     def _enter_once(injection, n_lanes: int) -> bool:
