@@ -231,14 +231,14 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     all_batches = [torch.arange(s, min(s + bs, rep.feature_offsets[l + 1]), device=store)
                    for l in range(rep.n_layers - 1, -1, -1)
                    for s in range(rep.feature_offsets[l], rep.feature_offsets[l + 1], bs)]
+    feature_influence = None if explore_all else _Influence(rows, n_logits, weights, rep.n_active, rep.n_layers)
     while explored.numel() < n_explore:
         need = min(bs, n_explore - explored.numel())
         if explore_all:
             picked = all_batches.pop(0)
             need = picked.numel()
         else:
-            influence = _feature_influence(rows[: n_logits + explored.numel()], n_logits, explored, weights,
-                                           rep.n_active, rep.n_layers)
+            influence = feature_influence(explored)
             influence[is_explored] = -1.0
             picked = torch.topk(influence, need).indices
         picked_dev = picked.to(rep.device)
@@ -294,37 +294,51 @@ def _row_chunk(n_columns: int, elements: int = 1 << 26) -> int:
     return max(1, elements // max(1, n_columns))
 
 
-def _feature_influence(rows: torch.Tensor, n_logits: int, explored: torch.Tensor, weights: torch.Tensor,
-                       n_active: int, n_layers: int) -> torch.Tensor:
+class _Influence:
     """Influence of every active feature on the weighted targets, from the rows computed so far.
 
     Normalised matrix N = |rows| / row sums. Direct influence u = w @ N[logit rows]; explored
     features pass on what reaches them: x = u[explored] (I + M + M^2 + ...), M = N[feature rows,
-    explored columns]; total = u + x @ N[feature rows]. Only two passes over the big matrix.
+    explored columns]; total = u + x @ N[feature rows]. Rows never change once computed, so their
+    sums and u are kept between calls: each call makes one pass over the big matrix.
     """
-    chunk = _row_chunk(rows.shape[1])
-    row_sums = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
-    for s in range(0, rows.shape[0], chunk):
-        row_sums[s:s + chunk] = rows[s:s + chunk].abs().sum(1)
-    inv = torch.where(row_sums > 0, 1.0 / row_sums.clamp_min(1e-300), torch.zeros_like(row_sums))
-    u = (weights * inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
-    n_exp = explored.numel()
-    if n_exp == 0:
-        return u
-    feat_rows = rows[n_logits:]
-    M = feat_rows[:, explored].abs() * inv[n_logits:, None]
-    x = u[explored].clone()
-    total = x.clone()
-    for _ in range(n_layers + 1):
-        x = x @ M
-        if not bool(x.abs().sum() > 1e-12 * total.abs().sum()):
-            break
-        total += x
-    scaled = total * inv[n_logits:]
-    out = u.clone()
-    for s in range(0, n_exp, chunk):
-        out += scaled[s:s + chunk] @ feat_rows[s:s + chunk, :n_active].abs()
-    return out
+
+    def __init__(self, rows: torch.Tensor, n_logits: int, weights: torch.Tensor, n_active: int, n_layers: int):
+        self.rows, self.n_logits, self.n_active, self.n_layers = rows, n_logits, n_active, n_layers
+        self.inv = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        self.done = 0
+        self._add_rows(n_logits)
+        self.u = (weights * self.inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
+
+    def _add_rows(self, stop: int) -> None:
+        chunk = _row_chunk(self.rows.shape[1])
+        for s in range(self.done, stop, chunk):
+            e = min(stop, s + chunk)
+            sums = self.rows[s:e].abs().sum(1)
+            self.inv[s:e] = torch.where(sums > 0, 1.0 / sums.clamp_min(1e-300), torch.zeros_like(sums))
+        self.done = max(self.done, stop)
+
+    def __call__(self, explored: torch.Tensor) -> torch.Tensor:
+        n_logits, n_exp = self.n_logits, explored.numel()
+        if n_exp == 0:
+            return self.u.clone()
+        self._add_rows(n_logits + n_exp)
+        feat_rows = self.rows[n_logits:n_logits + n_exp]
+        inv = self.inv[n_logits:n_logits + n_exp]
+        M = feat_rows[:, explored].abs() * inv[:, None]
+        x = self.u[explored].clone()
+        total = x.clone()
+        for _ in range(self.n_layers + 1):
+            x = x @ M
+            if not bool(x.abs().sum() > 1e-12 * total.abs().sum()):
+                break
+            total += x
+        scaled = total * inv
+        out = self.u.clone()
+        chunk = _row_chunk(self.rows.shape[1])
+        for s in range(0, n_exp, chunk):
+            out += scaled[s:s + chunk] @ feat_rows[s:s + chunk, :self.n_active].abs()
+        return out
 
 
 def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: PromptInputs,
