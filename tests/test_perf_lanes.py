@@ -160,3 +160,30 @@ def test_normalized_rows_holds_one_copy(results):
     tracemalloc.stop()
     assert np.array_equal(norm, expected)
     assert peak < 1.1 * g.adjacency.nbytes
+
+
+def test_budgeted_graph_rows_are_the_lanes_rows():
+    """With a feature budget the lanes run in sub-batches (one layer each, split by position) and
+    the rows are gathered: every stored row still equals its lane's full computation."""
+    model, processor = load_vlm(None, dtype=torch.float64)
+    with float64_norms():
+        result = attribute_full(model, processor, _random_set(), "What color is the sky and what color is grass?",
+                                None, AttributionConfig(progress=False, max_feature_nodes=150, batch_size=128))
+    rep, g = result.replacement, result.graph
+    assert g.n_features == 150 < rep.n_active
+    index = {tuple(f): i for i, f in enumerate(rep.active_table().tolist())}
+    sel = torch.tensor([index[tuple(f)] for f in g.features.tolist()])
+    ref_rows, ref_const = _reference(rep, len(sel), _injections(rep, sel))
+    expected = torch.cat([ref_rows[:, sel], ref_rows[:, rep.n_active:]], 1).numpy()
+    A = g.adjacency[:g.n_features, :expected.shape[1]]
+    assert np.allclose(A, expected, rtol=0, atol=1e-12 * float(np.abs(expected).max()))
+    assert np.allclose(g.constants[:g.n_features], ref_const.numpy(), rtol=0, atol=1e-12)
+    assert np.abs(g.sum_rule_residual()).max() < 1e-10
+
+
+def test_lane_runs_split_by_layer_then_position():
+    from tracer.attribution.attribute import _lane_runs
+
+    layers = torch.tensor([3] * 200 + [1] * 10 + [0] * 64)
+    assert _lane_runs(layers, 4) == [(0, 66), (66, 133), (133, 200), (200, 210), (210, 274)]
+    assert _lane_runs(layers, 1) == [(0, 200), (200, 210), (210, 274)]

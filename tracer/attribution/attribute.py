@@ -241,26 +241,26 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
             influence = feature_influence(explored)
             influence[is_explored] = -1.0
             picked = torch.topk(influence, need).indices
+        # lanes by layer (top first), then position: each run of one layer enters at once, and a
+        # run of early positions stops early (see LocalReplacement.backward)
         picked_dev = picked.to(rep.device)
-        layers = table[picked_dev, 0]
-        order = torch.argsort(-layers, stable=True)
-        picked, picked_dev, layers = picked[order.to(store)], picked_dev[order], layers[order]
-        injections = {}
-        lane_values = torch.zeros(need, dtype=rep.dtype, device=rep.device)
-        for layer in torch.unique(layers).tolist():
-            lanes = torch.nonzero(layers == layer).flatten()
-            pos = table[picked_dev[lanes], 1]
-            feats = table[picked_dev[lanes], 2]
+        order = torch.argsort(-table[picked_dev, 0] * rep.n_positions + table[picked_dev, 1], stable=True)
+        picked, picked_dev = picked[order.to(store)], picked_dev[order]
+        start = int(picked[0]) if explore_all else n_logits + explored.numel()
+        for a, b in _lane_runs(table[picked_dev, 0], 1 if explore_all else 4):
+            lanes_dev = picked_dev[a:b]
+            layer = int(table[lanes_dev[0], 0])
+            pos, feats = table[lanes_dev, 1], table[lanes_dev, 2]
             tc = transcoders[layer]
             enc = tc.encoder_rows(feats.cpu() if tc.lazy_encoder else feats.to(tc.b_enc.device))
-            injections[layer] = (lanes, pos, rep.feature_injection(layer, pos, enc))
-            lane_values[lanes] = rep.feature_target_values(layer, pos, enc)
-        start = int(picked[0]) if explore_all else n_logits + explored.numel()
-        consts[start:start + need] = _lanes_into(rows[start:start + need], rep, injections=injections)
-        values[start:start + need] = lane_values.to(store)
+            lanes = torch.arange(b - a, device=rep.device)
+            consts[start + a:start + b] = _lanes_into(rows[start + a:start + b], rep,
+                                                      injections={layer: (lanes, pos, rep.feature_injection(layer, pos, enc))})
+            values[start + a:start + b] = rep.feature_target_values(layer, pos, enc).to(store)
         explored = torch.cat([explored, picked])
         is_explored[picked] = True
         bar.update(need)
+    feature_influence = None  # its scratch buffer
     timings["features"] = time.perf_counter() - t0 - sum(timings.values())
 
     bar.phase("assemble", 1)
@@ -278,6 +278,18 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     bar.update(1)
     bar.close()
     return AttributionResult(graph, rep, targets, timings)
+
+
+def _lane_runs(layers: torch.Tensor, max_splits: int, min_lanes: int = 64) -> list[tuple[int, int]]:
+    """[a, b) runs of lanes sorted by layer: one run per layer, split into up to max_splits runs of
+    at least min_lanes lanes (lanes sorted by position within a layer)."""
+    runs = []
+    bounds = torch.nonzero(layers[1:] != layers[:-1]).flatten().add(1).tolist()
+    for a, b in zip([0] + bounds, bounds + [len(layers)]):
+        k = max(1, min(max_splits, (b - a) // min_lanes))
+        cuts = [a + (b - a) * i // k for i in range(k + 1)]
+        runs += list(zip(cuts[:-1], cuts[1:]))
+    return runs
 
 
 def _lanes_into(out: torch.Tensor, rep: LocalReplacement, **lanes) -> torch.Tensor:
@@ -307,6 +319,7 @@ class _Influence:
         self.rows, self.n_logits, self.n_active, self.n_layers = rows, n_logits, n_active, n_layers
         self.inv = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
         self.done = 0
+        self.buffer: torch.Tensor | None = None
         self._add_rows(n_logits)
         self.u = (weights * self.inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
 
@@ -337,8 +350,16 @@ class _Influence:
         out = self.u.clone()
         chunk = _row_chunk(self.rows.shape[1])
         for s in range(0, n_exp, chunk):
-            out += scaled[s:s + chunk] @ feat_rows[s:s + chunk, :self.n_active].abs()
+            part = feat_rows[s:s + chunk, :self.n_active]
+            out += scaled[s:s + chunk] @ torch.abs(part, out=self._scratch(part.shape))
         return out
+
+    def _scratch(self, shape: tuple[int, int]) -> torch.Tensor:
+        """One buffer for |rows|, grown as rows come: a fresh multi-MB tensor per call costs page faults."""
+        if self.buffer is None or self.buffer.numel() < shape[0] * shape[1]:
+            rows = min(self.rows.shape[0], max(shape[0], 2 * (0 if self.buffer is None else self.buffer.shape[0])))
+            self.buffer = torch.empty(rows * shape[1], dtype=self.rows.dtype, device=self.rows.device)
+        return self.buffer[:shape[0] * shape[1]].view(shape)
 
 
 def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: PromptInputs,
@@ -425,15 +446,15 @@ def _gather_rows(rep: LocalReplacement, rows: torch.Tensor, row_index: torch.Ten
     unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=rows.device)
     unexplored_mask[sel_sorted] = False
     columns = torch.cat([sel_sorted, torch.arange(rep.n_active, rep.n_columns, device=rows.device)])
-    unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=rows.device)
+    unexplored = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
     step = _row_chunk(rows.shape[1])  # rows can be many GB: never copy them whole
     for s in range(0, len(row_index), step):
-        R = rows[row_index[s:s + step]]
-        adjacency[s:s + step, :n_sel + n_rest] = R[:, columns].to(edge_dtype).cpu()  # one gather per chunk
-        if n_sel < rep.n_active:
-            unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
-        del R
-    return adjacency, unexplored
+        # one gather of the kept entries, straight from the rows
+        idx = row_index[s:s + step]
+        adjacency[s:s + step, :n_sel + n_rest] = rows[idx[:, None], columns[None, :]].to(edge_dtype).cpu()
+        if n_sel < rep.n_active:  # in the rows' own order (same sums), reordered below
+            unexplored[s:s + step] = (rows[s:s + step, :rep.n_active] * unexplored_mask).sum(1)
+    return adjacency, unexplored[row_index]
 
 
 def _position_activations(rep: LocalReplacement, features: np.ndarray, dtype=np.float32) -> np.ndarray:
