@@ -187,3 +187,41 @@ def test_lane_runs_split_by_layer_then_position():
     layers = torch.tensor([3] * 200 + [1] * 10 + [0] * 64)
     assert _lane_runs(layers, 4) == [(0, 66), (66, 133), (133, 200), (200, 210), (210, 274)]
     assert _lane_runs(layers, 1) == [(0, 200), (200, 210), (210, 274)]
+
+
+def _scores_by_definition(g) -> dict:
+    """The scores from the whole normalised matrix and node_influence (the module's definitions)."""
+    from tracer.graph.pruning import logit_weights, node_influence, row_nodes
+
+    norm = normalized_rows(g).astype(np.float64)
+    weights = logit_weights(g)
+    influence = node_influence(g, norm, weights)
+    err = slice(g.error_offset, g.embedding_offset)
+    emb = slice(g.embedding_offset, g.logit_offset)
+    token, error = influence[emb].sum(), influence[err].sum()
+    rows = row_nodes(g)
+    non_error = np.ones(g.n_nodes)
+    non_error[rows] = 1.0 - norm[:, err].sum(1)
+    out = influence.copy()
+    out[g.logit_offset:] += weights
+    return {"replacement": token / (token + error), "completeness": (non_error * out)[rows].sum() / out[rows].sum()}
+
+
+def test_graph_scores_in_one_pass_without_a_copy(results):
+    """graph_scores walks the rows once, top layer first, a block at a time: the same scores as the
+    definition, and no matrix-sized temporary."""
+    import tracemalloc
+
+    from tracer.graph.pruning import graph_scores
+
+    assert results["image"].graph.adjacency.nbytes > 4 * (8 << 20)
+    for g in (results["text"].graph, results["image"].graph):
+        expected = _scores_by_definition(g)
+        tracemalloc.start()
+        got = graph_scores(g)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        for key in expected:
+            assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12)
+        if g.adjacency.nbytes > 4 * (8 << 20):  # several 8 MB blocks (float64)
+            assert peak < 0.5 * g.adjacency.nbytes  # the normalised matrix alone would be 1.0

@@ -462,16 +462,14 @@ def _position_activations(rep: LocalReplacement, features: np.ndarray, dtype=np.
     out = np.zeros((len(features), rep.n_positions), dtype=dtype)
     for layer in np.unique(features[:, 0]):
         act = rep.active[int(layer)]
-        a_feat = act.features.cpu().numpy()
-        a_pos = act.positions.cpu().numpy()
-        a_val = act.activations.cpu().numpy()
         idx = np.flatnonzero(features[:, 0] == layer)
-        lookup: dict[int, list[int]] = {}
-        for k in idx:
-            lookup.setdefault(int(features[k, 2]), []).append(int(k))
-        for f, p, v in zip(a_feat, a_pos, a_val):
-            for k in lookup.get(int(f), ()):
-                out[k, p] = v
+        wanted, which = np.unique(features[idx, 2], return_inverse=True)  # each feature index once
+        a_feat = act.features.cpu().numpy()
+        hit = np.isin(a_feat, wanted)
+        table = np.zeros((len(wanted), rep.n_positions), dtype=dtype)
+        table[np.searchsorted(wanted, a_feat[hit]), act.positions.cpu().numpy()[hit]] = \
+            act.activations.cpu().numpy()[hit]
+        out[idx] = table[which.ravel()]
     return out
 
 
