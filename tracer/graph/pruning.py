@@ -236,6 +236,8 @@ def graph_scores(graph: Graph) -> dict[str, float]:
 
     def absolute(index: np.ndarray) -> np.ndarray:
         block = scratch[:len(index)]
+        if index[-1] - index[0] + 1 == len(index):  # consecutive rows (the usual order): no gather
+            return np.abs(A[index[0]:index[-1] + 1], out=block)
         np.take(A, index, axis=0, out=block, mode="clip")  # "raise" would buffer a copy
         return np.abs(block, out=block)
 
