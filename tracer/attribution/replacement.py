@@ -83,9 +83,7 @@ class FoldedLayer:
 class LaneMaps:
     """A layer's folded map in the layouts the batched backward multiplies with."""
 
-    writes_t: torch.Tensor  # (P, d, kmax + 2): (writes * mlp_scale) transposed
     W_O: torch.Tensor  # (H, d, dh)
-    pattern: torch.Tensor  # (n_kv, K, H / n_kv, Q)
     W_V: torch.Tensor  # (n_kv, dh, d)
 
 
@@ -326,8 +324,9 @@ class LocalReplacement:
             act = self.active[layer]
             if n:
                 # feature edges, error edges and constants of this layer in one product
-                maps = self._lane_maps(layer)
-                per_slot = torch.bmm(G, maps.writes_t[:P_eff])  # (P_eff, n, kmax + 2)
+                G_mlp = G * f.mlp_scale[:P_eff]  # gradient at the raw MLP output, (P_eff, n, d)
+                per_slot = torch.bmm(G_mlp, self.writes[layer][:P_eff].transpose(1, 2))  # (P_eff, n, kmax + 2)
+                del G_mlp
                 k = per_slot.shape[2] - 2
                 n_feat = self._features_before(layer, P_eff)
                 if n_feat:
@@ -360,8 +359,8 @@ class LocalReplacement:
             maps = self._lane_maps(layer)
             H, group, dh, n_kv = w.n_heads, w.n_heads // w.n_kv, w.head_dim, w.n_kv
             # head-major throughout, so that no product needs a transposed copy: Z[h] = G_mid @ W_O[h]
-            # (queries, lanes, dh); one product per KV head sums its query heads' pattern-weighted Z;
-            # then each KV head's share of W_V
+            # (queries, lanes, dh); each KV head sums its query heads' pattern[h]^T @ Z[h]; then each
+            # KV head's share of W_V
             G_flat = G_mid.view(-1, d)
             Z = torch.empty(H, P_eff * n, dh, **to)
             for h in range(H):
@@ -370,8 +369,14 @@ class LocalReplacement:
                 Z.view(H, P_eff, n, dh).mul_(head_mask[:n, layer].to(**to).T[:, None, :, None])
             if w.b_O is not None:
                 const[:n] += (G_mid * f.s_post_attn[:P_eff, None, None]).sum(0) @ (w.g_post_attn * w.b_O)
-            pattern = maps.pattern[:, :P_eff, :, :P_eff].reshape(n_kv, P_eff, group * P_eff)
-            G_v = torch.bmm(pattern, Z.view(n_kv, group * P_eff, n * dh))  # (n_kv, keys, lanes * dh)
+            G_v = torch.empty(n_kv, P_eff, n * dh, **to)  # (n_kv, keys, lanes * dh)
+            Z = Z.view(H, P_eff, n * dh)
+            for h in range(H):
+                pattern = f.pattern_t[h, :P_eff, :P_eff]  # (keys, queries), a view
+                if h % group:
+                    G_v[h // group].addmm_(pattern, Z[h])
+                else:
+                    torch.mm(pattern, Z[h], out=G_v[h // group])
             del Z
             if w.b_V is not None:  # the pattern carries s_in[k]; the bias gradient must not
                 per_kv = (G_v.view(n_kv, P_eff, n, dh) / f.s_in[None, :P_eff, None, None]).sum(1)
@@ -394,15 +399,9 @@ class LocalReplacement:
         if layer not in cache:
             f, w = self.folded[layer], self.weights[layer]
             H, dh, n_kv, d = w.n_heads, w.head_dim, w.n_kv, self.d_model
-            P = self.n_positions
-            cache[layer] = LaneMaps(
-                # MLP-output scale folded into what the MLP writes: one product gives the edges
-                writes_t=(self.writes[layer] * f.mlp_scale).transpose(1, 2).contiguous(),  # (P, d, kmax + 2)
-                W_O=f.W_O.view(d, H, dh).permute(1, 0, 2).contiguous(),  # (H, d, dh)
-                # (n_kv, keys, query heads of that KV head, queries)
-                pattern=f.pattern_t.view(n_kv, H // n_kv, P, P).permute(0, 2, 1, 3).contiguous(),
-                W_V=f.W_V.view(n_kv, dh, d),
-            )
+            # small (d x d) re-layouts only: nothing of the size of the writes or the patterns is copied
+            cache[layer] = LaneMaps(W_O=f.W_O.view(d, H, dh).permute(1, 0, 2).contiguous(),  # (H, d, dh)
+                                    W_V=f.W_V.view(n_kv, dh, d))
         return cache[layer]
 
     @staticmethod
