@@ -191,7 +191,8 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
     check_edge_budget(rep, n_logits, n_explore, cfg)
     size = graph_file_bytes(n_explore, n_logits, rep.n_errors, rep.n_positions, 8 if rep.dtype == torch.float64 else 4)
-    bar.note(f"exploring {n_explore:,} of {rep.n_active:,} active features: the graph file will be about "
+    # the dense size: an upper bound, since files store the mostly-zero adjacency sparse when smaller
+    bar.note(f"exploring {n_explore:,} of {rep.n_active:,} active features: the graph file will be at most "
              f"{size / 1e6:,.1f} MB" + (" (max_feature_nodes bounds it)" if size > 50e6 else ""))
     bar.phase("logit lanes", n_logits)
     store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
