@@ -72,9 +72,10 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-n-logits", type=int, default=10)
     p.add_argument("--desired-logit-prob", type=float, default=0.95)
-    p.add_argument("--rounds", type=int, default=5, help="subprocess pairs, interleaved (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="attribution calls per process; the first is reported as cold (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="subprocess pairs, interleaved (default: 5; 2 per cell with --sweep, 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="attribution calls per process; the first is reported as cold (default: 3; 2 with --sweep)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads in both (default: %(default)s; on a shared, loaded 2-core machine more threads "
                         "mostly measure scheduler contention)")
@@ -89,7 +90,22 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     p.add_argument("--keep", default=None, help="keep the work folder (sets, specs, graphs) here")
     p.add_argument("--json", default=None, help="also write all results to this JSON file")
-    return p.parse_args(argv)
+    p.add_argument("--sweep", action="store_true",
+                   help="the size sweep: prompt tokens x explored feature nodes (--sweep-tokens, --sweep-nodes), "
+                        "one table of warm / first-call / peak-growth ratios, plus our image-prompt phases")
+    p.add_argument("--quick", action="store_true", help="with --sweep: a small subset (a smoke test, ~2 min)")
+    p.add_argument("--sweep-tokens", default=None, help="comma-separated prompt lengths (default 14,60,120)")
+    p.add_argument("--sweep-nodes", default=None, help="comma-separated feature-node budgets, 'all' = every "
+                                                         "active feature (default 500,2000,all)")
+    p.add_argument("--plot", default=None, help="with --sweep: write the time plot here (PNG; needs matplotlib)")
+    args = p.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = (1 if args.quick else 2) if args.sweep else 5
+    if args.repeats is None:
+        args.repeats = 2 if args.sweep else 3
+    if args.quick and not args.sweep:
+        p.error("--quick goes with --sweep")
+    return args
 
 
 def write_random_topk_set(folder: Path, d_model: int, n_layers: int, width: int, k: int, seed: int = 0) -> Path:
@@ -103,7 +119,24 @@ def write_random_topk_set(folder: Path, d_model: int, n_layers: int, width: int,
     return save_transcoder_set(tset, folder, model_name="toy-vlm", num_model_layers=n_layers)
 
 
-def prepare_inputs(args, work: Path) -> dict:
+def prompt_of_length(processor, adapter, n_tokens: int, chat: bool = True) -> str:
+    """A question of exactly n_tokens tokens (chat template included): the benchmark question after
+    a filler of words the toy vocabulary has whole."""
+    from tracer.models.base import prepare_prompt
+
+    filler = "the sky is blue and the grass is green and the sea is blue and a lemon is yellow and".split()
+    words = []
+    while True:
+        text = " ".join(words + ["What color is grass?"])
+        n = len(prepare_prompt(processor, text, None, chat=chat, adapter=adapter).input_ids)
+        if n == n_tokens:
+            return text
+        if n > n_tokens:
+            raise SystemExit(f"no prompt of exactly {n_tokens} tokens (shortest: {n})")
+        words.append(filler[len(words) % len(filler)])
+
+
+def prepare_inputs(args, work: Path, question: str | None = None) -> dict:
     """Tokenise the prompt, resolve and (if needed) convert the transcoder set, once, here."""
     import torch
 
@@ -117,7 +150,8 @@ def prepare_inputs(args, work: Path) -> dict:
     model_dir = Path(resolve_model_ref(args.model)).resolve()
     model, processor = load_vlm(str(model_dir))
     adapter = get_adapter(model)
-    prompt = prepare_prompt(processor, args.prompt, None, chat=not args.no_chat, adapter=adapter)
+    prompt = prepare_prompt(processor, args.prompt if question is None else question, None, chat=not args.no_chat,
+                            adapter=adapter)
 
     source_note = ""
     if args.transcoders:
@@ -218,23 +252,62 @@ def worker_env(threads: int, wait_policy: str = "default") -> dict:
 
 
 # ----------------------------------------------------------------------------- agreement
+class _Stats:
+    """Running agreement statistics of two arrays fed a block at a time (float64 per block only)."""
+
+    def __init__(self):
+        self.n, self.max_diff, self.max_abs, self.sq_diff, self.sq_ours, self.sq_theirs = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+    def add(self, ours: np.ndarray, theirs: np.ndarray) -> "_Stats":
+        if ours.size:
+            o, t = ours.astype(np.float64).ravel(), theirs.astype(np.float64).ravel()
+            d = o - t
+            self.n += o.size
+            self.max_diff = max(self.max_diff, float(np.abs(d).max()))
+            self.max_abs = max(self.max_abs, float(np.abs(o).max()))
+            self.sq_diff += float(d @ d)
+            self.sq_ours += float(o @ o)
+            self.sq_theirs += float(t @ t)
+        return self
+
+    def result(self) -> dict:
+        fro = math.sqrt(self.sq_ours)
+        return {"n": self.n, "max_abs_diff": self.max_diff, "max_abs": self.max_abs,
+                "rel_max": self.max_diff / self.max_abs if self.max_abs > 0 else self.max_diff,
+                "rel_fro": math.sqrt(self.sq_diff) / fro if fro > 0 else math.sqrt(self.sq_theirs)}
+
+
 def _stats(ours: np.ndarray, theirs: np.ndarray) -> dict:
-    ours = ours.astype(np.float64)
-    theirs = theirs.astype(np.float64)
-    if ours.size == 0:
-        return {"n": 0, "max_abs_diff": 0.0, "max_abs": 0.0, "rel_max": 0.0, "rel_fro": 0.0}
-    diff = np.abs(ours - theirs)
-    max_abs = float(np.abs(ours).max())
-    fro = float(np.linalg.norm(ours))
-    return {"n": int(ours.size), "max_abs_diff": float(diff.max()), "max_abs": max_abs,
-            "rel_max": float(diff.max() / max_abs) if max_abs > 0 else float(diff.max()),
-            "rel_fro": float(np.linalg.norm(ours - theirs) / fro) if fro > 0 else float(np.linalg.norm(theirs))}
+    return _Stats().add(ours, theirs).result()
 
 
-def compare_graphs(ours_npz: Path, ct_npz: Path, d_model: int) -> dict:
-    o = np.load(ours_npz)
-    c = np.load(ct_npz)
-    A_o, A_c = o["adjacency"], c["adjacency"]
+class _Rows:
+    """Rows of a 2-D .npy file read on demand, so that a multi-GB adjacency never sits whole in memory."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        m = np.load(path, mmap_mode="r")  # only for the header: shape, dtype, data offset
+        self.shape, self.dtype, self.offset, fortran = m.shape, m.dtype, m.offset, not m.flags.c_contiguous
+        del m
+        if fortran or len(self.shape) != 2:
+            raise SystemExit(f"{path}: expected a C-ordered 2-D array")
+
+    def take(self, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        n_cols = self.shape[1]
+        out = np.empty((len(rows), n_cols if cols is None else len(cols)), dtype=self.dtype)
+        with open(self.path, "rb") as f:
+            for i, r in enumerate(rows):
+                f.seek(self.offset + int(r) * n_cols * self.dtype.itemsize)
+                row = np.fromfile(f, dtype=self.dtype, count=n_cols)
+                out[i] = row if cols is None else row[cols]
+        return out
+
+
+def compare_graphs(ours_dir: Path, ct_dir: Path, d_model: int, chunk: int = 256) -> dict:
+    """Match the two graphs node by node and compare their edges, a chunk of rows at a time."""
+    o = np.load(ours_dir / "graph.npz")
+    c = np.load(ct_dir / "graph.npz")
+    A_o, A_c = _Rows(ours_dir / "adjacency.npy"), _Rows(ct_dir / "adjacency.npy")
     n_layers, n_pos = int(c["n_layers"]), int(c["n_positions"])
     feats_o = o["features"]
     act_c = c["active_features"]
@@ -266,7 +339,6 @@ def compare_graphs(ours_npz: Path, ct_npz: Path, d_model: int) -> dict:
     # rows: common features, then logits (when the targets agree)
     n_sel_o = len(feats_o)
     n_log_o = len(o["logit_token_ids"])
-    rows_o_feat, rows_c_feat = o_idx, c_idx
     if out["same_logit_targets"]:
         rows_o_log = n_sel_o + np.arange(n_log_o)
         rows_c_log = N_c - n_log_c + np.arange(n_log_c)
@@ -279,28 +351,34 @@ def compare_graphs(ours_npz: Path, ct_npz: Path, d_model: int) -> dict:
     cols_c_err = n_sel_c + errs_o[:, 0] * n_pos + errs_o[:, 1]
     cols_o_emb = n_sel_o + n_err_o + np.arange(n_pos)
     cols_c_emb = n_sel_c + n_layers * n_pos + np.arange(n_pos)
-    scale = math.sqrt(d_model)
-    blocks = {}
-    for rname, ro, rc in (("feature", rows_o_feat, rows_c_feat), ("logit", rows_o_log, rows_c_log)):
-        blocks[f"{rname} <- feature"] = _stats(A_o[np.ix_(ro, o_idx)], A_c[np.ix_(rc, c_idx)])
-        blocks[f"{rname} <- error"] = _stats(A_o[np.ix_(ro, cols_o_err)], A_c[np.ix_(rc, cols_c_err)])
-        blocks[f"{rname} <- embedding (ct x sqrt(d))"] = _stats(A_o[np.ix_(ro, cols_o_emb)],
-                                                               A_c[np.ix_(rc, cols_c_emb)] * scale)
-    fe_o = np.concatenate([A_o[np.ix_(np.r_[rows_o_feat, rows_o_log], o_idx)].ravel(),
-                           A_o[np.ix_(np.r_[rows_o_feat, rows_o_log], cols_o_err)].ravel()])
-    fe_c = np.concatenate([A_c[np.ix_(np.r_[rows_c_feat, rows_c_log], c_idx)].ravel(),
-                           A_c[np.ix_(np.r_[rows_c_feat, rows_c_log], cols_c_err)].ravel()])
-    blocks["all feature + error edges"] = _stats(fe_o, fe_c)
-    out["blocks"] = blocks
     # what circuit-tracer has in the compared rows outside the mapped columns (its error nodes at
     # excluded positions, features we did not select): should be zero when all features are explored
     mapped = np.zeros(N_c, dtype=bool)
     mapped[c_idx] = True
     mapped[cols_c_err] = True
     mapped[cols_c_emb] = True
-    rows_c = np.r_[rows_c_feat, rows_c_log]
-    rest = A_c[np.ix_(rows_c, np.flatnonzero(~mapped))]
-    out["ct_unmapped_max_abs"] = float(np.abs(rest).max()) if rest.size else 0.0
+    unmapped = np.flatnonzero(~mapped)
+    cols_o = np.concatenate([o_idx, cols_o_err, cols_o_emb])
+    cols_c = np.concatenate([c_idx, cols_c_err, cols_c_emb, unmapped])
+    nf, ne, nm = len(o_idx), len(cols_o_err), len(cols_o_emb)
+    scale = math.sqrt(d_model)
+    names = ("feature", "error", "embedding (ct x sqrt(d))")
+    stats = {f"{r} <- {k}": _Stats() for r in ("feature", "logit") for k in names}
+    fe, unmapped_max = _Stats(), 0.0
+    for rname, ro, rc in (("feature", o_idx, c_idx), ("logit", rows_o_log, rows_c_log)):
+        for s in range(0, len(ro), chunk):
+            Ro, Rc = A_o.take(ro[s:s + chunk], cols_o), A_c.take(rc[s:s + chunk], cols_c)
+            parts_o = (Ro[:, :nf], Ro[:, nf:nf + ne], Ro[:, nf + ne:])
+            parts_c = (Rc[:, :nf], Rc[:, nf:nf + ne], Rc[:, nf + ne:nf + ne + nm] * scale)
+            for k, po, pc in zip(names, parts_o, parts_c):
+                stats[f"{rname} <- {k}"].add(po, pc)
+            fe.add(Ro[:, :nf + ne], Rc[:, :nf + ne])
+            rest = Rc[:, nf + ne + nm:]
+            if rest.size:
+                unmapped_max = max(unmapped_max, float(np.abs(rest).max()))
+    out["blocks"] = {k: v.result() for k, v in stats.items()}
+    out["blocks"]["all feature + error edges"] = fe.result()
+    out["ct_unmapped_max_abs"] = unmapped_max
     return out
 
 
@@ -462,6 +540,150 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){mem}, {platform.system()} {platform.release()}{load}"
 
 
+def run_rounds(args, base: dict, work: Path, env: dict, pythons: dict, input_ids: list[int] | None,
+               label: str = "") -> dict:
+    """args.rounds interleaved process pairs (alternating which tool goes first); the last saves its graph."""
+    results = {"ours": [], "circuit-tracer": []}
+    for rnd in range(args.rounds):
+        order = ["ours", "circuit-tracer"] if rnd % 2 == 0 else ["circuit-tracer", "ours"]
+        for tool in order:
+            spec = dict(base, out_dir=str(work / f"round{rnd}" / tool), save_graph=rnd == args.rounds - 1)
+            print(f"{label}round {rnd + 1}/{args.rounds}: {tool} ...", end=" ", flush=True)
+            r = run_worker(tool, pythons[tool], spec, work, args.timeout, env)
+            print(", ".join(f"{t:.2f}s" for t in r["attribution_s"]) + f" (peak {r['peak_rss_mb']:.0f} MB)",
+                  flush=True)
+            if input_ids is not None and r["input_ids"] != input_ids:
+                raise SystemExit(f"{tool} saw different tokens: {r['input_ids']} vs {input_ids}")
+            results[tool].append(r)
+    return results
+
+
+def worker_base(args, info: dict, max_feature_nodes) -> dict:
+    return {
+        "model": info["model"], "transcoders": info["transcoders"], "input_ids": info["input_ids"],
+        "prompt": info["prompt_text"], "prefix_length": info["prefix_length"],
+        "max_feature_nodes": max_feature_nodes, "batch_size": args.batch_size,
+        "max_n_logits": args.max_n_logits, "desired_logit_prob": args.desired_logit_prob,
+        "threads": args.threads, "repeats": args.repeats,
+        "lazy_encoder": bool(args.lazy_encoder), "lazy_decoder": not args.eager_decoder,
+    }
+
+
+# ----------------------------------------------------------------------------- the sweep
+def _int_list(text: str) -> list:
+    return [None if x.strip() == "all" else int(x) for x in text.split(",") if x.strip()]
+
+
+def run_sweep(args, ct_python: Path, machine: str, work: Path) -> dict:
+    """Every (prompt tokens, feature nodes) cell side by side, then our image-prompt phases."""
+    from tracer.models.base import get_adapter
+    from tracer.models.loading import load_vlm, resolve_model_ref
+
+    tokens = _int_list(args.sweep_tokens or ("14,60" if args.quick else "14,60,120"))
+    budgets = _int_list(args.sweep_nodes or ("500,all" if args.quick else "500,2000,all"))
+    budgets = sorted(budgets, key=lambda b: (b is not None, b or 0))  # "all" first: it gives the active count
+    model, processor = load_vlm(str(resolve_model_ref(args.model)))
+    adapter = get_adapter(model)
+    questions = {n: prompt_of_length(processor, adapter, n, chat=not args.no_chat) for n in tokens}
+    del model, adapter
+    env = worker_env(args.threads, args.omp_wait_policy)
+    pythons = {"ours": sys.executable, "circuit-tracer": str(ct_python)}
+    cells = []
+    for n_tok in tokens:
+        folder = work / f"tokens{n_tok}"
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"preparing the {n_tok}-token prompt ...", flush=True)
+        info = prepare_inputs(args, folder, questions[n_tok])
+        n_active = None
+        for budget in budgets:
+            if budget is not None and n_active is not None and budget >= n_active:
+                continue  # the same graph as "all"
+            cell_dir = folder / f"nodes{budget or 'all'}"
+            label = f"[{n_tok} tokens, {budget or 'all'} nodes] "
+            results = run_rounds(args, worker_base(args, info, budget), cell_dir, env, pythons, info["input_ids"],
+                                 label)
+            n_active = results["ours"][0]["n_active_features"]
+            last = cell_dir / f"round{args.rounds - 1}"
+            agreement = compare_graphs(last / "ours", last / "circuit-tracer", info["d_model"])
+            if not args.keep:
+                for tool in ("ours", "circuit-tracer"):
+                    (last / tool / "adjacency.npy").unlink(missing_ok=True)
+            cells.append({"tokens": n_tok, "budget": budget, "n_active": n_active,
+                          "explored": results["ours"][0]["n_selected_features"],
+                          "summary": summarize(results), "runs": results, "agreement": agreement,
+                          "transcoders_desc": info["transcoders_desc"]})
+    images = run_image_phases(args, budgets, work / "image", env)
+    return {"machine": machine, "cells": cells, "image": images}
+
+
+def run_image_phases(args, budgets: list, work: Path, env: dict) -> list[dict]:
+    """Ours only (circuit-tracer takes no images): a toy-world image + question, the shipped transcoders;
+    time and peak RSS growth of each phase of the warm call, per feature-node budget."""
+    from tracer.toy import world
+    from tracer.transcoders.loading import default_transcoders_dir
+
+    work.mkdir(parents=True, exist_ok=True)
+    ex = world.make_example("heldout", 3, question_type="color")
+    image_path = work / "image.png"
+    ex.image().save(image_path)
+    out = []
+    for budget in budgets:
+        spec = {"model": str(resolve_model_dir(args)), "transcoders": str(default_transcoders_dir()),
+                "prompt": ex.question, "image": str(image_path), "chat": True, "max_feature_nodes": budget,
+                "batch_size": args.batch_size, "max_n_logits": args.max_n_logits,
+                "desired_logit_prob": args.desired_logit_prob, "threads": args.threads, "repeats": args.repeats,
+                "lazy_encoder": bool(args.lazy_encoder), "lazy_decoder": not args.eager_decoder,
+                "out_dir": str(work / f"nodes{budget or 'all'}")}
+        print(f"[image prompt, {budget or 'all'} nodes] ours ...", end=" ", flush=True)
+        r = run_worker("ours", sys.executable, spec, work, args.timeout, env)
+        print(", ".join(f"{t:.2f}s" for t in r["attribution_s"]) + f" (peak {r['peak_rss_mb']:.0f} MB)", flush=True)
+        out.append({"budget": budget, "question": ex.question, "run": r})
+    return out
+
+
+def resolve_model_dir(args) -> Path:
+    from tracer.models.loading import resolve_model_ref
+
+    return Path(resolve_model_ref(args.model)).resolve()
+
+
+def sweep_report(sweep: dict, args) -> str:
+    out = [f"machine: {sweep['machine']}",
+           f"settings: batch_size={args.batch_size} max_n_logits={args.max_n_logits} "
+           f"desired_logit_prob={args.desired_logit_prob} threads={args.threads} float32; "
+           f"{args.rounds} process pair(s) per cell, {args.repeats} calls each (first = cold); medians; "
+           "ratios = circuit-tracer / ours, per round then median", ""]
+    rows = []
+    for c in sweep["cells"]:
+        s = c["summary"]
+        o, t, pr = s["ours"], s["circuit-tracer"], s["paired_ratios"]
+        nodes = f"all ({c['explored']:,})" if c["budget"] is None else f"{c['explored']:,}"
+        fe = c["agreement"]["blocks"]["all feature + error edges"]
+        rows.append([str(c["tokens"]), nodes, f"{o['warm_s']:.3f}", f"{t['warm_s']:.3f}",
+                     f"{pr['warm_s']['median']:.1f}x", f"{pr['warm_cpu_s']['median']:.1f}x",
+                     f"{pr['cold_s']['median']:.1f}x", f"{o['growth_mb']:.0f}", f"{t['growth_mb']:.0f}",
+                     f"{t['growth_mb'] / max(o['growth_mb'], 1e-9):.2f}x", f"{fe['rel_max']:.1e}"])
+    out.append(fmt_table(rows, ["tokens", "feature nodes", "ours warm s", "CT warm s", "warm", "warm CPU",
+                                "first call", "ours growth MB", "CT growth MB", "growth CT/ours",
+                                "edges rel diff"]))
+    if sweep.get("image"):
+        out.append("")
+        out.append(f"image prompt (ours; {sweep['image'][0]['question']!r} + one 64x64 toy image, shipped transcoders): "
+                   "warm call, time (s) / peak RSS growth (MB) per phase")
+        names = list(sweep["image"][0]["run"]["phases_s"][-1])
+        rows = []
+        for im in sweep["image"]:
+            r = im["run"]
+            ph, mem = r["phases_s"][-1], (r.get("phase_peak_growth_mb") or [{}])[-1]
+            mem_key = {"logits": "logit lanes"}
+            rows.append([f"{r['n_selected_features']:,}" + (" (all)" if im["budget"] is None else "")]
+                        + [f"{ph.get(k, float('nan')):.3f} / {mem.get(mem_key.get(k, k), float('nan')):.0f}"
+                           if k != "total" else f"{ph.get(k, float('nan')):.3f} / "
+                           f"{r['peak_rss_mb'] - r['rss_after_load_mb']:.0f}" for k in names])
+        out.append(fmt_table(rows, ["feature nodes"] + names))
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     ct_python = Path(args.ct_python)
@@ -471,32 +693,31 @@ def main(argv=None) -> int:
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench-ct-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
+        if args.sweep:
+            sweep = run_sweep(args, ct_python, machine, work)
+            try:
+                sweep["machine"] += ", %.2f at the end" % os.getloadavg()[0]
+            except OSError:
+                pass
+            text = sweep_report(sweep, args)
+            print()
+            print(text)
+            if args.plot:
+                from sweep_plot import plot_sweep  # bench/, next to this script
+
+                print("plot:", plot_sweep(sweep, Path(args.plot)))
+            if args.json:
+                Path(args.json).write_text(json.dumps(dict(sweep, settings=vars(args), report=text), indent=1,
+                                                      default=str))
+            return 0
         print("preparing inputs ...", flush=True)
         info = prepare_inputs(args, work)
-        base = {
-            "model": info["model"], "transcoders": info["transcoders"], "input_ids": info["input_ids"],
-            "prompt": info["prompt_text"], "prefix_length": info["prefix_length"],
-            "max_feature_nodes": args.max_feature_nodes, "batch_size": args.batch_size,
-            "max_n_logits": args.max_n_logits, "desired_logit_prob": args.desired_logit_prob,
-            "threads": args.threads, "repeats": args.repeats,
-            "lazy_encoder": bool(args.lazy_encoder), "lazy_decoder": not args.eager_decoder,
-        }
         env = worker_env(args.threads, args.omp_wait_policy)
         pythons = {"ours": sys.executable, "circuit-tracer": str(ct_python)}
-        results = {"ours": [], "circuit-tracer": []}
-        for rnd in range(args.rounds):
-            order = ["ours", "circuit-tracer"] if rnd % 2 == 0 else ["circuit-tracer", "ours"]
-            for tool in order:
-                spec = dict(base, out_dir=str(work / f"round{rnd}" / tool), save_graph=rnd == args.rounds - 1)
-                print(f"round {rnd + 1}/{args.rounds}: {tool} ...", end=" ", flush=True)
-                r = run_worker(tool, pythons[tool], spec, work, args.timeout, env)
-                print(", ".join(f"{t:.2f}s" for t in r["attribution_s"]) + f" (peak {r['peak_rss_mb']:.0f} MB)",
-                      flush=True)
-                if r["input_ids"] != info["input_ids"]:
-                    raise SystemExit(f"{tool} saw different tokens: {r['input_ids']} vs {info['input_ids']}")
-                results[tool].append(r)
+        results = run_rounds(args, worker_base(args, info, args.max_feature_nodes), work, env, pythons,
+                             info["input_ids"])
         last = work / f"round{args.rounds - 1}"
-        agreement = compare_graphs(last / "ours" / "graph.npz", last / "circuit-tracer" / "graph.npz", info["d_model"])
+        agreement = compare_graphs(last / "ours", last / "circuit-tracer", info["d_model"])
         try:
             machine += ", %.2f at the end" % os.getloadavg()[0]
         except OSError:

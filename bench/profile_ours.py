@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         session.attribute(text, None, **kw)
 
     # the engine's functions, looked up where attribute.py calls them
-    for name in ("prepare_prompt", "record_forward", "resolve_targets", "_feature_influence", "_assemble",
+    wrap(attr_mod._Influence, "__call__", "attribute._Influence (ranking of unexplored features)")
+    for name in ("prepare_prompt", "record_forward", "resolve_targets", "_assemble",
                  "_position_activations", "_feature_logit_effects", "graph_scores", "_top_tokens"):
         wrap(attr_mod, name, f"attribute.{name}")
     wrap(rep_mod.LocalReplacement, "__init__", "LocalReplacement.__init__ (encode)")

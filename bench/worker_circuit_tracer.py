@@ -127,9 +127,10 @@ def main(spec_path: str) -> None:
     if spec.get("save_graph"):
         import numpy as np
 
+        # the adjacency apart, as .npy, so that the comparison can read it a few rows at a time
+        np.save(os.path.join(out_dir, "adjacency.npy"), graph.adjacency_matrix.float().numpy())
         np.savez(
             os.path.join(out_dir, "graph.npz"),
-            adjacency=graph.adjacency_matrix.float().numpy(),
             active_features=graph.active_features.long().numpy(),
             selected_features=graph.selected_features.long().numpy(),
             activation_values=graph.activation_values.float().numpy(),

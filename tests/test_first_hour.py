@@ -90,8 +90,9 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(command, tmp
 
 
 def test_the_announced_graph_file_size_is_the_size_written(tmp_path, capsys):
-    """`attribute` says up front how large the file will be (the default explores every active
-    feature of a toy prompt: ~240 MB); the estimate is within a few percent of the file."""
+    """`attribute` says up front how large the file can be (the default explores every active
+    feature of a toy prompt: ~240 MB dense); the file is at most that, and not far below it (the
+    adjacency, mostly zeros, is stored sparse when that is smaller)."""
     from tracer.cli import main
     from tracer.toy import world
 
@@ -102,10 +103,10 @@ def test_the_announced_graph_file_size_is_the_size_written(tmp_path, capsys):
                  "--max_feature_nodes", "400", "--out", str(out)]) == 0
     printed = capsys.readouterr()
     text = (printed.out + printed.err).replace("\r", "\n")
-    line = next(part for part in text.splitlines() if "the graph file will be about" in part)
-    announced = float(line.split("about ")[1].split(" MB")[0].replace(",", "")) * 1e6
+    line = next(part for part in text.splitlines() if "the graph file will be at most" in part)
+    announced = float(line.split("at most ")[1].split(" MB")[0].replace(",", "")) * 1e6
     assert "exploring 400 of" in line
     phases = next(part for part in text.splitlines() if part.startswith("phases: "))
     for phase in ("forward", "encode", "logits", "features", "assemble"):
         assert f"{phase} " in phases  # the time of each phase, not only the total
-    assert abs(announced - out.stat().st_size) / out.stat().st_size < 0.05
+    assert 0.3 * announced < out.stat().st_size < 1.05 * announced

@@ -192,23 +192,33 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     n_explore = rep.n_active if cfg.max_feature_nodes is None else min(cfg.max_feature_nodes, rep.n_active)
     check_edge_budget(rep, n_logits, n_explore, cfg)
     size = graph_file_bytes(n_explore, n_logits, rep.n_errors, rep.n_positions, 8 if rep.dtype == torch.float64 else 4)
-    bar.note(f"exploring {n_explore:,} of {rep.n_active:,} active features: the graph file will be about "
+    # the dense size: an upper bound, since files store the mostly-zero adjacency sparse when smaller
+    bar.note(f"exploring {n_explore:,} of {rep.n_active:,} active features: the graph file will be at most "
              f"{size / 1e6:,.1f} MB" + (" (max_feature_nodes bounds it)" if size > 50e6 else ""))
+    bar.phase("logit lanes", n_logits)
     store = torch.device("cpu") if cfg.offload == "cpu" else rep.device
     n_rows = n_logits + n_explore
-    rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)
+    explore_all = n_explore == rep.n_active
+    if explore_all:
+        # Every feature explored: the lanes write straight into the graph's adjacency layout (rows:
+        # features in global = (layer, position, feature) order, then logits; columns: rep's columns,
+        # then the logits), so assembling needs no gather and no second copy of the matrix.
+        edges = torch.zeros(n_rows, rep.n_columns + n_logits, dtype=rep.dtype, device=store)
+        rows, logit_row = edges[:, :rep.n_columns], rep.n_active
+    else:
+        edges, logit_row = None, 0
+        rows = torch.zeros(n_rows, rep.n_columns, dtype=rep.dtype, device=store)
     consts = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     values = torch.zeros(n_rows, dtype=rep.dtype, device=store)
     bs = max(1, cfg.batch_size)
-    bar.phase("logit lanes", n_logits)
 
     directions = torch.stack([t.direction for t in targets]).to(rep.device, rep.dtype)
-    values[:n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)
+    values[logit_row:logit_row + n_logits] = (directions @ record.final_hidden.to(rep.device, rep.dtype)).to(store)
     for start in range(0, n_logits, bs):
         stop = min(n_logits, start + bs)
         lanes = torch.arange(stop - start, device=rep.device)
-        r, c = rep.backward(stop - start, top=(lanes, rep.logit_injection(directions[start:stop])))
-        rows[start:stop], consts[start:stop] = r.to(store), c.to(store)
+        consts[logit_row + start:logit_row + stop] = _lanes_into(
+            rows[logit_row + start:logit_row + stop], rep, top=(lanes, rep.logit_injection(directions[start:stop])))
         bar.update(stop - start)
     timings["logits"] = time.perf_counter() - t0 - timings["forward"] - timings["encode"]
 
@@ -218,44 +228,46 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1.0 / n_logits)
     explored = torch.empty(0, dtype=torch.long, device=store)
     is_explored = torch.zeros(rep.n_active, dtype=torch.bool, device=store)
-    explore_all = n_explore == rep.n_active
-    # With every feature explored the order does not matter: go top layer first, which keeps
-    # each batch's lanes short. Otherwise pick the most influential unexplored features.
-    all_order = torch.argsort(-table[:, 0].to(store) * rep.n_active - torch.arange(rep.n_active, device=store))
+    # With every feature explored the order does not matter: go top layer first, one layer per batch,
+    # positions ascending, which keeps each batch's lanes short (few layers, few positions).
+    all_batches = [torch.arange(s, min(s + bs, rep.feature_offsets[l + 1]), device=store)
+                   for l in range(rep.n_layers - 1, -1, -1)
+                   for s in range(rep.feature_offsets[l], rep.feature_offsets[l + 1], bs)]
+    feature_influence = None if explore_all else _Influence(rows, n_logits, weights, rep.n_active, rep.n_layers)
     while explored.numel() < n_explore:
         need = min(bs, n_explore - explored.numel())
         if explore_all:
-            picked = all_order[explored.numel(): explored.numel() + need]
+            picked = all_batches.pop(0)
+            need = picked.numel()
         else:
-            influence = _feature_influence(rows[: n_logits + explored.numel()], n_logits, explored, weights,
-                                           rep.n_active, rep.n_layers)
+            influence = feature_influence(explored)
             influence[is_explored] = -1.0
             picked = torch.topk(influence, need).indices
+        # lanes by layer (top first), then position: each run of one layer enters at once, and a
+        # run of early positions stops early (see LocalReplacement.backward)
         picked_dev = picked.to(rep.device)
-        layers = table[picked_dev, 0]
-        order = torch.argsort(-layers, stable=True)
-        picked, picked_dev, layers = picked[order.to(store)], picked_dev[order], layers[order]
-        injections = {}
-        lane_values = torch.zeros(need, dtype=rep.dtype, device=rep.device)
-        for layer in torch.unique(layers).tolist():
-            lanes = torch.nonzero(layers == layer).flatten()
-            pos = table[picked_dev[lanes], 1]
-            feats = table[picked_dev[lanes], 2]
+        order = torch.argsort(-table[picked_dev, 0] * rep.n_positions + table[picked_dev, 1], stable=True)
+        picked, picked_dev = picked[order.to(store)], picked_dev[order]
+        start = int(picked[0]) if explore_all else n_logits + explored.numel()
+        for a, b in _lane_runs(table[picked_dev, 0], 1 if explore_all else 4):
+            lanes_dev = picked_dev[a:b]
+            layer = int(table[lanes_dev[0], 0])
+            pos, feats = table[lanes_dev, 1], table[lanes_dev, 2]
             tc = transcoders[layer]
             enc = tc.encoder_rows(feats.cpu() if tc.lazy_encoder else feats.to(tc.b_enc.device))
-            injections[layer] = (lanes, pos, rep.feature_injection(layer, pos, enc))
-            lane_values[lanes] = rep.feature_target_values(layer, pos, enc)
-        r, c = rep.backward(need, injections=injections)
-        start = n_logits + explored.numel()
-        rows[start:start + need], consts[start:start + need] = r.to(store), c.to(store)
-        values[start:start + need] = lane_values.to(store)
+            lanes = torch.arange(b - a, device=rep.device)
+            consts[start + a:start + b] = _lanes_into(rows[start + a:start + b], rep,
+                                                      injections={layer: (lanes, pos, rep.feature_injection(layer, pos, enc))})
+            values[start + a:start + b] = rep.feature_target_values(layer, pos, enc).to(store)
         explored = torch.cat([explored, picked])
         is_explored[picked] = True
         bar.update(need)
+    feature_influence = None  # its scratch buffer
     timings["features"] = time.perf_counter() - t0 - sum(timings.values())
 
     bar.phase("assemble", 1)
-    graph = _assemble(rep, adapter, processor, prompt_inputs, targets, rows, consts, values, explored, table, cfg)
+    graph = _assemble(rep, adapter, processor, prompt_inputs, targets, rows, consts, values, explored, table, cfg,
+                      edges)
     graph.model = model_ref
     graph.transcoders = transcoders_ref or str(getattr(transcoders, "source", "") or "")
     graph.slug = slug
@@ -270,72 +282,115 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     return AttributionResult(graph, rep, targets, timings)
 
 
+def _lane_runs(layers: torch.Tensor, max_splits: int, min_lanes: int = 64) -> list[tuple[int, int]]:
+    """[a, b) runs of lanes sorted by layer: one run per layer, split into up to max_splits runs of
+    at least min_lanes lanes (lanes sorted by position within a layer)."""
+    runs = []
+    bounds = torch.nonzero(layers[1:] != layers[:-1]).flatten().add(1).tolist()
+    for a, b in zip([0] + bounds, bounds + [len(layers)]):
+        k = max(1, min(max_splits, (b - a) // min_lanes))
+        cuts = [a + (b - a) * i // k for i in range(k + 1)]
+        runs += list(zip(cuts[:-1], cuts[1:]))
+    return runs
+
+
+def _lanes_into(out: torch.Tensor, rep: LocalReplacement, **lanes) -> torch.Tensor:
+    """Run one batch of lanes, their rows written into `out` (zero-filled); returns their constants."""
+    if out.device == rep.device:
+        return rep.backward(out.shape[0], out=out, **lanes)[1].to(out.device)
+    r, c = rep.backward(out.shape[0], **lanes)
+    out.copy_(r)
+    return c.to(out.device)
+
+
 def _row_chunk(n_columns: int, elements: int = 1 << 26) -> int:
     """Rows per chunk so that a chunk of the edge matrix stays under `elements` entries."""
     return max(1, elements // max(1, n_columns))
 
 
-def _feature_influence(rows: torch.Tensor, n_logits: int, explored: torch.Tensor, weights: torch.Tensor,
-                       n_active: int, n_layers: int) -> torch.Tensor:
+class _Influence:
     """Influence of every active feature on the weighted targets, from the rows computed so far.
 
     Normalised matrix N = |rows| / row sums. Direct influence u = w @ N[logit rows]; explored
     features pass on what reaches them: x = u[explored] (I + M + M^2 + ...), M = N[feature rows,
-    explored columns]; total = u + x @ N[feature rows]. Only two passes over the big matrix.
+    explored columns]; total = u + x @ N[feature rows]. Rows never change once computed, so their
+    sums and u are kept between calls: each call makes one pass over the big matrix.
     """
-    chunk = _row_chunk(rows.shape[1])
-    row_sums = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
-    for s in range(0, rows.shape[0], chunk):
-        row_sums[s:s + chunk] = rows[s:s + chunk].abs().sum(1)
-    inv = torch.where(row_sums > 0, 1.0 / row_sums.clamp_min(1e-300), torch.zeros_like(row_sums))
-    u = (weights * inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
-    n_exp = explored.numel()
-    if n_exp == 0:
-        return u
-    feat_rows = rows[n_logits:]
-    M = feat_rows[:, explored].abs() * inv[n_logits:, None]
-    x = u[explored].clone()
-    total = x.clone()
-    for _ in range(n_layers + 1):
-        x = x @ M
-        if not bool(x.abs().sum() > 1e-12 * total.abs().sum()):
-            break
-        total += x
-    scaled = total * inv[n_logits:]
-    out = u.clone()
-    for s in range(0, n_exp, chunk):
-        out += scaled[s:s + chunk] @ feat_rows[s:s + chunk, :n_active].abs()
-    return out
+
+    def __init__(self, rows: torch.Tensor, n_logits: int, weights: torch.Tensor, n_active: int, n_layers: int):
+        self.rows, self.n_logits, self.n_active, self.n_layers = rows, n_logits, n_active, n_layers
+        self.inv = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        self.done = 0
+        self.buffer: torch.Tensor | None = None
+        self._add_rows(n_logits)
+        self.u = (weights * self.inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
+
+    def _add_rows(self, stop: int) -> None:
+        chunk = _row_chunk(self.rows.shape[1])
+        for s in range(self.done, stop, chunk):
+            e = min(stop, s + chunk)
+            sums = self.rows[s:e].abs().sum(1)
+            self.inv[s:e] = torch.where(sums > 0, 1.0 / sums.clamp_min(1e-300), torch.zeros_like(sums))
+        self.done = max(self.done, stop)
+
+    def __call__(self, explored: torch.Tensor) -> torch.Tensor:
+        n_logits, n_exp = self.n_logits, explored.numel()
+        if n_exp == 0:
+            return self.u.clone()
+        self._add_rows(n_logits + n_exp)
+        feat_rows = self.rows[n_logits:n_logits + n_exp]
+        inv = self.inv[n_logits:n_logits + n_exp]
+        M = feat_rows[:, explored].abs() * inv[:, None]
+        x = self.u[explored].clone()
+        total = x.clone()
+        for _ in range(self.n_layers + 1):
+            x = x @ M
+            if not bool(x.abs().sum() > 1e-12 * total.abs().sum()):
+                break
+            total += x
+        scaled = total * inv
+        out = self.u.clone()
+        chunk = _row_chunk(self.rows.shape[1])
+        for s in range(0, n_exp, chunk):
+            part = feat_rows[s:s + chunk, :self.n_active]
+            out += scaled[s:s + chunk] @ torch.abs(part, out=self._scratch(part.shape))
+        return out
+
+    def _scratch(self, shape: tuple[int, int]) -> torch.Tensor:
+        """One buffer for |rows|, grown as rows come: a fresh multi-MB tensor per call costs page faults."""
+        if self.buffer is None or self.buffer.numel() < shape[0] * shape[1]:
+            rows = min(self.rows.shape[0], max(shape[0], 2 * (0 if self.buffer is None else self.buffer.shape[0])))
+            self.buffer = torch.empty(rows * shape[1], dtype=self.rows.dtype, device=self.rows.device)
+        return self.buffer[:shape[0] * shape[1]].view(shape)
 
 
 def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: PromptInputs,
-              targets: list[ResolvedTarget], rows, consts, values, explored, table, cfg: AttributionConfig) -> Graph:
+              targets: list[ResolvedTarget], rows, consts, values, explored, table, cfg: AttributionConfig,
+              edges: torch.Tensor | None = None) -> Graph:
+    """The Graph. edges: when every feature was explored, the rows already in the adjacency's layout
+    (see _attribute); otherwise rows are in exploration order (logits first) and are gathered."""
     n_logits = len(targets)
     store = rows.device
-    # selected features in (layer, position, feature) order
-    sel_np = explored.cpu().numpy()
-    t_np = table.cpu().numpy()
-    order = np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0]))
-    sel_sorted = explored[torch.as_tensor(order, device=store)]
-    row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
-    row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
-    row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
-    n_sel = sel_sorted.numel()
-    n_rest = rep.n_columns - rep.n_active  # errors + embeddings
     # float32 edges, or float64 when the model ran in float64 (exactness checks)
     edge_dtype = compute_dtype_for(rep.dtype)
-    adjacency = torch.zeros(n_sel + n_logits, n_sel + n_rest + n_logits, dtype=edge_dtype)
-    unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=store)
-    unexplored_mask[sel_sorted] = False
-    unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=store)
-    step = _row_chunk(rows.shape[1])  # rows can be many GB: never copy them whole
-    for s in range(0, len(row_index), step):
-        R = rows[row_index[s:s + step]]
-        adjacency[s:s + step, :n_sel] = R[:, sel_sorted].to(edge_dtype).cpu()
-        adjacency[s:s + step, n_sel:n_sel + n_rest] = R[:, rep.n_active:].to(edge_dtype).cpu()
-        if n_sel < rep.n_active:
-            unexplored[s:s + step] = (R[:, :rep.n_active] * unexplored_mask).sum(1)
-        del R
+    t_np = table.cpu().numpy()
+    if edges is not None:
+        sel_np = np.arange(rep.n_active)
+        order = sel_np
+        sel_sorted = torch.arange(rep.n_active, device=store)
+        row_index = torch.arange(rep.n_active + n_logits, device=store)
+        adjacency = edges.to(edge_dtype).cpu()  # no copy on the CPU in the model's precision
+        unexplored = torch.zeros(len(row_index), dtype=rows.dtype, device=store)
+    else:
+        # selected features in (layer, position, feature) order
+        sel_np = explored.cpu().numpy()
+        order = np.lexsort((t_np[sel_np, 2], t_np[sel_np, 1], t_np[sel_np, 0]))
+        sel_sorted = explored[torch.as_tensor(order, device=store)]
+        row_of = torch.empty(rep.n_active, dtype=torch.long, device=store)
+        row_of[explored] = n_logits + torch.arange(explored.numel(), device=store)
+        row_index = torch.cat([row_of[sel_sorted], torch.arange(n_logits, device=store)])
+        adjacency, unexplored = _gather_rows(rep, rows, row_index, sel_sorted, n_logits, edge_dtype)
+    n_sel = sel_sorted.numel()
 
     features = t_np[sel_np[order]]  # (n_sel, 3) int64: layer, position, feature
     acts = rep.active_values().to(store)[sel_sorted].to(edge_dtype).cpu().numpy()
@@ -384,21 +439,41 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
     return graph
 
 
+def _gather_rows(rep: LocalReplacement, rows: torch.Tensor, row_index: torch.Tensor, sel_sorted: torch.Tensor,
+                 n_logits: int, edge_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjacency (rows in `row_index` order; columns: selected features, errors, embeddings,
+    then zeros for the logits) and each row's summed edges from unexplored features."""
+    n_sel = sel_sorted.numel()
+    n_rest = rep.n_columns - rep.n_active  # errors + embeddings
+    adjacency = torch.empty(len(row_index), n_sel + n_rest + n_logits, dtype=edge_dtype)
+    adjacency[:, n_sel + n_rest:] = 0
+    unexplored_mask = torch.ones(rep.n_active, dtype=torch.bool, device=rows.device)
+    unexplored_mask[sel_sorted] = False
+    columns = torch.cat([sel_sorted, torch.arange(rep.n_active, rep.n_columns, device=rows.device)])
+    unexplored = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    step = _row_chunk(rows.shape[1])  # rows can be many GB: never copy them whole
+    for s in range(0, len(row_index), step):
+        # one gather of the kept entries, straight from the rows
+        idx = row_index[s:s + step]
+        adjacency[s:s + step, :n_sel + n_rest] = rows[idx[:, None], columns[None, :]].to(edge_dtype).cpu()
+        if n_sel < rep.n_active:  # in the rows' own order (same sums), reordered below
+            unexplored[s:s + step] = (rows[s:s + step, :rep.n_active] * unexplored_mask).sum(1)
+    return adjacency, unexplored[row_index]
+
+
 def _position_activations(rep: LocalReplacement, features: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Activation of each selected feature (its layer and index) at every position."""
     out = np.zeros((len(features), rep.n_positions), dtype=dtype)
     for layer in np.unique(features[:, 0]):
         act = rep.active[int(layer)]
-        a_feat = act.features.cpu().numpy()
-        a_pos = act.positions.cpu().numpy()
-        a_val = act.activations.cpu().numpy()
         idx = np.flatnonzero(features[:, 0] == layer)
-        lookup: dict[int, list[int]] = {}
-        for k in idx:
-            lookup.setdefault(int(features[k, 2]), []).append(int(k))
-        for f, p, v in zip(a_feat, a_pos, a_val):
-            for k in lookup.get(int(f), ()):
-                out[k, p] = v
+        wanted, which = np.unique(features[idx, 2], return_inverse=True)  # each feature index once
+        a_feat = act.features.cpu().numpy()
+        hit = np.isin(a_feat, wanted)
+        table = np.zeros((len(wanted), rep.n_positions), dtype=dtype)
+        table[np.searchsorted(wanted, a_feat[hit]), act.positions.cpu().numpy()[hit]] = \
+            act.activations.cpu().numpy()[hit]
+        out[idx] = table[which.ravel()]
     return out
 
 

@@ -80,6 +80,14 @@ class FoldedLayer:
     skip_scale: torch.Tensor | None  # (P, 1, 1): s_post_mlp[p] * s_pre_mlp[p] at kept positions, else 0
 
 
+@dataclass
+class LaneMaps:
+    """A layer's folded map in the layouts the batched backward multiplies with."""
+
+    W_O: torch.Tensor  # (H, d, dh)
+    W_V: torch.Tensor  # (n_kv, dh, d)
+
+
 def encode_sparse_on(tc, x: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The transcoder's sparse encoding of x, computed on `device`.
 
@@ -278,6 +286,7 @@ class LocalReplacement:
                  injections: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
                  head_mask: torch.Tensor | None = None,
                  on_layer: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 out: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edges of n_lanes targets to every source: (rows (n_lanes, n_columns), constants (n_lanes,)).
 
@@ -291,54 +300,194 @@ class LocalReplacement:
             respect to the residual stream after layer `layer`'s attention block (where attention
             writes, before the MLP) and with respect to the residual entering the layer. The
             tensors are not modified afterwards; keep references, no copy needed.
+        out: optional zero-filled (n_lanes, n_columns) tensor (a view is fine) the rows are written
+            into, instead of a new one.
 
         The gradient is kept position-major, G[p, lane, :], so that the per-position products
-        (feature/error/constant edges, attention) need no transposed copies.
+        (feature/error/constant edges, attention) need no transposed copies. Two things are never
+        computed because they are exactly zero: positions after the last target position
+        (attention is causal), and, when lanes come ordered by the layer they enter at (top
+        lanes first, then injection layers descending, as attribute() orders them), the lanes
+        that have not entered yet at a layer: the gradient works on a growing prefix of lanes.
         """
         injections = injections or {}
         P, d = self.n_positions, self.d_model
         to = dict(device=self.device, dtype=self.dtype)
-        G = torch.zeros(P, n_lanes, d, **to)
-        if top is not None:
-            lanes, vecs = top
-            G[P - 1, lanes] = vecs.to(**to)
-            start = self.n_layers - 1
-        else:
-            start = max(injections) if injections else -1
-        rows = torch.zeros(n_lanes, self.n_columns, **to)
+        # the gradient of targets up to position p is zero after span[p] (attention is causal,
+        # bidirectional only within an image)
+        targets = [pos for _, pos, _ in injections.values() if pos.numel()]
+        P_eff = P if top is not None or not targets else int(self._span()[max(int(p.max()) for p in targets)])
+        start = self.n_layers - 1 if top is not None else (max(injections) if injections else -1)
+        live = self._live_lanes(n_lanes, top, injections, start)
+        rows = torch.zeros(n_lanes, self.n_columns, **to) if out is None else out
         const = torch.zeros(n_lanes, **to)
         first = self.first_position
+        n = live[start + 1] if start >= 0 else n_lanes
+        G = torch.zeros(P_eff, n, d, **to)
+        if top is not None:
+            lanes, vecs = top
+            G[P_eff - 1, lanes] = vecs.to(**to)
         for layer in range(start, -1, -1):
             f = self.folded[layer]
             w = self.weights[layer]
             act = self.active[layer]
-            G_mlp = G * f.mlp_scale  # gradient at the raw MLP output, (P, lanes, d)
-            # feature edges, error edges and constants of this layer in one product
-            per_slot = torch.bmm(G_mlp, self.writes[layer].transpose(1, 2))  # (P, lanes, kmax + 2)
-            k = per_slot.shape[2] - 2
-            if act.n:
-                rows[:, self.feature_columns(layer)] = per_slot[act.positions, :, act.slots].T
-            rows[:, self.error_columns(layer)] = per_slot[first:, :, k].T
-            const += per_slot[:, :, k + 1].sum(0)
+            if n:
+                # feature edges, error edges and constants of this layer in one product
+                G_mlp = G * f.mlp_scale[:P_eff]  # gradient at the raw MLP output, (P_eff, n, d)
+                per_slot = torch.bmm(G_mlp, self.writes[layer][:P_eff].transpose(1, 2))  # (P_eff, n, kmax + 2)
+                del G_mlp
+                k = per_slot.shape[2] - 2
+                n_feat = self._features_before(layer, P_eff)
+                if n_feat:
+                    cols = self.feature_columns(layer)
+                    rows[:n, cols.start:cols.start + n_feat] = \
+                        per_slot[act.positions[:n_feat], :, act.slots[:n_feat]].T
+                if P_eff > first:
+                    err = self.error_columns(layer).start
+                    rows[:n, err:err + P_eff - first] = per_slot[first:, :, k].T
+                const[:n] += per_slot[:, :, k + 1].sum(0)
+                del per_slot
+            if n == 0 and on_layer is None and self._enter_once(injections.get(layer), live[layer]):
+                # every lane enters here, each at one position: its gradient is a single row, so the
+                # attention backward is an outer product with one pattern column (no full products)
+                n = live[layer]
+                G = self._entering_attention(layer, P_eff, injections[layer], head_mask, const)
+                continue
             G_mid = G
-            if f.skip is not None:
-                G_mid = G + (G @ f.skip) * f.skip_scale
+            if f.skip is not None and n:
+                G_mid = G + (G @ f.skip) * f.skip_scale[:P_eff]
+            n_at = live[layer]
+            if n_at > n:  # lanes entering at this layer
+                G_mid = torch.cat([G_mid, torch.zeros(P_eff, n_at - n, d, **to)], 1)
             if layer in injections:
                 lanes, pos, vecs = injections[layer]
-                if G_mid is G:
-                    G_mid = G.clone() if on_layer is not None else G  # G may have gone to on_layer above
+                if G_mid is G and on_layer is not None:
+                    G_mid = G.clone()  # G went to on_layer above
                 G_mid[pos, lanes] += vecs.to(**to)
-            Z = (G_mid @ f.W_O).view(P, n_lanes, w.n_heads, w.head_dim)
+            n = n_at
+            maps = self._lane_maps(layer)
+            H, group, dh, n_kv = w.n_heads, w.n_heads // w.n_kv, w.head_dim, w.n_kv
+            # head-major throughout, so that no product needs a transposed copy: Z[h] = G_mid @ W_O[h]
+            # (queries, lanes, dh); each KV head sums its query heads' pattern[h]^T @ Z[h]; then each
+            # KV head's share of W_V
+            G_flat = G_mid.view(-1, d)
+            Z = torch.empty(H, P_eff * n, dh, **to)
+            for h in range(H):
+                torch.mm(G_flat, maps.W_O[h], out=Z[h])
             if head_mask is not None:
-                Z = Z * head_mask[:, layer].to(**to)[None, :, :, None]
+                Z.view(H, P_eff, n, dh).mul_(head_mask[:n, layer].to(**to).T[:, None, :, None])
             if w.b_O is not None:
-                const += (G_mid * f.s_post_attn[:, None, None]).sum(0) @ (w.g_post_attn * w.b_O)
-            G_v = torch.einsum("hkq,qbhe->kbhe", f.pattern_t, Z)
-            G_v = G_v.reshape(P, n_lanes, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).reshape(P, n_lanes, -1)
+                const[:n] += (G_mid * f.s_post_attn[:P_eff, None, None]).sum(0) @ (w.g_post_attn * w.b_O)
+            G_v = torch.empty(n_kv, P_eff, n * dh, **to)  # (n_kv, keys, lanes * dh)
+            Z = Z.view(H, P_eff, n * dh)
+            for h in range(H):
+                pattern = f.pattern_t[h, :P_eff, :P_eff]  # (keys, queries), a view
+                if h % group:
+                    G_v[h // group].addmm_(pattern, Z[h])
+                else:
+                    torch.mm(pattern, Z[h], out=G_v[h // group])
+            del Z
             if w.b_V is not None:  # the pattern carries s_in[k]; the bias gradient must not
-                const += (G_v / f.s_in[:, None, None]).sum(0) @ w.b_V
-            G = G_mid + G_v @ f.W_V
+                per_kv = (G_v.view(n_kv, P_eff, n, dh) / f.s_in[None, :P_eff, None, None]).sum(1)
+                const[:n] += torch.einsum("jbe,je->b", per_kv, w.b_V.view(n_kv, dh))
+            G = torch.addmm(G_flat, G_v[0].view(-1, dh), maps.W_V[0])
+            for j in range(1, n_kv):
+                G.addmm_(G_v[j].view(-1, dh), maps.W_V[j])
+            G = G.view(P_eff, n, d)
+            del G_v
             if on_layer is not None:
-                on_layer(layer, G_mid.transpose(0, 1), G.transpose(0, 1))
-        rows[:, self.embedding_columns] = torch.einsum("pbd,pd->bp", G, self.embeddings)
+                on_layer(layer, self._full_lanes(G_mid, n_lanes), self._full_lanes(G, n_lanes))
+        if n:
+            emb = self.embedding_columns.start
+            rows[:n, emb:emb + P_eff] = torch.einsum("pbd,pd->bp", G, self.embeddings[:P_eff])
         return rows, const
+
+    def _lane_maps(self, layer: int) -> "LaneMaps":
+        """The layer's frozen map laid out for the batched backward (built once, on first use)."""
+        cache = self.__dict__.setdefault("_lane_maps_cache", {})
+        if layer not in cache:
+            f, w = self.folded[layer], self.weights[layer]
+            H, dh, n_kv, d = w.n_heads, w.head_dim, w.n_kv, self.d_model
+            # small (d x d) re-layouts only: nothing of the size of the writes or the patterns is copied
+            cache[layer] = LaneMaps(W_O=f.W_O.view(d, H, dh).permute(1, 0, 2).contiguous(),  # (H, d, dh)
+                                    W_V=f.W_V.view(n_kv, dh, d))
+        return cache[layer]
+
+    @staticmethod
+    def _enter_once(injection, n_lanes: int) -> bool:
+        """Does this injection give each of lanes 0..n_lanes-1 exactly one vector?"""
+        if injection is None or injection[0].numel() != n_lanes or not n_lanes:
+            return False
+        return bool(torch.equal(torch.sort(injection[0]).values, torch.arange(n_lanes, device=injection[0].device)))
+
+    def _entering_attention(self, layer: int, P_eff: int, injection, head_mask, const: torch.Tensor) -> torch.Tensor:
+        """The residual gradient (P_eff, n, d) below layer `layer`'s attention for lanes that all
+        enter at this layer, lane i with one vector at one position (see _enter_once)."""
+        f, w = self.folded[layer], self.weights[layer]
+        to = dict(device=self.device, dtype=self.dtype)
+        lanes, pos, vecs = injection
+        order = torch.argsort(lanes)
+        pos, vecs = pos[order], vecs[order].to(**to)
+        n, d = vecs.shape
+        u = (vecs @ f.W_O).view(n, w.n_heads, w.head_dim)  # the head outputs' gradient at each lane's position
+        if head_mask is not None:
+            u = u * head_mask[:n, layer].to(**to)[:, :, None]
+        if w.b_O is not None:
+            const[:n] += (vecs * f.s_post_attn[pos, None]) @ (w.g_post_attn * w.b_O)
+        column = f.pattern_t[:, :P_eff, pos].permute(1, 2, 0)  # (K, n, H): pattern[h, pos_i, k]
+        G_v = column[..., None] * u[None]  # (K, n, H, dh)
+        G_v = G_v.view(P_eff, n, w.n_kv, w.n_heads // w.n_kv, w.head_dim).sum(3).view(P_eff, n, -1)
+        if w.b_V is not None:
+            const[:n] += (G_v / f.s_in[:P_eff, None, None]).sum(0) @ w.b_V
+        G = (G_v.view(-1, G_v.shape[-1]) @ f.W_V).view(P_eff, n, d)
+        G[pos, torch.arange(n, device=self.device)] += vecs
+        return G
+
+    def _span(self) -> torch.Tensor:
+        """(P,) long: span[p] = how many positions the gradient of a target at position p can reach,
+        through any attention pattern of any layer (positions beyond it are exactly zero)."""
+        if getattr(self, "_span_cache", None) is None:
+            P = self.n_positions
+            last = torch.arange(P)
+            for rec in self.record.layers:
+                nz = (rec.pattern != 0).any(0).cpu()  # (Q, K)
+                k_max = torch.where(nz, torch.arange(P)[None, :], torch.zeros(1, dtype=torch.long)).max(1).values
+                last = torch.maximum(last, k_max)
+            last = torch.cummax(last, 0).values
+            while True:  # positions within reach reach further in a lower layer
+                wider = last[last]
+                if torch.equal(wider, last):
+                    break
+                last = wider
+            self._span_cache = last + 1
+        return self._span_cache
+
+    def _live_lanes(self, n_lanes: int, top, injections: dict, start: int) -> list[int]:
+        """live[l]: how many lanes (a prefix) the gradient must carry from layer l's attention down;
+        live[n_layers]: from the top. All lanes everywhere unless the lanes come ordered by the
+        layer they enter at."""
+        everywhere = [n_lanes] * (self.n_layers + 1)
+        entry = torch.full((n_lanes,), -1, dtype=torch.long)
+        if top is not None:
+            entry[top[0].cpu()] = self.n_layers
+        for layer, (lanes, _, _) in injections.items():
+            lanes = lanes.cpu()
+            entry[lanes] = torch.maximum(entry[lanes], torch.full_like(lanes, layer))
+        if n_lanes > 1 and bool((entry[1:] > entry[:-1]).any()):
+            return everywhere
+        return [int((entry >= layer).sum()) for layer in range(self.n_layers + 1)]
+
+    def _features_before(self, layer: int, P_eff: int) -> int:
+        """How many of layer's active features (ordered by position) sit before position P_eff."""
+        if P_eff >= self.n_positions:
+            return self.active[layer].n
+        return int(torch.searchsorted(self.active[layer].positions, P_eff))
+
+    def _full_lanes(self, G: torch.Tensor, n_lanes: int) -> torch.Tensor:
+        """(n_lanes, P, d) view of a (P_eff, n, d) gradient: zeros for lanes and positions not computed."""
+        P_eff, n, d = G.shape
+        if P_eff == self.n_positions and n == n_lanes:
+            return G.transpose(0, 1)
+        full = torch.zeros(n_lanes, self.n_positions, d, dtype=G.dtype, device=G.device)
+        full[:n, :P_eff] = G.transpose(0, 1)
+        return full

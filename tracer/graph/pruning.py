@@ -31,7 +31,8 @@ def normalized_rows(graph: Graph) -> np.ndarray:
     precision (float32 for ordinary graphs: no float64 copy of a large matrix)."""
     a = np.abs(graph.adjacency)
     sums = a.sum(1, keepdims=True)
-    return np.divide(a, sums, out=np.zeros_like(a), where=sums > 0)
+    sums[sums == 0] = 1  # a zero row stays zero; dividing in place keeps one copy of the matrix, not two
+    return np.divide(a, sums, out=a)
 
 
 def logit_weights(graph: Graph) -> np.ndarray:
@@ -219,17 +220,50 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
 
 
 def graph_scores(graph: Graph) -> dict[str, float]:
-    """Replacement and completeness scores of a graph (see the module docstring)."""
-    norm = normalized_rows(graph)
+    """Replacement and completeness scores of a graph (see the module docstring).
+
+    The same quantities as normalized_rows and node_influence, from |adjacency| / row sums a block
+    of rows at a time (no normalised copy of a possibly multi-GB matrix), and the influence in one
+    pass instead of one per path length: rows go top layer first (logits, then features by layer
+    descending), and a feature's influence is complete once every row above its layer is done."""
+    A = graph.adjacency
     weights = logit_weights(graph)
-    influence = node_influence(graph, norm, weights)
+    rows = row_nodes(graph)
     err = slice(graph.error_offset, graph.embedding_offset)
     emb = slice(graph.embedding_offset, graph.logit_offset)
+    step = max(1, (1 << 20) // max(1, A.shape[1]))  # blocks of about 4 MB: |block| stays in cache
+    scratch = np.empty((min(step, max(1, A.shape[0])), A.shape[1]), A.dtype)  # reused for every block
+
+    def absolute(index: np.ndarray) -> np.ndarray:
+        block = scratch[:len(index)]
+        if index[-1] - index[0] + 1 == len(index):  # consecutive rows (the usual order): no gather
+            return np.abs(A[index[0]:index[-1] + 1], out=block)
+        np.take(A, index, axis=0, out=block, mode="clip")  # "raise" would buffer a copy
+        return np.abs(block, out=block)
+
+    row_layer = np.concatenate([graph.features[:, 0], np.full(graph.n_logits, graph.n_layers)]).astype(np.int64)
+    order = np.argsort(-row_layer, kind="stable")  # logits, then features from the top layer down
+    inv = np.zeros(A.shape[0], A.dtype)
+    err_share = np.zeros(A.shape[0])
+    influence = np.zeros(graph.n_nodes)
+    coef = np.zeros(A.shape[0], A.dtype)
+    coef[graph.n_features:] = weights
+    starts = np.flatnonzero(np.r_[True, row_layer[order][1:] != row_layer[order][:-1]]) if len(order) else []
+    for g0, g1 in zip(starts, np.r_[starts[1:], len(order)]):  # one layer at a time
+        group = order[g0:g1]
+        if row_layer[group[0]] < graph.n_layers:
+            coef[group] = influence[rows[group]]  # complete: every row above this layer is done
+        for s in range(0, len(group), step):
+            index = group[s:s + step]
+            a = absolute(index)
+            sums = a.sum(1)
+            inv[index] = np.divide(1, sums, out=np.zeros_like(sums), where=sums > 0)
+            err_share[index] = a[:, err].sum(1) * inv[index]
+            influence += (coef[index] * inv[index]) @ a
     token_inf, error_inf = influence[emb].sum(), influence[err].sum()
     replacement = token_inf / (token_inf + error_inf) if token_inf + error_inf > 0 else 0.0
-    rows = row_nodes(graph)
     non_error = np.ones(graph.n_nodes)
-    non_error[rows] = 1.0 - norm[:, err].sum(1)
+    non_error[rows] = 1.0 - err_share
     out_inf = influence.copy()
     out_inf[graph.logit_offset:] += weights
     has_rows = np.zeros(graph.n_nodes, bool)

@@ -1,13 +1,20 @@
 """Our graph file: one safetensors file (tensors + JSON metadata), no pickle.
 
     <name>.graph.safetensors
-      tensors:  input_ids, features, activations, errors, adjacency, values, constants,
+      tensors:  input_ids, features, activations, errors, adjacency (or its sparse form, below), values, constants,
                 unexplored, image_positions, image_grid, image_<k> (uint8 H x W x 3),
                 optional feature_position_activations, top/bottom_logit_ids/values
       metadata: {"vlm_circuits_graph": JSON}  with format version, prompt, tokens, targets,
                 model and transcoder references, config, scores, info, vocab
 
 Reading uses safetensors' numpy loader: no torch, no model, no code execution.
+
+The edge matrix is mostly zeros (a feature reads only lower layers and earlier positions), so when
+that is smaller it is stored as compressed sparse rows (format version 2): adjacency_shape (2,),
+adjacency_indptr (rows + 1, int64), adjacency_indices (columns: uint16, or int32 past 65,536
+nodes) and adjacency_data (the nonzero values, in the graph's precision). Lossless: the dense
+matrix read back is the one written. Dense files (version 1) are still written when sparse would
+not be smaller, and read as before.
 """
 
 from __future__ import annotations
@@ -27,15 +34,21 @@ from tracer.graph.graph import Graph, Target, square_side
 
 SUFFIX = ".graph.safetensors"
 FORMAT = "vlm-circuits-graph"
-VERSION = 1
+VERSION = 2  # the newest this reader understands; 2: the adjacency may be stored sparse
+_DENSE_VERSION = 1  # files with a dense adjacency keep version 1, so older readers open them
+SPARSE_FROM_BYTES = 1 << 20  # save_graph's default: a sparse adjacency from this dense size on, when smaller
+_SPARSE = ("adjacency_shape", "adjacency_indptr", "adjacency_indices", "adjacency_data")
 _META_KEY = "vlm_circuits_graph"
-_REQUIRED = ("input_ids", "features", "activations", "errors", "adjacency", "values", "constants", "unexplored")
+_REQUIRED = ("input_ids", "features", "activations", "errors", "values", "constants", "unexplored")  # + adjacency
 _OPTIONAL = ("feature_position_activations", "top_logit_ids", "top_logit_values", "bottom_logit_ids",
              "bottom_logit_values")
 
 
-def save_graph(graph: Graph, path: str | Path) -> Path:
-    """Write atomically (a crash mid-write leaves any previous file intact)."""
+def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None) -> Path:
+    """Write atomically (a crash mid-write leaves any previous file intact).
+
+    sparse: store the edge matrix as compressed sparse rows (True), dense (False), or (None) sparse
+    when that is smaller and the dense matrix has at least SPARSE_FROM_BYTES."""
     graph.validate()
     path = Path(path)
     if not path.name.endswith(SUFFIX):
@@ -46,7 +59,7 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
         # float32 normally; float64 graphs (exactness runs) keep their precision
         "activations": np.ascontiguousarray(graph.activations, graph.stored_dtype),
         "errors": np.ascontiguousarray(graph.errors, np.int64).reshape(-1, 2),
-        "adjacency": np.ascontiguousarray(graph.adjacency, graph.stored_dtype),
+        **encode_adjacency(graph.adjacency, graph.stored_dtype, sparse),
         "values": np.ascontiguousarray(graph.values, np.float64),
         "constants": np.ascontiguousarray(graph.constants, np.float64),
         "unexplored": np.ascontiguousarray(graph.unexplored, np.float64),
@@ -81,9 +94,68 @@ def save_graph(graph: Graph, path: str | Path) -> Path:
         "scores": graph.scores,
         "info": graph.info,
     }
+    if "adjacency" in tensors:
+        meta["version"] = _DENSE_VERSION
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
     return path
+
+
+def encode_adjacency(adjacency: np.ndarray, dtype, sparse: bool | None = None, block: int = 1 << 22) -> dict:
+    """The edge matrix's tensors as stored: {"adjacency": dense} or the four sparse ones (see the
+    module docstring and save_graph). Built a block of rows at a time."""
+    A = np.asarray(adjacency)
+    n_rows, n_cols = A.shape
+    itemsize = np.dtype(dtype).itemsize
+    nnz = int(np.count_nonzero(A))
+    index_dtype = np.uint16 if n_cols <= 1 << 16 else np.int32  # the smallest that holds every column
+    if sparse is None:  # small matrices stay dense: little to gain, and older readers open them
+        dense = A.size * itemsize
+        sparse = dense >= SPARSE_FROM_BYTES and nnz * (np.dtype(index_dtype).itemsize + itemsize) + 8 * (n_rows + 1) < dense
+    if not sparse or n_cols >= 2 ** 31:
+        return {"adjacency": np.ascontiguousarray(A, dtype)}
+    indptr = np.zeros(n_rows + 1, np.int64)
+    indices = np.empty(nnz, index_dtype)
+    data = np.empty(nnz, dtype)
+    step = max(1, block // max(1, n_cols))
+    at = 0
+    for s in range(0, n_rows, step):
+        part = A[s:s + step]
+        r, c = np.nonzero(part)
+        k = len(r)
+        indices[at:at + k] = c
+        data[at:at + k] = part[r, c]
+        indptr[s + 1:s + 1 + len(part)] = at + np.cumsum(np.bincount(r, minlength=len(part)))
+        at += k
+    return {"adjacency_shape": np.array([n_rows, n_cols], np.int64), "adjacency_indptr": indptr,
+            "adjacency_indices": indices, "adjacency_data": data}
+
+
+def decode_adjacency(t: dict, path: Path, block: int = 1 << 22) -> np.ndarray:
+    """The dense edge matrix from a file's tensors (either encoding), checked before it is filled."""
+    if "adjacency" in t:
+        return t["adjacency"]
+
+    def need(cond: bool, what: str):
+        if not cond:
+            raise GraphFormatError(f"{path}: sparse adjacency: {what}")
+
+    shape, indptr, indices, data = (t[name] for name in _SPARSE)
+    need(shape.shape == (2,) and bool((shape >= 0).all()), f"adjacency_shape must be two sizes, got {shape.tolist()}")
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    need(indptr.shape == (n_rows + 1,), f"adjacency_indptr has {len(indptr)} entries, expected {n_rows + 1}")
+    need(indices.ndim == 1 and data.ndim == 1 and len(indices) == len(data) == int(indptr[-1]) and indptr[0] == 0
+         and bool((np.diff(indptr) >= 0).all()), "indptr, indices and data do not agree")
+    need(len(indices) == 0 or (int(indices.min()) >= 0 and int(indices.max()) < n_cols),
+         f"a column index is outside 0..{n_cols - 1}")
+    A = np.zeros((n_rows, n_cols), data.dtype)
+    step = max(1, block // max(1, n_cols))
+    for s in range(0, n_rows, step):
+        e = min(n_rows, s + step)
+        lo, hi = int(indptr[s]), int(indptr[e])
+        rows = np.repeat(np.arange(s, e), np.diff(indptr[s:e + 1]))
+        A[rows, indices[lo:hi]] = data[lo:hi]
+    return A
 
 
 def _header(path: Path) -> tuple[dict, dict]:
@@ -152,7 +224,7 @@ def _check_meta(path: Path, meta: dict, tensors: dict) -> None:
     need(0 <= meta["n_layers"] <= limits.MAX_LAYERS, f"n_layers = {meta['n_layers']} is outside 0..{limits.MAX_LAYERS}")
 
 
-def _check_sizes(path: Path, tensors: dict) -> None:
+def _check_sizes(path: Path, tensors: dict, n_targets: int = 0) -> None:
     """Refuse declared shapes beyond the limits before the tensors are read."""
     def need(cond: bool, what: str):
         if not cond:
@@ -167,11 +239,19 @@ def _check_sizes(path: Path, tensors: dict) -> None:
     adj = shape("adjacency")
     need(adj is None or (len(adj) == 2 and adj[0] * adj[1] <= limits.MAX_EDGE_ENTRIES),
          f"adjacency of shape {list(adj or [])}: more than {limits.MAX_EDGE_ENTRIES:,} entries")
+    dense_bytes = 0
+    if adj is None and "adjacency_indptr" in tensors:
+        # the dense matrix read back: rows from indptr, columns one per node (checked again once read)
+        rows = shape("adjacency_indptr")[0] - 1
+        cols = sum((shape(name) or [0])[0] for name in ("features", "errors", "input_ids")) + n_targets
+        need(rows * cols <= limits.MAX_EDGE_ENTRIES,
+             f"sparse adjacency of {rows:,} rows x {cols:,} nodes: more than {limits.MAX_EDGE_ENTRIES:,} entries")
+        dense_bytes = rows * cols * 8
     for name, (_, shp, _) in tensors.items():
         if name.startswith("image_") and name[6:].isdigit():
             need(len(shp) == 3 and shp[2] == 3 and shp[0] * shp[1] <= limits.MAX_PIXELS,
                  f"{name} of shape {list(shp)} is not an (height, width, 3) image within {limits.MAX_PIXELS:,} pixels")
-    total = sum(nbytes for _, _, nbytes in tensors.values())
+    total = sum(nbytes for _, _, nbytes in tensors.values()) + dense_bytes
     try:
         limits.check_host_allocation(total, f"{path}: reading this graph")
     except InputError as err:
@@ -180,6 +260,7 @@ def _check_sizes(path: Path, tensors: dict) -> None:
 
 _DTYPES = {"input_ids": "int", "features": "int", "errors": "int", "image_positions": "int", "image_grid": "int",
            "top_logit_ids": "int", "bottom_logit_ids": "int", "activations": "float", "adjacency": "float",
+           "adjacency_shape": "int", "adjacency_indptr": "int", "adjacency_indices": "int", "adjacency_data": "float",
            "values": "float", "constants": "float", "unexplored": "float", "feature_position_activations": "float",
            "top_logit_values": "float", "bottom_logit_values": "float"}
 
@@ -201,11 +282,13 @@ def load_graph(path: str | Path) -> Graph:
     tensors, _ = _header(path)
     meta = read_metadata(path)
     missing = [name for name in _REQUIRED if name not in tensors]
+    if "adjacency" not in tensors:
+        missing += [name for name in _SPARSE if name not in tensors] if meta.get("version", 0) >= 2 else ["adjacency"]
     if missing:
         raise GraphFormatError(f"{path}: missing tensors {missing}")
     _check_meta(path, meta, tensors)
     _check_dtypes(path, tensors)
-    _check_sizes(path, tensors)
+    _check_sizes(path, tensors, len(meta["targets"]))
     try:
         t = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -220,7 +303,7 @@ def load_graph(path: str | Path) -> Graph:
             activations=t["activations"],
             errors=t["errors"],
             targets=[Target.from_dict(d) for d in meta["targets"]],
-            adjacency=t["adjacency"],
+            adjacency=decode_adjacency(t, path),
             values=t["values"],
             constants=t["constants"],
             unexplored=t["unexplored"],
