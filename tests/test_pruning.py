@@ -85,3 +85,16 @@ def test_scores_and_region_share_by_brute_force():
         new[region] = 1.0
         share = new
     assert np.allclose(influence_from(g, region)["logit_share"], share[g.logit_offset:], atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_one_pass_influence_equals_the_sum_over_path_lengths(seed):
+    """node_influence without a matrix to reuse takes influence_pass (one pass, top layer down, no
+    normalised copy); it must equal the power series over the normalised matrix."""
+    from tracer.graph.pruning import normalized_rows
+
+    g = make_graph(seed=seed, n_features=150, n_logits=3)
+    one_pass = node_influence(g)
+    series = node_influence(g, normalized_rows(g))
+    assert one_pass.max() > 0
+    assert np.allclose(one_pass, series, rtol=1e-5, atol=1e-7 * one_pass.max())

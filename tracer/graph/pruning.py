@@ -48,8 +48,10 @@ def row_nodes(graph: Graph) -> np.ndarray:
 
 
 def node_influence(graph: Graph, norm: np.ndarray | None = None, weights: np.ndarray | None = None) -> np.ndarray:
-    """Influence of every node on the weighted logits (logit nodes themselves get 0)."""
-    norm = normalized_rows(graph) if norm is None else norm
+    """Influence of every node on the weighted logits (logit nodes themselves get 0). Without a
+    normalised matrix `norm` to reuse, computed by influence_pass (no normalised copy)."""
+    if norm is None:
+        return influence_pass(graph, weights)[0]
     weights = logit_weights(graph) if weights is None else weights
     rows = row_nodes(graph)
     # x in the matrix's dtype: a float64 vector times a float32 matrix would copy the matrix
@@ -219,18 +221,16 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
                                max_feature_nodes=max_feature_nodes)
 
 
-def graph_scores(graph: Graph) -> dict[str, float]:
-    """Replacement and completeness scores of a graph (see the module docstring).
-
-    The same quantities as normalized_rows and node_influence, from |adjacency| / row sums a block
-    of rows at a time (no normalised copy of a possibly multi-GB matrix), and the influence in one
-    pass instead of one per path length: rows go top layer first (logits, then features by layer
-    descending), and a feature's influence is complete once every row above its layer is done."""
+def influence_pass(graph: Graph, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(influence of every node on the weighted logits, error share of every adjacency row):
+    node_influence's quantity from |adjacency| / row sums a block of rows at a time (no normalised
+    copy of a possibly multi-GB matrix), in one pass instead of one per path length: rows go top
+    layer first (logits, then features by layer descending), and a feature's influence is
+    complete once every row above its layer is done."""
     A = graph.adjacency
-    weights = logit_weights(graph)
+    weights = logit_weights(graph) if weights is None else weights
     rows = row_nodes(graph)
     err = slice(graph.error_offset, graph.embedding_offset)
-    emb = slice(graph.embedding_offset, graph.logit_offset)
     step = max(1, (1 << 20) // max(1, A.shape[1]))  # blocks of about 4 MB: |block| stays in cache
     scratch = np.empty((min(step, max(1, A.shape[0])), A.shape[1]), A.dtype)  # reused for every block
 
@@ -260,6 +260,17 @@ def graph_scores(graph: Graph) -> dict[str, float]:
             inv[index] = np.divide(1, sums, out=np.zeros_like(sums), where=sums > 0)
             err_share[index] = a[:, err].sum(1) * inv[index]
             influence += (coef[index] * inv[index]) @ a
+    return influence, err_share
+
+
+def graph_scores(graph: Graph) -> dict[str, float]:
+    """Replacement and completeness scores of a graph (see the module docstring), from one
+    influence_pass."""
+    weights = logit_weights(graph)
+    rows = row_nodes(graph)
+    err = slice(graph.error_offset, graph.embedding_offset)
+    emb = slice(graph.embedding_offset, graph.logit_offset)
+    influence, err_share = influence_pass(graph, weights)
     token_inf, error_inf = influence[emb].sum(), influence[err].sum()
     replacement = token_inf / (token_inf + error_inf) if token_inf + error_inf > 0 else 0.0
     non_error = np.ones(graph.n_nodes)
