@@ -112,32 +112,16 @@ def paris(session64):
 @needs_real
 @pytest.mark.slow
 def test_sum_rule_and_perturbation_identity_on_real_weights(paris, session64):
-    from tracer.attribution.frozen import Perturbation, frozen_forward, target_values
-    from tracer.attribution.verify import sample_sources, target_directions
+    from test_attribution_exactness import perturbation_errors
+    from tracer.attribution.verify import sample_sources
 
     g, rep = paris.graph, paris.replacement
     assert g.targets[0].label == "▁Paris" and g.n_positions == 6 and g.prefix_length == 1
     assert g.n_features == 300 < rep.n_active  # the most influential features explored
     assert np.abs(g.sum_rule_residual()).max() < TIGHT * max(1.0, float(np.abs(g.values).max()))
-    directions = target_directions(g, rep.adapter.unembedding, rep.dtype)
-    feats = torch.as_tensor(g.features)
-    tset = session64.transcoders
-    encoders = [tset[int(l)].encoder_rows(torch.tensor([int(f)]))[0] for l, _, f in feats.tolist()]
-    rows = np.concatenate([g.n_features + np.arange(g.n_logits), np.arange(g.n_features)])
     sources = sample_sources(g, 12, np.random.default_rng(0))
     assert {g.node_kind(s) for s in sources} == {"feature", "error", "embedding"}
-    base = target_values(rep, frozen_forward(rep), directions, feats, encoders).numpy()
-    scale = np.abs(g.adjacency).max()
-    for node in sources:
-        kind = g.node_kind(node)
-        if kind == "feature":
-            pert = Perturbation(features={tuple(int(x) for x in g.features[node]): 2.0})
-        elif kind == "error":
-            pert = Perturbation(errors={tuple(int(x) for x in g.errors[node - g.error_offset]): 2.0})
-        else:
-            pert = Perturbation(embeddings={int(node - g.embedding_offset): 2.0})
-        changed = target_values(rep, frozen_forward(rep, pert), directions, feats, encoders).numpy() - base
-        assert np.abs(changed - g.adjacency[rows, node]).max() < TIGHT * scale, (kind, node)
+    assert perturbation_errors(paris, session64.transcoders, sources) < TIGHT * np.abs(g.adjacency).max()
 
 
 @needs_real
