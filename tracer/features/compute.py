@@ -78,6 +78,7 @@ def parse_data_spec(text: str | None, split: str = "heldout", seed: int = 0, sta
             raise DataSpecError("text: needs a file, e.g. text:notes.txt")
         if not Path(arg).is_file():
             raise DataSpecError(f"text file not found: {arg}")
+        _read_text(arg)  # checked here, before a model loads
         spec.path = arg
     for opt in filter(None, opts.split(",")):
         key, _, value = opt.partition("=")
@@ -123,11 +124,7 @@ def text_inputs(spec: DataSpec, count: int, processor) -> list[TextInput]:
         texts = chunks(spec.chars)[spec.start: spec.start + count]
         return [TextInput(spec.start + i, tokenizer(format_prompt(processor, t, 0))["input_ids"])
                 for i, t in enumerate(texts)]
-    try:
-        body = Path(spec.path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataSpecError(f"{spec.path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
-    ids = tokenizer(body, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(_read_text(spec.path), add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     w = spec.window
     starts = range(spec.start * w, len(ids), w)[:count]
@@ -135,6 +132,15 @@ def text_inputs(spec: DataSpec, count: int, processor) -> list[TextInput]:
     if not out:
         raise DataSpecError(f"{spec.path} has no text from window {spec.start} on ({len(ids)} tokens)")
     return out
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataSpecError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataSpecError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def load_inputs(spec: DataSpec, count: int, processor) -> list:
