@@ -91,7 +91,7 @@ def parse_data_spec(text: str | None, split: str = "heldout", seed: int = 0, sta
             number = int(value)
         except ValueError:
             raise DataSpecError(f"{key} must be a whole number, got {value!r}") from None
-        if number < (0 if key == "start" else 1) or (key == "chars" and number < 20):
+        if number < (0 if key in ("start", "seed") else 1) or (key == "chars" and number < 20):
             raise DataSpecError(f"{key}={number} is out of range")
         setattr(spec, key, number)
     if name != "toy":
