@@ -208,7 +208,8 @@ class FeatureExampleStores:
             broken = [s.note for s in self.stores if s.store is None and s.note]
             return None, (f"No feature-examples store for the transcoders {wanted} in this folder (stores for: "
                           f"{', '.join(have) or 'none'}). Compute one with `python -m tracer features --transcoders "
-                          f"... --out {STORE_FOLDER}-{wanted}` in the graphs folder." + (" " + broken[0] if broken else ""))
+                          f"... --out {STORE_FOLDER}-{wanted}` in the graphs folder."
+                          + (" " + broken[0] if broken else ""))
         return None, ("This graph does not record its transcoder set, and the folder holds several feature-examples "
                       "stores: pass --examples PATH to choose one.")
 

@@ -362,7 +362,7 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
     """Compute and write a store at `out`; returns its path.
 
     model / processor: a loaded VLM (default: the shipped toy VLM); transcoders: a TranscoderSet
-    (default: the shipped toy set). data: see parse_data_spec (text corpora need a text-only model). n_inputs: examples of the data set
+    (default: the shipped toy set). data: see parse_data_spec (or a DataSpec). n_inputs: examples of the data set
     to scan. n_per_feature: top examples kept per feature. per_position: also store each slot
     feature's activation at every position of its input. min_fraction: per-position values below
     this share of the slot's own value are not stored (0 keeps every non-zero value).
