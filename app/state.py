@@ -26,6 +26,16 @@ class Current:
     view: DisplayView
 
 
+def _import_pandas() -> None:
+    """pyarrow (store reads, in the warm-up thread) and plotly (figures, in request threads) both
+    import pandas on first use; two threads importing it at once can get it half-initialised
+    (seen as a 500 on the image figure), so it is imported once, up front, where stores exist."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
+
+
 class AppState:
     def __init__(self, graphs_dir: str | Path, examples: str | Path | None = None,
                  max_nodes: int | None = None, max_edges: int | None = None):
@@ -33,6 +43,8 @@ class AppState:
         self.batch = None  # an app.batch.BatchView when the app opened a batch folder
         self.store = GraphStore(self.graphs_dir, max_nodes=max_nodes, max_edges=max_edges)
         self._examples_path = examples
+        if find_stores(self.graphs_dir, examples):
+            _import_pandas()
         self._examples: FeatureExampleStores | None = None
         self._examples_lock = threading.Lock()
         self._warming = False
