@@ -132,16 +132,19 @@ def test_the_command_writes_a_text_store_and_rejects_bad_data_in_one_line(tiny, 
                "--data", f"text:{corpus},window=20", "--n-examples", "2", "--per-feature", "2", "--out", str(out),
                "--dtype", "float64", "--no-progress"])
     assert rc == 0 and "2 inputs" in capsys.readouterr().out
-    assert ExampleStore(out).manifest["dataset"]["window"] == 20  # 57 tokens: the first 2 of 3 windows
+    manifest = ExampleStore(out).manifest
+    assert manifest["dataset"]["window"] == 20  # 57 tokens: the first 2 of 3 windows
+    assert manifest["excluded_positions"].startswith("<bos>")
     binary = tmp_path / "blob.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    for data, message in [(f"text:{tmp_path / 'missing.txt'}", "text file not found"),
-                          (f"text:{binary}", "is not UTF-8 text"),
-                          ("pydoc,window=3", "unknown option 'window' for pydoc"),
-                          (f"text:{corpus},window=0", "window=0 is out of range"),
-                          ("wiki", "unknown data set 'wiki'")]:
+    for data, extra, message in [(f"text:{tmp_path / 'missing.txt'}", [], "text file not found"),
+                                 (f"text:{binary}", [], "is not UTF-8 text"),
+                                 ("pydoc,window=3", [], "unknown option 'window' for pydoc"),
+                                 (f"text:{corpus},window=0", [], "window=0 is out of range"),
+                                 ("wiki", [], "unknown data set 'wiki'"),
+                                 ("pydoc", ["--workers", "2"], "Ray workers compute over the toy data set only")]:
         rc = main(["features", "--model", str(root / "model"), "--transcoders", str(root / "tiny-text-plt"),
-                   "--data", data, "--out", str(tmp_path / "never"), "--no-progress"])
+                   "--data", data, "--out", str(tmp_path / "never"), "--no-progress", *extra])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and len(err.splitlines()) == 1, (data, err)
         assert not (tmp_path / "never").exists()

@@ -63,18 +63,12 @@ def _run(args) -> int:
     check_writable(args.out, folder=True)
     # a DataSpecError is printed by tracer.cli (exit 2); ',seed=' / ',start=' in --data win over the flags
     spec = parse_data_spec(args.data, seed=args.seed, start=args.start)
-    if spec.name == "toy":
-        data = f"toy:{spec.split},seed={spec.seed},start={spec.start}" + (f",type={spec.question_type}"
-                                                                           if spec.question_type else "")
-    else:
-        data = spec
+    # the Ray workers parse the data spec again (toy data only: compute_feature_examples_ray says so)
+    data = (f"toy:{spec.split},seed={spec.seed},start={spec.start}" + (f",type={spec.question_type}"
+                                                                        if spec.question_type else "")
+            if spec.name == "toy" else args.data)
     names = {"model_name": args.model or "toy-vlm (shipped)", "transcoder_name": args.transcoders or "toy-plt (shipped)"}
     if args.workers is not None or args.address is not None:
-        if spec.name != "toy":
-            from tracer.features.compute import DataSpecError
-
-            raise DataSpecError("--workers / --address compute over the toy data set only; drop them for "
-                                f"{args.data!r} (one process)")
         from tracer.features.distributed import compute_feature_examples_ray
 
         out = compute_feature_examples_ray(
@@ -87,7 +81,7 @@ def _run(args) -> int:
     model, processor = load_vlm(args.model, dtype=dtype, device=args.device, attn_implementation=FAST_ATTENTION)
     tset = load_transcoder_set(args.transcoders, device=args.device, dtype=dtype, model=model)
     out = compute_feature_examples(
-        args.out, model, processor, tset, data=data, n_inputs=args.n_examples, n_per_feature=args.per_feature,
+        args.out, model, processor, tset, data=spec, n_inputs=args.n_examples, n_per_feature=args.per_feature,
         batch_size=args.batch_size, per_position=not args.no_per_position, progress=not args.no_progress,
         min_fraction=args.min_fraction, **names,
     )

@@ -254,7 +254,9 @@ class FeatureScanner:
             "image_token_id": self.adapter.image_token_id,
             "tokens_per_image": tpi,
             "tokens_per_side": int(round(tpi ** 0.5)) if tpi else 0,
-            "excluded_positions": "chat-template prefix (<bos><start_of_turn>user\\n) and padding",
+            "excluded_positions": ("chat-template prefix (<bos><start_of_turn>user\\n) and padding" if spec.name == "toy"
+                                   else "<bos> (and a chat template's user-turn header, where the tokenizer has "
+                                        "one) and padding"),
         }
 
     def scan(self, spec: DataSpec, examples: list, first_id: int, tops: dict, batch_size: int,
