@@ -177,6 +177,13 @@ def test_the_shipped_folder_has_a_store_per_transcoder_set():
     assert manifest["dataset"]["name"] == "pydoc" and manifest["model_name"] == "gguf:gemma-3-270m"
     size = sum(p.stat().st_size for p in (SAMPLES / GEMMA_STORE).rglob("*") if p.is_file())
     assert size < 4_000_000
+    from tracer.features.compute import transcoder_fingerprint
+    from tracer.transcoders import load_transcoder_set
+
+    root = Path(__file__).resolve().parents[1]
+    assert manifest["transcoder"]["fingerprint"] == transcoder_fingerprint(
+        load_transcoder_set(str(root / "tracer" / "data" / "gemma-3-270m-plt"))), (
+        f"app/sample_graphs/{GEMMA_STORE} is stale: recompute it with the command in the README's real-model section")
 
 
 def test_the_explorer_shows_each_graph_the_examples_of_its_own_transcoder_set(tmp_path):

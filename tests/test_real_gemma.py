@@ -161,8 +161,8 @@ SAMPLE = "gemma-3-270m-the-capital-of-france-is.graph.safetensors"
 
 def test_the_real_model_sample_graph_opens_in_the_explorer():
     """The shipped sample graph of Gemma 3 270M (no image, a 262k vocabulary) reads, closes its sum
-    rule, and the explorer builds its view and feature details next to the toy graphs; the toy
-    feature-examples store of that folder says it does not speak for these features."""
+    rule, and the explorer builds its view and feature details next to the toy graphs, with the
+    examples of its own transcoder set's store, not the toy one's."""
     from app.state import AppState
     from app.view.details import node_details
     from tracer.graph import load_graph
@@ -180,7 +180,8 @@ def test_the_real_model_sample_graph_opens_in_the_explorer():
     d = node_details(current.session, key, current.annotations)
     assert d["kind"] == "feature" and 0 <= d["layer"] < 18
     found, note = state.examples.top(d["layer"], d["feature"], transcoders=g.transcoders)
-    assert found == [] and "toy-plt" in note
+    # its own store (feature_examples-gemma-3-270m-plt): pydoc text, no image
+    assert found and "Fires on" in note and all(ex["thumb"] is None and ex["text"].startswith("<bos>") for ex in found)
 
 
 @needs_real
