@@ -215,6 +215,12 @@ def test_the_explorer_shows_each_graph_the_examples_of_its_own_transcoder_set(tm
     empty, note = stores.top(0, 0, transcoders="tracer/data/gemma-3-270m-plt")
     assert empty == [] and "No feature-examples store for the transcoders gemma-3-270m-plt" in note
     assert "stores for: toy-plt" in note
+    _, note = stores.top(0, 0, transcoders=None)
+    assert "does not record its transcoder set" in note and "--examples" in note
+    # --examples names one store, or a folder of them
+    both = [tmp_path / "feature_examples", tmp_path / "feature_examples-other"]
+    assert find_stores(tmp_path / "elsewhere", explicit=tmp_path) == both
+    assert find_stores(tmp_path / "elsewhere", explicit=both[0]) == [both[0]]
 
 
 def _some_features(graph) -> tuple[list[int], list[int]]:
