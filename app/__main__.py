@@ -29,8 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true",
                         help="Dash debug mode: in-browser error pane, hot reload of code and assets")
     parser.add_argument("--examples", metavar="PATH", default=None,
-                        help="feature-examples store for top-activating examples (default: DIR/feature_examples "
-                             "if it exists)")
+                        help="feature-examples store for top-activating examples, or a folder of stores "
+                             "(default: DIR/feature_examples and DIR/feature_examples-* if they exist; each graph "
+                             "uses the store of its transcoder set)")
     parser.add_argument("--max-nodes", type=positive_int, default=MAX_NODES,
                         help=f"display budget: most nodes drawn at once (default {MAX_NODES})")
     parser.add_argument("--max-edges", type=positive_int, default=MAX_EDGES,

@@ -2,6 +2,11 @@
 
 The store (tracer.features.store.ExampleStore, in the published activation-stats format) is
 optional: without it, or without an entry for a feature, the details panel says so.
+
+A graphs folder may hold one store per transcoder set: every subfolder named `feature_examples`
+or `feature_examples-<anything>` (e.g. `feature_examples-gemma-3-270m-plt/`) is a store, and each
+graph's features are looked up in the store whose manifest records the graph's transcoder set
+(graphs of several models share a folder).
 """
 
 from __future__ import annotations
@@ -15,11 +20,28 @@ from tracer.graph.neuronpedia import image_to_data_uri
 STORE_FOLDER = "feature_examples"
 
 
-def find_store(graphs_dir: Path, explicit: str | Path | None = None) -> Path | None:
+def find_stores(graphs_dir: Path, explicit: str | Path | None = None) -> list[Path]:
+    """The stores to use: `explicit` alone if given (a store, or a folder of stores laid out as
+    a graphs folder's), else the graphs folder's feature_examples[-*] subfolders, in name order."""
     if explicit:
-        return Path(explicit)
-    candidate = Path(graphs_dir) / STORE_FOLDER
-    return candidate if candidate.exists() else None
+        explicit = Path(explicit)
+        inner = [] if (explicit / "manifest.json").exists() else _store_folders(explicit)
+        return inner or [explicit]
+    return _store_folders(Path(graphs_dir))
+
+
+def _store_folders(folder: Path) -> list[Path]:
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if p.is_dir() and (p.name == STORE_FOLDER or p.name.startswith(STORE_FOLDER + "-"))]
+
+
+def find_store(graphs_dir: Path, explicit: str | Path | None = None) -> Path | None:
+    """The first store find_stores gives (None: no store)."""
+    found = find_stores(graphs_dir, explicit)
+    return found[0] if found else None
 
 
 def _get(example, name, default=None):
@@ -158,3 +180,47 @@ class FeatureExamples:
         if count is not None:
             note = (note + " " if note else "") + f"Fires on {count} tokens of the data set."
         return out, note
+
+
+class FeatureExampleStores:
+    """Every store of a graphs folder; a graph's features are looked up in the store computed
+    with its transcoder set."""
+
+    def __init__(self, paths: list[Path]):
+        self.stores = [FeatureExamples(Path(p)) for p in paths]
+
+    def pick(self, transcoders: str | None) -> tuple[FeatureExamples | None, str]:
+        """(the store for a graph of this transcoder set, None and why not)."""
+        if not self.stores:
+            return None, FeatureExamples(None).note
+        if len(self.stores) == 1:
+            return self.stores[0], ""  # its own top() says whether the sets differ
+        own = {id(s): s.store_transcoders() for s in self.stores}
+        if transcoders:
+            wanted = _set_name(transcoders)
+            for s in self.stores:
+                if own[id(s)] == wanted:
+                    return s, ""
+            unrecorded = [s for s in self.stores if s.store is not None and own[id(s)] is None]
+            if len(unrecorded) == 1:  # an older store that did not record its set
+                return unrecorded[0], ""
+            have = sorted({name for name in own.values() if name})
+            broken = [s.note for s in self.stores if s.store is None and s.note]
+            return None, (f"No feature-examples store for the transcoders {wanted} in this folder (stores for: "
+                          f"{', '.join(have) or 'none'}). Compute one with `python -m tracer features --transcoders "
+                          f"... --out {STORE_FOLDER}-{wanted}` in the graphs folder."
+                          + (" " + broken[0] if broken else ""))
+        return None, ("This graph does not record its transcoder set, and the folder holds several feature-examples "
+                      "stores: pass --examples PATH to choose one.")
+
+    def top(self, layer: int, feature: int, k: int = 6, grid: int | tuple | None = None,
+            transcoders: str | None = None) -> tuple[list[dict], str]:
+        store, note = self.pick(transcoders)
+        if store is None:
+            return [], note
+        return store.top(layer, feature, k=k, grid=grid, transcoders=transcoders)
+
+    def warm(self) -> None:
+        """Open every store and read its tables once (their first lookup loads them)."""
+        for s in self.stores:
+            s.top(0, 0, k=1)

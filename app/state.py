@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.annotations import Annotations, AnnotationsError, annotations_path, load_annotations
-from app.examples import FeatureExamples, find_store
+from app.examples import FeatureExampleStores, find_stores
 from app.graph_store import GraphStore
 from app.view.build import DEFAULT_FEATURE_BUDGET, PINNED, PRUNED, DisplayView, build_view
 from app.view.session import GraphSession
@@ -26,6 +26,16 @@ class Current:
     view: DisplayView
 
 
+def _import_pandas() -> None:
+    """pyarrow (store reads, in the warm-up thread) and plotly (figures, in request threads) both
+    import pandas on first use; two threads importing it at once can get it half-initialised
+    (seen as a 500 on the image figure), so it is imported once, up front, where stores exist."""
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
+
+
 class AppState:
     def __init__(self, graphs_dir: str | Path, examples: str | Path | None = None,
                  max_nodes: int | None = None, max_edges: int | None = None):
@@ -33,7 +43,9 @@ class AppState:
         self.batch = None  # an app.batch.BatchView when the app opened a batch folder
         self.store = GraphStore(self.graphs_dir, max_nodes=max_nodes, max_edges=max_edges)
         self._examples_path = examples
-        self._examples: FeatureExamples | None = None
+        if find_stores(self.graphs_dir, examples):
+            _import_pandas()
+        self._examples: FeatureExampleStores | None = None
         self._examples_lock = threading.Lock()
         self._warming = False
         self._views: OrderedDict = OrderedDict()
@@ -41,10 +53,10 @@ class AppState:
         self._lock = threading.Lock()
 
     @property
-    def examples(self) -> FeatureExamples:
+    def examples(self) -> FeatureExampleStores:
         with self._examples_lock:
             if self._examples is None:  # opened lazily: nothing heavy at import or start
-                self._examples = FeatureExamples(find_store(self.graphs_dir, self._examples_path))
+                self._examples = FeatureExampleStores(find_stores(self.graphs_dir, self._examples_path))
         return self._examples
 
     def warm_examples(self) -> None:
@@ -53,7 +65,7 @@ class AppState:
         tables); called once a graph is drawn."""
         if self._examples is None and not self._warming:
             self._warming = True
-            threading.Thread(target=lambda: self.examples.top(0, 0, k=1), daemon=True, name="open-examples").start()
+            threading.Thread(target=lambda: self.examples.warm(), daemon=True, name="open-examples").start()
 
     def annotations(self, session: GraphSession) -> tuple[Annotations, str]:
         try:

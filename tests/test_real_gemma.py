@@ -145,8 +145,8 @@ SAMPLE = "gemma-3-270m-the-capital-of-france-is.graph.safetensors"
 
 def test_the_real_model_sample_graph_opens_in_the_explorer():
     """The shipped sample graph of Gemma 3 270M (no image, a 262k vocabulary) reads, closes its sum
-    rule, and the explorer builds its view and feature details next to the toy graphs; the toy
-    feature-examples store of that folder says it does not speak for these features."""
+    rule, and the explorer builds its view and feature details next to the toy graphs, with the
+    examples of its own transcoder set's store, not the toy one's."""
     from app.state import AppState
     from app.view.details import node_details
     from tracer.graph import load_graph
@@ -164,7 +164,8 @@ def test_the_real_model_sample_graph_opens_in_the_explorer():
     d = node_details(current.session, key, current.annotations)
     assert d["kind"] == "feature" and 0 <= d["layer"] < 18
     found, note = state.examples.top(d["layer"], d["feature"], transcoders=g.transcoders)
-    assert found == [] and "toy-plt" in note
+    # its own store (feature_examples-gemma-3-270m-plt): pydoc text, no image
+    assert found and "Fires on" in note and all(ex["thumb"] is None and ex["text"].startswith("<bos>") for ex in found)
 
 
 @needs_real
@@ -196,20 +197,12 @@ def test_steering_generation_and_attention_graphs_on_real_weights(paris, session
     assert [t.label for t in ag.targets] == ["▁Paris"]
 
 
-def test_a_text_only_gemma3_folder_loads_as_a_causal_lm_and_traces_exactly(tmp_path):
-    """Without the extra: a tiny random Gemma3ForCausalLM (model_type gemma3_text) saved as a
-    folder with a tokenizer loads through load_vlm as a causal LM with its tokenizer as the
-    processor, and its attribution graph is exact in float64 (sum rule, perturbation identity)."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerBase
+def write_tiny_text_gemma(folder: Path):
+    """A tiny random base Gemma3ForCausalLM (3 layers, d_model 64) with the toy VLM's tokenizer
+    saved in `folder`; returns the tokenizer."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    from tracer.attribution.attribute import AttributionConfig, attribute_full
-    from tracer.attribution.verify import verify_graph
-    from tracer.models.gemma3_text import Gemma3TextAdapter
-    from tracer.models.loading import load_vlm
     from tracer.toy.model import default_model_dir
-    from tracer.transcoders.activations import TopK
-    from tracer.transcoders.per_layer import PerLayerTranscoder
-    from tracer.transcoders.transcoder_set import TranscoderSet
 
     tok = AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)
@@ -217,9 +210,27 @@ def test_a_text_only_gemma3_folder_loads_as_a_causal_lm_and_traces_exactly(tmp_p
                               num_attention_heads=4, num_key_value_heads=1, head_dim=16,
                               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.pad_token_id)
-    Gemma3ForCausalLM(config).save_pretrained(tmp_path)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
     tok.chat_template = None  # a base model: raw text after <bos>
-    tok.save_pretrained(tmp_path)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def test_a_text_only_gemma3_folder_loads_as_a_causal_lm_and_traces_exactly(tmp_path):
+    """Without the extra: a tiny random Gemma3ForCausalLM (model_type gemma3_text) saved as a
+    folder with a tokenizer loads through load_vlm as a causal LM with its tokenizer as the
+    processor, and its attribution graph is exact in float64 (sum rule, perturbation identity)."""
+    from transformers import PreTrainedTokenizerBase
+
+    from tracer.attribution.attribute import AttributionConfig, attribute_full
+    from tracer.attribution.verify import verify_graph
+    from tracer.models.gemma3_text import Gemma3TextAdapter
+    from tracer.models.loading import load_vlm
+    from tracer.transcoders.activations import TopK
+    from tracer.transcoders.per_layer import PerLayerTranscoder
+    from tracer.transcoders.transcoder_set import TranscoderSet
+
+    tok = write_tiny_text_gemma(tmp_path)
     model, processor = load_vlm(tmp_path, dtype=torch.float64)
     assert type(model).__name__ == "Gemma3ForCausalLM" and isinstance(processor, PreTrainedTokenizerBase)
     g = torch.Generator().manual_seed(1)

@@ -20,7 +20,10 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="model folder or hub id (default: the shipped toy VLM)")
     p.add_argument("--transcoders", default=None, help="transcoder set folder or hub id (default: the shipped toy set)")
     p.add_argument("--data", default="toy", help="data set: 'toy' (toy scenes + questions, held-out split), "
-                   "'toy:train', optionally ',type=color' to keep one question type")
+                   "'toy:train', optionally ',type=color' to keep one question type; for a text-only model "
+                   "'pydoc' (the Python reference manual's topics, the corpus of the shipped Gemma 3 270M "
+                   "transcoders, one input per chunk of paragraphs, ',chars=400') or 'text:FILE' (any UTF-8 "
+                   "text file cut into windows of ',window=64' tokens, each after <bos>)")
     p.add_argument("--n-examples", "--n_examples", dest="n_examples", type=positive_int, default=600,
                    help="how many examples (inputs) of the data set to scan")
     p.add_argument("--per-feature", "--per_feature", dest="per_feature", type=positive_int, default=8,
@@ -28,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32,
                    help="examples per forward pass")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="which examples of the toy world")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="which examples of the toy world (toy data only)")
     p.add_argument("--start", type=non_negative_int, default=0, help="index of the first example")
     p.add_argument("--no-per-position", action="store_true",
                    help="do not store each example's activations at every position (smaller store)")
@@ -58,9 +61,12 @@ def _run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     check_writable(args.out, folder=True)
-    spec = parse_data_spec(args.data)  # a DataSpecError is printed by tracer.cli (exit 2)
-    data = f"toy:{spec.split},seed={args.seed},start={args.start}" + (f",type={spec.question_type}"
-                                                                       if spec.question_type else "")
+    # a DataSpecError is printed by tracer.cli (exit 2); ',seed=' / ',start=' in --data win over the flags
+    spec = parse_data_spec(args.data, seed=args.seed, start=args.start)
+    # the Ray workers parse the data spec again (toy data only: compute_feature_examples_ray says so)
+    data = (f"toy:{spec.split},seed={spec.seed},start={spec.start}" + (f",type={spec.question_type}"
+                                                                        if spec.question_type else "")
+            if spec.name == "toy" else args.data)
     names = {"model_name": args.model or "toy-vlm (shipped)", "transcoder_name": args.transcoders or "toy-plt (shipped)"}
     if args.workers is not None or args.address is not None:
         from tracer.features.distributed import compute_feature_examples_ray
@@ -75,7 +81,7 @@ def _run(args) -> int:
     model, processor = load_vlm(args.model, dtype=dtype, device=args.device, attn_implementation=FAST_ATTENTION)
     tset = load_transcoder_set(args.transcoders, device=args.device, dtype=dtype, model=model)
     out = compute_feature_examples(
-        args.out, model, processor, tset, data=data, n_inputs=args.n_examples, n_per_feature=args.per_feature,
+        args.out, model, processor, tset, data=spec, n_inputs=args.n_examples, n_per_feature=args.per_feature,
         batch_size=args.batch_size, per_position=not args.no_per_position, progress=not args.no_progress,
         min_fraction=args.min_fraction, **names,
     )

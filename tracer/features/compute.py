@@ -29,36 +29,73 @@ class DataSpecError(InputError):
 
 @dataclass
 class DataSpec:
-    name: str = "toy"
+    name: str = "toy"  # toy | pydoc | text
     split: str = "heldout"
     seed: int = 0
     start: int = 0
     question_type: str | None = None
+    path: str | None = None  # text:FILE
+    window: int = 64  # text:FILE: tokens per window (after <bos>)
+    chars: int = 400  # pydoc: most characters per chunk, as tracer.transcoders.pydoc_corpus writes them
 
     def describe(self) -> dict:
-        return {"name": self.name, "split": self.split, "seed": self.seed, "start": self.start,
-                "question_type": self.question_type}
+        if self.name == "toy":
+            return {"name": self.name, "split": self.split, "seed": self.seed, "start": self.start,
+                    "question_type": self.question_type}
+        if self.name == "pydoc":
+            return {"name": self.name, "chars": self.chars, "start": self.start,
+                    "source": "pydoc_data.topics (tracer.transcoders.pydoc_corpus)"}
+        return {"name": self.name, "file": Path(self.path).name, "window": self.window, "start": self.start}
+
+
+@dataclass
+class TextInput:
+    """One text input of a corpus: its token ids as the model reads them (<bos> first)."""
+
+    index: int
+    ids: list[int]
+
+
+_OPTIONS = {"toy": ("type", "seed", "start"), "pydoc": ("chars", "start"), "text": ("window", "start")}
 
 
 def parse_data_spec(text: str | None, split: str = "heldout", seed: int = 0, start: int = 0) -> DataSpec:
-    """'toy' or 'toy:SPLIT' (SPLIT = heldout | train), with optional ',type=color'."""
+    """'toy' or 'toy:SPLIT' (SPLIT = heldout | train), with optional ',type=color'; 'pydoc' (the
+    Python reference manual's topics, the corpus of the shipped Gemma 3 270M transcoders;
+    ',chars=400'); 'text:FILE' (a UTF-8 text file cut into windows of ',window=64' tokens).
+    ',start=N' skips the first N inputs of any of them."""
     text = (text or "toy").strip()
     head, _, opts = text.partition(",")
-    name, _, sp = head.partition(":")
-    if name != "toy":
-        raise DataSpecError(f"unknown data set {name!r}: this version computes examples over the toy world "
-                            "('toy' or 'toy:heldout' / 'toy:train')")
-    spec = DataSpec("toy", sp or split, int(seed), int(start))
+    name, _, arg = head.partition(":")
+    if name not in _OPTIONS:
+        raise DataSpecError(f"unknown data set {name!r}: use 'toy' ('toy:heldout' / 'toy:train'), 'pydoc' "
+                            "or 'text:FILE'")
+    spec = DataSpec(name, arg or split if name == "toy" else split, int(seed), int(start))
+    if name == "pydoc" and arg:
+        raise DataSpecError(f"'pydoc' takes no ':{arg}' (options: ,chars=N ,start=N)")
+    if name == "text":
+        if not arg:
+            raise DataSpecError("text: needs a file, e.g. text:notes.txt")
+        if not Path(arg).is_file():
+            raise DataSpecError(f"text file not found: {arg}")
+        _read_text(arg)  # checked here, before a model loads
+        spec.path = arg
     for opt in filter(None, opts.split(",")):
         key, _, value = opt.partition("=")
+        if key not in _OPTIONS[name]:
+            raise DataSpecError(f"unknown option {key!r} for {name} data (known: {', '.join(_OPTIONS[name])})")
         if key == "type":
             spec.question_type = value
-        elif key == "seed":
-            spec.seed = int(value)
-        elif key == "start":
-            spec.start = int(value)
-        else:
-            raise DataSpecError(f"unknown data option {key!r} (known: type, seed, start)")
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            raise DataSpecError(f"{key} must be a whole number, got {value!r}") from None
+        if number < (0 if key in ("start", "seed") else 1) or (key == "chars" and number < 20):
+            raise DataSpecError(f"{key}={number} is out of range")
+        setattr(spec, key, number)
+    if name != "toy":
+        return spec
     from tracer.toy import world
 
     if spec.split not in world.SPLITS:
@@ -72,6 +109,43 @@ def toy_examples(spec: DataSpec, count: int) -> list:
     from tracer.toy import world
 
     return list(world.examples(spec.split, spec.seed, spec.start, count, spec.question_type))
+
+
+def text_inputs(spec: DataSpec, count: int, processor) -> list[TextInput]:
+    """The first `count` inputs (from spec.start) of a text corpus, tokenised as the transcoders'
+    training tokenised them: the prompt path (chat template where the tokenizer has one) with the
+    tokenizer's <bos>. A text file is tokenised whole and cut into windows of spec.window tokens."""
+    from tracer.models.base import format_prompt
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if spec.name == "pydoc":
+        from tracer.transcoders.pydoc_corpus import chunks
+
+        texts = chunks(spec.chars)[spec.start: spec.start + count]
+        return [TextInput(spec.start + i, tokenizer(format_prompt(processor, t, 0))["input_ids"])
+                for i, t in enumerate(texts)]
+    ids = tokenizer(_read_text(spec.path), add_special_tokens=False)["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    w = spec.window
+    starts = range(spec.start * w, len(ids), w)[:count]
+    out = [TextInput(s // w, bos + ids[s: s + w]) for s in starts]
+    if not out:
+        raise DataSpecError(f"{spec.path} has no text from window {spec.start} on ({len(ids)} tokens)")
+    return out
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataSpecError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise DataSpecError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def load_inputs(spec: DataSpec, count: int, processor) -> list:
+    """The data set's first `count` inputs: toy examples or TextInputs."""
+    return toy_examples(spec, count) if spec.name == "toy" else text_inputs(spec, count, processor)
 
 
 class MLPInputs:
@@ -120,14 +194,17 @@ def _batches(items: list, size: int) -> Iterator[tuple[int, list]]:
 
 def _prepare(processor, adapter, examples: list):
     """Batch inputs plus, per example, its ids, mask of retained positions and token types."""
-    from tracer.toy.data import make_batch
+    tok = getattr(processor, "tokenizer", processor)
+    if examples and isinstance(examples[0], TextInput):
+        raw = _pad_right([ex.ids for ex in examples], tok.pad_token_id or 0)
+    else:
+        from tracer.toy.data import make_batch
 
-    batch = make_batch(processor, examples, with_answers=False)
-    inputs = adapter.model_inputs(batch.inputs)
-    tok = processor.tokenizer
-    ids = batch.inputs["input_ids"]
-    am = batch.inputs["attention_mask"].bool()
-    tt = batch.inputs.get("token_type_ids")
+        raw = make_batch(processor, examples, with_answers=False).inputs
+    inputs = adapter.model_inputs(raw)
+    ids = raw["input_ids"]
+    am = raw["attention_mask"].bool()
+    tt = raw.get("token_type_ids")
     retained = torch.zeros_like(am)
     per_example = []
     for b in range(len(examples)):
@@ -137,6 +214,17 @@ def _prepare(processor, adapter, examples: list):
         retained[b, valid[prefix:]] = True
         per_example.append((valid, row, prefix, tt[b, valid].tolist() if tt is not None else [0] * len(row)))
     return inputs, retained, per_example
+
+
+def _pad_right(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
+    # right padding keeps every input's positions (and so its activations) as if it ran alone
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[b, :len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 class FeatureScanner:
@@ -166,19 +254,24 @@ class FeatureScanner:
             "image_token_id": self.adapter.image_token_id,
             "tokens_per_image": tpi,
             "tokens_per_side": int(round(tpi ** 0.5)) if tpi else 0,
-            "excluded_positions": "chat-template prefix (<bos><start_of_turn>user\\n) and padding",
+            "excluded_positions": ("chat-template prefix (<bos><start_of_turn>user\\n) and padding" if spec.name == "toy"
+                                   else "<bos> (and a chat template's user-turn header, where the tokenizer has "
+                                        "one) and padding"),
         }
 
     def scan(self, spec: DataSpec, examples: list, first_id: int, tops: dict, batch_size: int,
              on_record: Callable[[InputRecord], None], bar=None) -> None:
         """Every example's record (on_record, in order) and its activations folded into tops
         ({layer: top-k table}); input ids start at first_id."""
-        tok = self.processor.tokenizer
+        tok = getattr(self.processor, "tokenizer", self.processor)
         with MLPInputs(self.adapter, self.layers) as hooks:
             for start, chunk in _batches(examples, int(batch_size)):
                 inputs, retained, per_example = _prepare(self.processor, self.adapter, chunk)
                 for b, ex in enumerate(chunk):
                     valid, row, prefix, types = per_example[b]
+                    if isinstance(ex, TextInput):
+                        on_record(_text_record(spec, ex, row, prefix, types, tok))
+                        continue
                     on_record(InputRecord(
                         example_id=f"toy/{ex.split}/seed{spec.seed}/{ex.index:06d}",
                         text=_prompt_text(self.processor, ex),
@@ -222,6 +315,16 @@ class FeatureScanner:
         return found
 
 
+def _text_record(spec: DataSpec, ex: TextInput, row: list[int], prefix: int, types: list[int], tok) -> InputRecord:
+    where = {"pydoc": "pydoc", "text": f"text/{Path(spec.path or '').name}"}[spec.name]
+    return InputRecord(
+        example_id=f"{where}/{ex.index:06d}", text=tok.decode(row), token_ids=row,
+        token_mask=[i >= prefix for i in range(len(row))], token_type_ids=types,
+        tokens=[tok.decode([t]) for t in row], images=[],
+        metadata={"source": spec.name, "index": ex.index, **({"window": spec.window} if spec.name == "text" else {})},
+    )
+
+
 def slot_keys(tables: dict, d: dict) -> tuple[dict, list[int]]:
     """Per layer, the sorted keys input_id * d + feature of its slots (and their slot order), and
     the ids of the inputs that hold any slot."""
@@ -252,7 +355,8 @@ def write_positions(writer: StoreWriter, tables: dict, found: dict, min_fraction
         writer.set_example_activations(layer, offsets, pos, val)
 
 
-def compute_feature_examples(out: str | Path, model=None, processor=None, transcoders=None, *, data: str = "toy",
+def compute_feature_examples(out: str | Path, model=None, processor=None, transcoders=None, *,
+                             data: str | DataSpec = "toy",
                              n_inputs: int = 600, n_per_feature: int = 8, batch_size: int = 32,
                              per_position: bool = True, progress: bool = True, model_name: str = "",
                              transcoder_name: str = "", min_fraction: float = 0.0,
@@ -260,7 +364,7 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
     """Compute and write a store at `out`; returns its path.
 
     model / processor: a loaded VLM (default: the shipped toy VLM); transcoders: a TranscoderSet
-    (default: the shipped toy set). data: see parse_data_spec. n_inputs: examples of the data set
+    (default: the shipped toy set). data: see parse_data_spec (or a DataSpec). n_inputs: examples of the data set
     to scan. n_per_feature: top examples kept per feature. per_position: also store each slot
     feature's activation at every position of its input. min_fraction: per-position values below
     this share of the slot's own value are not stored (0 keeps every non-zero value).
@@ -278,8 +382,8 @@ def compute_feature_examples(out: str | Path, model=None, processor=None, transc
         transcoders = load_transcoder_set(None, lazy_decoder=True)
         transcoder_name = transcoder_name or "toy-plt (shipped)"
     scanner = FeatureScanner(model, processor, transcoders)
-    spec = parse_data_spec(data)
-    examples = toy_examples(spec, int(n_inputs))
+    spec = data if isinstance(data, DataSpec) else parse_data_spec(data)
+    examples = load_inputs(spec, int(n_inputs), processor)
     writer = StoreWriter(out, scanner.d, n_per_feature,
                          manifest_extra=scanner.manifest_extra(spec, len(examples), model_name, transcoder_name))
     try:
@@ -330,4 +434,5 @@ def _encode_batch(transcoders, captured: dict[int, torch.Tensor], retained: torc
         emit(layer, b_idx[r] + start, p_idx[r], f, v)
 
 
-__all__ = ["DataSpec", "DataSpecError", "FeatureScanner", "MLPInputs", "compute_feature_examples", "parse_data_spec"]
+__all__ = ["DataSpec", "DataSpecError", "FeatureScanner", "MLPInputs", "TextInput", "compute_feature_examples",
+           "load_inputs", "parse_data_spec"]

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from tracer.batch.ray_workers import actor_class, ray_session
-from tracer.features.compute import parse_data_spec, slot_keys, toy_examples, write_positions
+from tracer.features.compute import DataSpecError, parse_data_spec, slot_keys, toy_examples, write_positions
 from tracer.features.writer import StoreWriter, _LayerTop
 
 
@@ -55,11 +55,14 @@ def compute_feature_examples_ray(out: str | Path, *, model: str | None = None, t
                                  device: str = "cpu", dtype: str = "float32", workers: int | None = None,
                                  address: str | None = None, cpus_per_worker: float = 1.0, progress: bool = True,
                                  model_name: str = "", transcoder_name: str = "") -> Path:
-    """The store of compute_feature_examples, computed by `workers` Ray actors."""
+    """The store of compute_feature_examples, computed by `workers` Ray actors (toy data only)."""
+    spec = parse_data_spec(data)
+    if spec.name != "toy":
+        raise DataSpecError(f"Ray workers compute over the toy data set only; {data!r} runs in one process "
+                            "(drop --workers / --address)")
     import ray
     from tqdm.auto import tqdm
 
-    spec = parse_data_spec(data)
     examples = toy_examples(spec, int(n_inputs))
     with ray_session(address):
         writer = None
