@@ -120,10 +120,11 @@ def examples_children(examples: list[dict], note: str) -> list:
     if note:
         out.append(html.Div(note, className="note examples-note"))
     cards = []
+    with_images = any(ex["thumb"] for ex in examples)  # text-only examples (a text model's store) get no image column
     for ex in examples:
         text = [html.Span(t, className="tok active" if active else "tok") for t, active in ex["tokens"]] or ex["text"]
-        cards.append(html.Div(className="example", children=[
-            html.Img(src=ex["thumb"], className="thumb") if ex["thumb"] else html.Div(className="thumb empty"),
+        thumb = [html.Img(src=ex["thumb"], className="thumb") if ex["thumb"] else html.Div(className="thumb empty")]
+        cards.append(html.Div(className="example", children=(thumb if with_images else []) + [
             html.Div([html.Div(f"{ex['value']:.3g}", className="example-value"), html.Div(text, className="example-text")]),
         ]))
     if cards:

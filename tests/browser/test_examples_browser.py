@@ -26,5 +26,5 @@ def test_the_gemma_sample_graph_shows_pydoc_text_examples(page, sample_server):
     text = text_of(page, ids.EXAMPLES)
     assert "Fires on" in text and "computed with the transcoders" not in text
     assert page.locator(f"#{ids.EXAMPLES} .example").count() >= 3
-    assert page.locator(f"#{ids.EXAMPLES} img.thumb").count() == 0  # text windows: no image
+    assert page.locator(f"#{ids.EXAMPLES} .thumb").count() == 0  # text windows: no image, no empty placeholder
     assert page.locator(f"#{ids.EXAMPLES} .tok.active").count() >= 3
