@@ -366,3 +366,19 @@ def test_slider_steps_keep_node_data(session):
     assert len(common) > 20 and set(b) != set(a)
     for key in common:
         assert a[key] == b[key], key
+
+
+def test_a_band_of_error_nodes_only_is_thin(image_graph):
+    """Deep models' graphs have layers where only (unlabelled) error nodes are drawn: their band
+    takes LEVEL_UNLABELLED, not the room a row of labels needs."""
+    from app.view.positions import LEVEL_MIN, LEVEL_UNLABELLED, ROW
+
+    g = image_graph
+    levels = np.array([0, 1, 2, 3])
+    slots = np.array([SLOT, SLOT_ERROR, SLOT_ERROR, SLOT])
+    p = compute_positions(g, levels, np.full(4, g.n_positions - 1), np.zeros(4), slots)
+    gaps = -np.diff([p.level_y[f"L{lv}"] for lv in range(4)])
+    assert np.allclose(gaps[1], LEVEL_UNLABELLED)  # between the centres of two thin bands
+    assert gaps[0] > LEVEL_UNLABELLED and gaps[2] > LEVEL_UNLABELLED
+    labelled = max(LEVEL_MIN, ROW + 26.0)  # one row of labelled nodes
+    assert np.allclose(gaps[0], (labelled + LEVEL_UNLABELLED) / 2)

@@ -9,7 +9,8 @@ grid column (so a node sits roughly above its patch; hovering shows which). A co
 as its busiest cell needs: nodes of one layer at one column sit side by side (`SLOT` apart, room
 for a label), wrapping into sub-rows after `WRAP`.
 y: one band per level, embeddings (the axis) at 0, then the layers that have nodes, logits on
-top; a band is as tall as its busiest cell's sub-rows.
+top; a band is as tall as its busiest cell's sub-rows, and thin when it holds only (unlabelled)
+error nodes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ THUMB = 13.0  # patch thumbnail size
 PITCH = THUMB + 4.0  # thumbnails' distance: their boxes (border and all) do not touch
 LEVEL_MIN = 56.0
 LEVEL_MIN_COMPACT = 40.0  # a subgraph: few nodes, a short pane
+LEVEL_UNLABELLED = 24.0  # a band of error nodes only
 BLOCK_GAP = 16.0
 LOGIT_SLOT = 110.0
 
@@ -97,11 +99,15 @@ def compute_positions(graph: Graph, levels: np.ndarray, positions: np.ndarray, r
     # bands: the axis at 0, each layer with nodes above it, as tall as its busiest cell
     layers = sorted({lv for lv, _ in cells})
     rows_in = {lv: max((len(m) + WRAP - 1) // WRAP for (l2, _), m in cells.items() if l2 == lv) for lv in layers}
+    # a band of error nodes only (no labels) needs no room for labels: deep models' graphs have many
+    labelled = {lv for (l2, _), m in cells.items() for lv in [l2] if (slots[m] > SLOT_ERROR).any()}
     level_y: dict[str, float] = {"tokens": 0.0}
     centre: dict[int, float] = {}
     top = 0.0
     for lv in layers:
         height = max(LEVEL_MIN_COMPACT if compact else LEVEL_MIN, rows_in[lv] * ROW + (10.0 if compact else 26.0))
+        if lv not in labelled:
+            height = LEVEL_UNLABELLED * rows_in[lv]
         centre[lv] = top - height / 2 - (4.0 if not centre else 0.0)
         top = centre[lv] - height / 2
         level_y[f"L{lv}"] = centre[lv]
