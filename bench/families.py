@@ -27,22 +27,7 @@ from tracer.models import get_adapter, load_vlm
 from tracer.toy import world
 from tracer.toy.families import TINY_FAMILIES, write_tiny_model
 from tracer.transcoders.activations import TopK
-from tracer.transcoders.per_layer import PerLayerTranscoder
-from tracer.transcoders.transcoder_set import TranscoderSet
-
-
-def random_transcoders(n_layers: int, d_model: int, width: int, dtype: torch.dtype, seed: int = 0) -> TranscoderSet:
-    g = torch.Generator().manual_seed(seed)
-    layers = {}
-    for layer in range(n_layers):
-        tc = PerLayerTranscoder.init_random(layer, d_model, width, TopK(16), skip=True, generator=g, dtype=dtype)
-        with torch.no_grad():
-            tc.W_enc.normal_(0, 0.15, generator=g)
-            tc.b_enc.normal_(0, 0.1, generator=g)
-            tc.b_dec.normal_(0, 0.1, generator=g)
-            tc.W_skip.normal_(0, 0.03, generator=g)
-        layers[layer] = tc
-    return TranscoderSet(layers, source=f"random-{seed}")
+from tracer.transcoders.transcoder_set import random_transcoder_set
 
 
 def measure(family: str, folder: Path, rounds: int, width: int) -> dict:
@@ -51,7 +36,7 @@ def measure(family: str, folder: Path, rounds: int, width: int) -> dict:
     model, processor = load_vlm(str(folder), dtype=torch.float64)
     adapter = get_adapter(model)
     row["class"] = type(model).__name__
-    tset = random_transcoders(adapter.n_layers, adapter.d_model, width, torch.float64)
+    tset = random_transcoder_set(adapter.n_layers, adapter.d_model, width, lambda g: TopK(16), dtype=torch.float64)
     result = attribute_full(model, processor, tset, scene.question, scene.image(),
                             AttributionConfig(progress=False, max_feature_nodes=None))
     report = verify_graph(result.graph, model, processor, tset)
@@ -61,7 +46,7 @@ def measure(family: str, folder: Path, rounds: int, width: int) -> dict:
                perturbation=report.perturbation_max_rel, sum_rule=report.sum_rule_max_rel,
                reconstruction=float((logits - rep.record.logits).abs().max()))
     model, processor = load_vlm(str(folder), dtype=torch.float32)
-    tset = random_transcoders(adapter.n_layers, adapter.d_model, width, torch.float32)
+    tset = random_transcoder_set(adapter.n_layers, adapter.d_model, width, lambda g: TopK(16), dtype=torch.float32)
     config = AttributionConfig(progress=False, max_feature_nodes=None)
     times = []
     for _ in range(rounds + 1):  # the first call warms up

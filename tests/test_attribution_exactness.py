@@ -22,28 +22,18 @@ from tracer.models import load_vlm
 from tracer.models.precision import float64_norms
 from tracer.toy import world
 from tracer.transcoders.activations import JumpReLU, TopK
-from tracer.transcoders.per_layer import PerLayerTranscoder
-from tracer.transcoders.transcoder_set import TranscoderSet
+from tracer.transcoders.transcoder_set import TranscoderSet, random_transcoder_set
 
 TIGHT = 1e-10
 
 
 def random_set(activation: str = "topk", d_tc: int = 192, seed: int = 0, skip: bool = True, n_layers: int = 4,
                d_model: int = 128) -> TranscoderSet:
-    g = torch.Generator().manual_seed(seed)
-    layers = {}
-    for layer in range(n_layers):
-        act = TopK(8) if activation == "topk" else JumpReLU(torch.rand(d_tc, generator=g, dtype=torch.float64) * 0.3)
-        tc = PerLayerTranscoder.init_random(layer, d_model, d_tc, act, skip=skip, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            tc.W_enc.normal_(0, 0.15, generator=g)
-            tc.b_enc.normal_(0, 0.1, generator=g)
-            tc.b_dec.normal_(0, 0.1, generator=g)
-            if skip:
-                tc.W_skip.normal_(0, 0.03, generator=g)
-        layers[layer] = tc
-    return TranscoderSet(layers, config={"model_name": "toy", "feature_input_hook": "mlp.hook_in",
-                                         "feature_output_hook": "mlp.hook_out"}, source=f"random-{activation}-{seed}")
+    def make(g):
+        return TopK(8) if activation == "topk" else JumpReLU(torch.rand(d_tc, generator=g, dtype=torch.float64) * 0.3)
+
+    return random_transcoder_set(n_layers, d_model, d_tc, make, skip=skip, seed=seed,
+                                 source=f"random-{activation}-{seed}")
 
 
 @pytest.fixture(scope="module")

@@ -151,14 +151,19 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
     """
     bundle = as_bundle(session)
     adapter = bundle.adapter
-    adapter.check_vision_maps()  # a family without maps refuses before any work
+    readout = adapter.vision_readout()  # a family without maps refuses before any work
+    P, k, side = readout.patches_per_side, readout.kernel, readout.tokens_per_side
+    read = readout.layers_read
+    last_layers = read if last_layers is None else int(last_layers)
+    if not 1 <= last_layers <= read:
+        raise ValueError(f"last_layers must be in 1..{read} (the vision layers the projector reads)")
+    rolled = list(range(read - last_layers, read))
     tower = adapter.vision_tower
     layers = _encoder_layers(tower)
     n_layers = len(layers)
     pixel_values, sizes = _pixel_values(bundle, image_or_prompt)
     param = next(tower.parameters())
     pixel_values = pixel_values.to(param.device, param.dtype)
-    rolled = list(range(n_layers))  # narrowed to the layers the projector reads below
     patterns: dict[int, torch.Tensor] = {}
     hidden: dict[int, torch.Tensor] = {}
     handles = []
@@ -194,13 +199,9 @@ def vision_attention_maps(session, image_or_prompt, last_layers: int | None = No
             h.remove()
     final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]  # (B, N, D)
     B, N, D = final.shape
-    readout = adapter.vision_readout(N)
-    P, k, side = readout.patches_per_side, readout.kernel, readout.tokens_per_side
-    read = readout.layers_read
-    last_layers = read if last_layers is None else int(last_layers)
-    if not 1 <= last_layers <= read:
-        raise ValueError(f"last_layers must be in 1..{read} (the vision layers the projector reads)")
-    rolled = list(range(read - last_layers, read))
+    if readout.pool.shape[1] != N:
+        raise ValueError(f"the vision tower output has {N} tokens, but the {adapter.family} projector reads "
+                         f"{readout.pool.shape[1]} ({P}x{P} patches)")
     if not readout.from_final:
         final = hidden[read]
     if isinstance(image_or_prompt, PromptInputs) and any(g != (side, side) for g in image_or_prompt.image_grids):

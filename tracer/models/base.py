@@ -194,17 +194,10 @@ class VLMAdapter:
         """Factor the token embedding applies to its table rows (Gemma: sqrt(d_model))."""
         return float(getattr(self.embed_tokens, "embed_scale", 1.0))
 
-    vision_maps = False  # whether vision_readout is implemented
-
-    def check_vision_maps(self) -> None:
-        if not self.vision_maps:
-            raise VisionMapsUnavailable(f"vision attention maps are not available for {self.family} models yet")
-
-    def vision_readout(self, n_tower_tokens: int) -> VisionReadout:
+    def vision_readout(self) -> VisionReadout:
         """The projector's view of the tower (tracer.attention.vision); families without one
         refuse in one line."""
-        self.check_vision_maps()
-        raise NotImplementedError
+        raise VisionMapsUnavailable(f"vision attention maps are not available for {self.family} models yet")
 
     # -- hooks -----------------------------------------------------------------------------
     def register_embedding_hook(self, fn, prepend: bool = False):

@@ -36,14 +36,10 @@ class Gemma3Adapter(VLMAdapter):
         # Gemma3ForConditionalGeneration does not apply final_logit_softcapping in transformers 5.
         return None
 
-    vision_maps = True
-
-    def vision_readout(self, n_tower_tokens: int) -> VisionReadout:
+    def vision_readout(self) -> VisionReadout:
         """The projector average-pools the final (post-layernorm) P x P patch grid k x k -> side x side."""
         projector = self.projector
         P, k, side = int(projector.patches_per_image), int(projector.kernel_size), int(projector.tokens_per_side)
-        if P * P != n_tower_tokens:
-            raise ValueError(f"vision tower output has {n_tower_tokens} patches, expected {P}x{P}")
         return VisionReadout(layers_read=int(self.model.config.vision_config.num_hidden_layers), from_final=True,
                              pool=_pooling_matrix(P, k, side), patch_tokens=torch.arange(P * P),
                              patches_per_side=P, kernel=k, tokens_per_side=side)

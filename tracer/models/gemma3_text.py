@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tracer.models.base import VLMAdapter
 from tracer.models.gemma3 import GEMMA3, Gemma3Adapter
 
 # Gemma's published turn format, for an instruction-tuned GGUF whose file carries no template:
@@ -37,7 +38,7 @@ GEMMA3_TEXT = replace(
 
 class Gemma3TextAdapter(Gemma3Adapter):
     architecture = GEMMA3_TEXT
-    vision_maps = False
+    vision_readout = VLMAdapter.vision_readout  # no vision tower
 
     @property
     def image_token_id(self) -> int | None:

@@ -34,9 +34,7 @@ class LlavaAdapter(VLMAdapter):
         return per_side * per_side + extra
 
 
-    vision_maps = True
-
-    def vision_readout(self, n_tower_tokens: int) -> VisionReadout:
+    def vision_readout(self) -> VisionReadout:
         """One soft token per patch, read from hidden_states[vision_feature_layer] (CLS dropped)."""
         config = self.model.config
         if getattr(config, "vision_feature_select_strategy", "default") != "default":
@@ -46,12 +44,11 @@ class LlavaAdapter(VLMAdapter):
             raise VisionMapsUnavailable("vision attention maps need a single vision_feature_layer")
         n_layers = int(config.vision_config.num_hidden_layers)
         P = int(config.vision_config.image_size) // int(config.vision_config.patch_size)
-        if n_tower_tokens != P * P + 1:
-            raise ValueError(f"vision tower output has {n_tower_tokens} tokens, expected CLS + {P}x{P}")
-        pool = torch.zeros(P * P, n_tower_tokens, dtype=torch.float64)
-        pool[torch.arange(P * P), torch.arange(1, n_tower_tokens)] = 1.0
+        n_tokens = P * P + 1  # CLS first
+        pool = torch.zeros(P * P, n_tokens, dtype=torch.float64)
+        pool[torch.arange(P * P), torch.arange(1, n_tokens)] = 1.0
         return VisionReadout(layers_read=layer % (n_layers + 1), from_final=False, pool=pool,
-                             patch_tokens=torch.arange(1, n_tower_tokens), patches_per_side=P, kernel=1,
+                             patch_tokens=torch.arange(1, n_tokens), patches_per_side=P, kernel=1,
                              tokens_per_side=P)
 
 

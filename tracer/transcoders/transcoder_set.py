@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -179,4 +179,26 @@ class TranscoderSet:
             raise TranscoderMismatchError("transcoders do not fit the model:\n  " + "\n  ".join(problems))
 
 
-__all__ = ["TranscoderSet", "supported_hooks"]
+def random_transcoder_set(n_layers: int, d_model: int, width: int, activation: Callable[[torch.Generator], torch.nn.Module],
+                          skip: bool = True, seed: int = 0, dtype: torch.dtype = torch.float64,
+                          source: str = "random") -> TranscoderSet:
+    """A seeded random set whose features fire on ordinary MLP inputs, for exactness tests and
+    benchmarks: unit-norm decoder rows, encoder N(0, 0.15), biases N(0, 0.1), skip N(0, 0.03).
+    activation(generator) makes each layer's activation (drawing its own parameters, if any)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = {}
+    for layer in range(n_layers):
+        act = activation(g)
+        tc = PerLayerTranscoder.init_random(layer, d_model, width, act, skip=skip, generator=g, dtype=dtype)
+        with torch.no_grad():
+            tc.W_enc.normal_(0, 0.15, generator=g)
+            tc.b_enc.normal_(0, 0.1, generator=g)
+            tc.b_dec.normal_(0, 0.1, generator=g)
+            if skip:
+                tc.W_skip.normal_(0, 0.03, generator=g)
+        layers[layer] = tc
+    return TranscoderSet(layers, config={"model_name": "toy", "feature_input_hook": "mlp.hook_in",
+                                         "feature_output_hook": "mlp.hook_out"}, source=source)
+
+
+__all__ = ["TranscoderSet", "random_transcoder_set", "supported_hooks"]
