@@ -199,7 +199,7 @@ def vision_job(live: LiveState, session_view):
         maps = vision_attention_maps(session, _images(graph))
         live.remember(key, {"rollout": np.asarray(maps.rollout, np.float32),
                             "similarity": np.asarray(maps.similarity, np.float32),
-                            "patches_per_side": int(maps.patches_per_side), "tokens_per_side": int(maps.tokens_per_side),
+                            "patch_grid": list(maps.patch_grid), "tokens_per_side": int(maps.tokens_per_side),
                             "token_grid": list(maps.grid)})
         return {"key": list(key[1])}
 

@@ -209,29 +209,113 @@ def test_llava_vision_maps_follow_its_projector(tmp_path):
     assert np.all(totals <= 1 + 1e-6) and np.all(totals > 0.5)
 
 
-def test_families_without_vision_maps_say_so(tmp_path, capsys):
-    """Qwen2.5-VL has no vision maps yet: `attention` says so in one line and still writes the
-    attention graph; the library refuses with the same sentence."""
+def test_llava_with_a_siglip_tower_starts_from_a_trained_tower(tmp_path):
+    """A LLaVA toy can carry a SigLIP tower (no CLS token, every token kept: the "full" strategy)
+    and start from another VLM's trained tower (`toy train --init-vision-from`): the weights are
+    copied exactly, the prompt gets one soft token per patch, the maps follow the projector, the
+    float64 identities hold, and a tower of another kind is refused in one line."""
     from tracer.attention import vision_attention_maps
-    from tracer.cli import main
+    from tracer.errors import InputError
     from tracer.interventions.common import Bundle
-    from tracer.models.base import VisionMapsUnavailable
+    from tracer.models.base import prepare_prompt
+    from tracer.toy.families import build_family_model
+    from tracer.toy.train import copy_vision_tower, source_tower_kind
+
+    gemma, _ = build_family_model("gemma3", seed=3)
+    assert source_tower_kind(gemma, "llava") == "siglip"
+    llava, processor = build_family_model("llava", seed=0, vision_tower="siglip")
+    copy_vision_tower(gemma, llava, "gemma")
+    theirs, ours = get_adapter(gemma).vision_tower.state_dict(), get_adapter(llava).vision_tower.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    qwen, _ = build_family_model("qwen2_5_vl", seed=0)
+    with pytest.raises(InputError, match="vision tower"):
+        copy_vision_tower(gemma, qwen, "gemma")
+
+    folder = tmp_path / "llava-siglip"
+    llava.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    model, processor = load_vlm(str(folder), dtype=torch.float64)
+    adapter = get_adapter(model)
+    image = world.make_example("heldout", 2, question_type="color").image()
+    prompt = prepare_prompt(processor, "What color is the circle?", [image], adapter=adapter,
+                            image_token_id=adapter.image_token_id, tokens_per_image=adapter.tokens_per_image)
+    assert adapter.tokens_per_image == 64 and prompt.image_grids == [(8, 8)] and len(prompt.image_positions) == 64
+    own = vision_attention_maps(Bundle(model, processor), image, identity_weight=1.0)
+    assert own.rollout_layers == [0, 1]  # the last layer is read: both tower layers roll out
+    assert np.allclose(own.rollout[0], np.eye(64).reshape(64, 8, 8), atol=1e-9)
+    tset = random_set("topk", d_tc=64, seed=1, n_layers=N_LAYERS, d_model=D_MODEL)
+    result = _attribute(("llava", folder, model, processor), "What color is the circle?", image, tset)
+    g = result.graph
+    assert np.abs(g.sum_rule_residual()).max() < TIGHT
+    assert perturbation_errors(result, tset, sample_sources(g, 12, np.random.default_rng(0))) < TIGHT
+
+
+def test_qwen_vision_maps_follow_its_windows_and_merger(tmp_path):
+    """Qwen2.5-VL's tower packs the images, reorders tokens into windows and returns no attention
+    weights; the maps put its patterns back into patch order. Checked arithmetically on a 96x64
+    image (an 8x12 grid of soft tokens, 16x24 patches): with the identity alone each soft token's
+    rollout is 1/4 on each of its own 2x2 patches (the merger's block); the windowed block's
+    pattern is row-stochastic and zero outside each patch's 4x4-patch window (a wrong reordering
+    would scatter it); the full-attention block's pattern of an image does not change when a
+    second image of the same size joins the prompt."""
+    from tracer.attention import vision_attention_maps
+    from tracer.interventions.common import Bundle
+
+    folder = write_tiny_model("qwen2_5_vl", tmp_path / "qwen")
+    model, processor = load_vlm(str(folder), dtype=torch.float64)
+    bundle = Bundle(model, processor)
+    wide = world.make_example("heldout", 2, question_type="color").image().resize((96, 64))
+    own = vision_attention_maps(bundle, wide, identity_weight=1.0)
+    assert own.grid == (8, 12) and own.patch_grid == (16, 24) and own.kernel == 2
+    expected = np.zeros((96, 16, 24))
+    for t in range(96):
+        r, c = divmod(t, 12)
+        expected[t, 2 * r:2 * r + 2, 2 * c:2 * c + 2] = 0.25
+    assert np.allclose(own.rollout[0], expected, atol=1e-12)
+
+    adapter = bundle.adapter
+    inputs = dict(processor.image_processor(images=[wide], return_tensors="pt"))
+    states = adapter.vision_tower_states(inputs, [0, 1])
+    readout = adapter.vision_readout((8, 12))
+    windowed = states.patterns[0][0][:, readout.patch_tokens][:, :, readout.patch_tokens]  # heads, patch x patch
+    assert torch.allclose(windowed.sum(-1), torch.ones((), dtype=windowed.dtype))
+    rows, cols = np.divmod(np.arange(16 * 24), 24)
+    window = (rows // 4) * 6 + cols // 4
+    outside = torch.as_tensor(window[:, None] != window[None, :])
+    assert windowed[:, outside].abs().max() == 0 and windowed[:, ~outside].min() > 0
+    pair = adapter.vision_tower_states(dict(processor.image_processor(images=[wide, wide.rotate(180)],
+                                                                      return_tensors="pt")), [1])
+    assert torch.allclose(pair.patterns[1][0], states.patterns[1][0], atol=1e-12)
+    assert not torch.allclose(pair.patterns[1][1], states.patterns[1][0], atol=1e-6)
+    maps = vision_attention_maps(bundle, wide)
+    assert np.allclose(maps.rollout[0].sum((-1, -2)), 1.0, atol=1e-9)
+    own_block = maps.rollout[0][expected > 0].reshape(-1)
+    assert own_block.mean() > maps.rollout[0][expected == 0].mean()
+
+
+def test_qwen_attention_cli_writes_vision_maps_or_says_why(tmp_path, capsys):
+    """`attention` on Qwen2.5-VL writes the vision maps; with two images of different grids it
+    says in one line why there are none and still writes the attention graph."""
+    from tracer.attention import VisionAttentionMaps
+    from tracer.cli import main
     from tracer.transcoders.loading import save_transcoder_set
 
     folder = write_tiny_model("qwen2_5_vl", tmp_path / "qwen")
-    image = tmp_path / "scene.png"
-    world.make_example("heldout", 2, question_type="color").image().save(image)
+    square, wide = tmp_path / "scene.png", tmp_path / "wide.png"
+    scene = world.make_example("heldout", 2, question_type="color").image()
+    scene.save(square)
+    scene.resize((96, 64)).save(wide)
     plt = tmp_path / "plt"
     save_transcoder_set(random_set("topk", d_tc=64, seed=1, n_layers=N_LAYERS, d_model=D_MODEL), plt)
-    code = main(["attention", "--model", str(folder), "--transcoders", str(plt), "--image", str(image),
-                 "--prompt", "What color is the circle?", "-o", str(tmp_path / "att")])
-    assert code == 0
+    base = ["attention", "--model", str(folder), "--transcoders", str(plt), "--prompt", "What color is the circle?"]
+    assert main(base + ["--image", str(square), "-o", str(tmp_path / "one")]) == 0
+    maps = VisionAttentionMaps.load_npz(tmp_path / "one.vision.npz")
+    assert maps.grid == (8, 8) and maps.rollout.shape == (1, 64, 16, 16)
+    capsys.readouterr()
+    assert main(base + ["--image", str(square), "--image", str(wide), "-o", str(tmp_path / "two")]) == 0
     err = capsys.readouterr().err
-    assert "vision attention maps are not available for qwen2_5_vl models yet" in err
-    assert (tmp_path / "att.graph.safetensors").exists() and not (tmp_path / "att.vision.npz").exists()
-    model, processor = load_vlm(str(folder))
-    with pytest.raises(VisionMapsUnavailable):
-        vision_attention_maps(Bundle(model, processor), image)
+    assert "vision attention maps need images of one grid; these have 8x8 + 8x12" in err
+    assert (tmp_path / "two.graph.safetensors").exists() and not (tmp_path / "two.vision.npz").exists()
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])

@@ -117,7 +117,7 @@ def register(app, state) -> None:
                 else "cosine similarity of the pooled soft token with each patch")
         where_text = f"cell ({cells[0][0]},{cells[0][1]})" if len(cells) == 1 else f"{len(cells)} cells (mean)"
         return patch, (f"Purple: where the vision tower's {what} for {where_text} comes from "
-                       f"({maps['patches_per_side']}×{maps['patches_per_side']} patches)."), figure_key
+                       f"({maps['patch_grid'][0]}×{maps['patch_grid'][1]} patches)."), figure_key
 
     # ------------------------------------------------------------------ region ablation
     @app.callback(

@@ -41,6 +41,9 @@ def register(sub) -> None:
     train.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial weights and the data order")
     train.add_argument("--eval-every", type=positive_int, default=1000,
                        help="steps between held-out evaluations (logged per question type)")
+    train.add_argument("--init-vision-from", default=None, metavar="FOLDER",
+                       help="start the vision tower from a trained VLM's (e.g. tracer/data/toy-vlm, whose SigLIP "
+                            "tower a LLaVA toy can take); the projector and language model start fresh")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     train.add_argument("--threads", type=positive_int, default=1,
                        help="torch CPU threads (use 1 when other work shares the cores)")
@@ -142,6 +145,7 @@ def _train(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         aux_weight=args.aux_weight, seed=args.seed, eval_every=args.eval_every, device=args.device,
         threads=args.threads, num_workers=args.workers, family=args.family,
+        init_vision_from=args.init_vision_from,
     )
     out = train(args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"saved the toy {args.family} VLM to {out}")

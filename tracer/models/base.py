@@ -66,10 +66,21 @@ class VisionReadout:
     layers_read: int  # the projector reads the output of the first `layers_read` encoder layers
     from_final: bool  # it reads the tower's final output (post-layernorm), else hidden_states[layers_read]
     pool: torch.Tensor  # (T, N) float64 over the tower's N tokens
-    patch_tokens: torch.Tensor  # (P*P,) long: tower token of each patch, patch grid row-major
-    patches_per_side: int
+    patch_tokens: torch.Tensor  # (rows * cols of patches,) long: tower token of each patch, row-major
+    patch_grid: tuple[int, int]  # (rows, cols) of patches
     kernel: int  # patches per soft token along each side
-    tokens_per_side: int
+    token_grid: tuple[int, int]  # (rows, cols) of soft tokens, row-major in pool
+
+
+@dataclass
+class VisionTowerStates:
+    """One run of the vision tower over images of one grid, in the tower's token order (the
+    order `VisionReadout.pool` indexes): attention patterns of the asked layers, (B, heads, N, N),
+    and hidden states (B, N, D), hidden[0] the embeddings and hidden[i] the output of layer i - 1."""
+
+    patterns: dict[int, torch.Tensor]
+    hidden: dict[int, torch.Tensor]
+    final: torch.Tensor  # (B, N, D): the tower's final output
 
 
 def resolve_path(root: nn.Module, path: str):
@@ -194,10 +205,57 @@ class VLMAdapter:
         """Factor the token embedding applies to its table rows (Gemma: sqrt(d_model))."""
         return float(getattr(self.embed_tokens, "embed_scale", 1.0))
 
-    def vision_readout(self) -> VisionReadout:
-        """The projector's view of the tower (tracer.attention.vision); families without one
-        refuse in one line."""
+    def vision_readout(self, grid: tuple[int, int] | None = None) -> VisionReadout:
+        """The projector's view of the tower (tracer.attention.vision) for images whose soft tokens
+        form `grid` (rows, cols); families without one refuse in one line."""
         raise VisionMapsUnavailable(f"vision attention maps are not available for {self.family} models yet")
+
+    @torch.no_grad()
+    def vision_tower_states(self, pixel_inputs: dict, pattern_layers) -> VisionTowerStates:
+        """Run the tower on the processor's image inputs with eager attention, keeping the patterns
+        of `pattern_layers` and every layer's hidden state. This default serves ViT towers that
+        take a batch of images and return their attention weights (SigLIP, CLIP)."""
+        from tracer.models.precision import model_precision
+
+        tower = self.vision_tower
+        encoder = getattr(tower, "encoder", None) or getattr(getattr(tower, "vision_model", None), "encoder", None)
+        if encoder is None:
+            raise VisionMapsUnavailable(f"{type(tower).__name__}: no encoder layers found")
+        layers = list(encoder.layers)
+        param = next(tower.parameters())
+        pixel_values = pixel_inputs["pixel_values"].to(param.device, param.dtype)
+        patterns: dict[int, torch.Tensor] = {}
+        hidden: dict[int, torch.Tensor] = {}
+
+        def keep_pattern(i):
+            def hook(module, args, output):
+                weights = output[1] if isinstance(output, tuple) else None
+                if weights is None:
+                    raise RuntimeError("the vision tower returned no attention weights (eager attention needed)")
+                patterns[i] = weights.detach()
+            return hook
+
+        def keep_hidden(i):
+            def hook(module, args, output):
+                hidden[i + 1] = (output[0] if isinstance(output, tuple) else output).detach()
+                if i == 0:
+                    hidden[0] = args[0].detach()
+            return hook
+
+        handles = [layers[i].self_attn.register_forward_hook(keep_pattern(i)) for i in pattern_layers]
+        handles += [layer.register_forward_hook(keep_hidden(i)) for i, layer in enumerate(layers)]
+        config = tower.config
+        saved = config._attn_implementation
+        config._attn_implementation = "eager"
+        try:
+            with model_precision(param.dtype):  # a float64 tower keeps its softmaxes in float64
+                out = tower(pixel_values=pixel_values)
+        finally:
+            config._attn_implementation = saved
+            for h in handles:
+                h.remove()
+        final = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return VisionTowerStates(patterns, hidden, final.detach())
 
     # -- hooks -----------------------------------------------------------------------------
     def register_embedding_hook(self, fn, prepend: bool = False):

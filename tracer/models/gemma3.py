@@ -36,13 +36,13 @@ class Gemma3Adapter(VLMAdapter):
         # Gemma3ForConditionalGeneration does not apply final_logit_softcapping in transformers 5.
         return None
 
-    def vision_readout(self) -> VisionReadout:
+    def vision_readout(self, grid: tuple[int, int] | None = None) -> VisionReadout:
         """The projector average-pools the final (post-layernorm) P x P patch grid k x k -> side x side."""
         projector = self.projector
         P, k, side = int(projector.patches_per_image), int(projector.kernel_size), int(projector.tokens_per_side)
         return VisionReadout(layers_read=int(self.model.config.vision_config.num_hidden_layers), from_final=True,
                              pool=_pooling_matrix(P, k, side), patch_tokens=torch.arange(P * P),
-                             patches_per_side=P, kernel=k, tokens_per_side=side)
+                             patch_grid=(P, P), kernel=k, token_grid=(side, side))
 
     def chat_prefix_length(self, input_ids: list[int], tokenizer) -> int:
         """`<bos><start_of_turn>user\\n` (conventionally excluded from feature nodes)."""

@@ -1,5 +1,5 @@
-"""LLaVA (`LlavaForConditionalGeneration`): a CLIP-style vision tower, an MLP projector (one soft
-token per patch, the CLS token dropped) and a Llama-style decoder: a norm before attention and one
+"""LLaVA (`LlavaForConditionalGeneration`): a CLIP or SigLIP vision tower, an MLP projector (one
+soft token per patch; a CLIP tower's CLS token dropped) and a Llama-style decoder: a norm before attention and one
 before the MLP, gain = weight, unscaled token embeddings."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ LLAVA = Architecture(
            "before_mlp": "post_attention_layernorm", "after_mlp": None},
     norm_gain="w",
     rmsnorm_class=("transformers.models.llama.modeling_llama", "LlamaRMSNorm"),
-    eager_attention_modules=("transformers.models.llama.modeling_llama", "transformers.models.clip.modeling_clip"),
+    eager_attention_modules=("transformers.models.llama.modeling_llama", "transformers.models.clip.modeling_clip",
+                             "transformers.models.siglip.modeling_siglip"),
     vision_tower="model.vision_tower",
     projector="model.multi_modal_projector",
 )
@@ -26,30 +27,39 @@ LLAVA = Architecture(
 class LlavaAdapter(VLMAdapter):
     architecture = LLAVA
 
+    def _tower_layout(self) -> tuple[int, int]:
+        """(patches per side, tokens the tower puts before the patches): CLIP towers lead with a
+        CLS token, SigLIP towers have none."""
+        vision = self.model.config.vision_config
+        leading = 0 if getattr(vision, "model_type", "") == "siglip_vision_model" else 1
+        return int(vision.image_size) // int(vision.patch_size), leading
+
     @property
     def tokens_per_image(self) -> int:
-        vision = self.model.config.vision_config
-        per_side = int(vision.image_size) // int(vision.patch_size)
-        extra = 1 if getattr(self.model.config, "vision_feature_select_strategy", "default") == "full" else 0
-        return per_side * per_side + extra
+        # HF's "default" strategy drops the first token (the CLS of a CLIP tower); "full" keeps all
+        P, leading = self._tower_layout()
+        strategy = getattr(self.model.config, "vision_feature_select_strategy", "default")
+        return P * P + leading - (1 if strategy == "default" else 0)
 
-
-    def vision_readout(self) -> VisionReadout:
-        """One soft token per patch, read from hidden_states[vision_feature_layer] (CLS dropped)."""
+    def vision_readout(self, grid: tuple[int, int] | None = None) -> VisionReadout:
+        """One soft token per patch, read from hidden_states[vision_feature_layer]: every tower
+        token but the CLS one (CLIP with the "default" strategy), or every token (a SigLIP tower
+        with "full")."""
         config = self.model.config
-        if getattr(config, "vision_feature_select_strategy", "default") != "default":
-            raise VisionMapsUnavailable("vision attention maps need vision_feature_select_strategy 'default'")
+        P, leading = self._tower_layout()
+        if self.tokens_per_image != P * P:
+            raise VisionMapsUnavailable("vision attention maps need one soft token per patch (a CLIP tower with "
+                                        "vision_feature_select_strategy 'default', or a SigLIP tower with 'full')")
         layer = config.vision_feature_layer
         if not isinstance(layer, int):
             raise VisionMapsUnavailable("vision attention maps need a single vision_feature_layer")
         n_layers = int(config.vision_config.num_hidden_layers)
-        P = int(config.vision_config.image_size) // int(config.vision_config.patch_size)
-        n_tokens = P * P + 1  # CLS first
+        n_tokens = P * P + leading
         pool = torch.zeros(P * P, n_tokens, dtype=torch.float64)
-        pool[torch.arange(P * P), torch.arange(1, n_tokens)] = 1.0
+        pool[torch.arange(P * P), torch.arange(leading, n_tokens)] = 1.0
         return VisionReadout(layers_read=layer % (n_layers + 1), from_final=False, pool=pool,
-                             patch_tokens=torch.arange(1, n_tokens), patches_per_side=P, kernel=1,
-                             tokens_per_side=P)
+                             patch_tokens=torch.arange(leading, n_tokens), patch_grid=(P, P), kernel=1,
+                             token_grid=(P, P))
 
 
 __all__ = ["LLAVA", "LlavaAdapter"]

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from tracer.models.base import Architecture, PromptError, VLMAdapter
+from tracer.graph.graph import grids_text
+from tracer.models.base import (Architecture, PromptError, VisionMapsUnavailable, VisionReadout, VisionTowerStates,
+                                VLMAdapter)
 
 QWEN2_5_VL = Architecture(
     family="qwen2_5_vl",
@@ -110,6 +112,121 @@ class Qwen25VLAdapter(VLMAdapter):
     @classmethod
     def load_processor(cls, path: str, **options):
         return QwenVLProcessor.from_pretrained(path, **options)
+
+    # -- vision attention maps -----------------------------------------------------------------
+    @property
+    def _merge(self) -> int:
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def vision_readout(self, grid: tuple[int, int] | None = None) -> VisionReadout:
+        """The merger reads each m x m block of patches (m = spatial_merge_size), which the image
+        processor lays out as consecutive tower tokens: soft token t of a (rows, cols) grid is
+        made from tower tokens t*m*m .. t*m*m + m*m - 1 of the last block's output (through the
+        merger's RMSNorm and MLP, which mix them; the maps weigh them equally)."""
+        if grid is None:
+            raise VisionMapsUnavailable("Qwen2.5-VL's grid depends on the image: vision_readout needs the grid")
+        rows, cols = (int(x) for x in grid)
+        m = self._merge
+        unit = m * m
+        n = rows * cols * unit
+        pool = torch.zeros(rows * cols, n, dtype=torch.float64)
+        for t in range(rows * cols):
+            pool[t, t * unit:(t + 1) * unit] = 1.0 / unit
+        # patch (r, c) of the (rows*m, cols*m) patch grid -> its tower token
+        r = torch.arange(rows * m)[:, None]
+        c = torch.arange(cols * m)[None, :]
+        tokens = ((r // m) * cols + c // m) * unit + (r % m) * m + c % m
+        depth = int(self.model.config.vision_config.depth)
+        return VisionReadout(layers_read=depth, from_final=False, pool=pool, patch_tokens=tokens.flatten(),
+                             patch_grid=(rows * m, cols * m), kernel=m, token_grid=(rows, cols))
+
+    @torch.no_grad()
+    def vision_tower_states(self, pixel_inputs: dict, pattern_layers) -> VisionTowerStates:
+        """The Qwen2.5-VL ViT runs every image in one packed sequence, its tokens reordered into
+        windows, attending within a window (most blocks) or within an image (full-attention
+        blocks), and its eager attention returns no weights. Patterns are taken from an attention
+        function registered for this run (each packed chunk's softmax), laid into one block-diagonal
+        matrix per layer, and everything is put back into the processor's token order (the order
+        the merger's output is restored to) and split per image."""
+        from transformers import AttentionInterface
+        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+        from tracer.models.precision import model_precision
+
+        tower = self.vision_tower
+        grid_thw = pixel_inputs.get("image_grid_thw")
+        if grid_thw is None:
+            raise VisionMapsUnavailable("Qwen2.5-VL vision maps need the processor's image_grid_thw")
+        if any(int(t) != 1 for t in grid_thw[:, 0].tolist()):
+            raise VisionMapsUnavailable("vision attention maps are for still images (temporal grid 1), not video")
+        sizes = [int(t * h * w) for t, h, w in grid_thw.tolist()]
+        if len(set(sizes)) != 1 or len({tuple(g) for g in grid_thw[:, 1:].tolist()}) != 1:
+            raise VisionMapsUnavailable("vision attention maps need images of one grid; these have "
+                                        + grids_text(self.image_grids(pixel_inputs, len(sizes))))
+        layers = list(tower.blocks)
+        wanted = set(int(i) for i in pattern_layers)
+        chunks: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
+        block_of = {id(block.attn): i for i, block in enumerate(layers)}
+        window: dict[str, torch.Tensor] = {}
+        hidden: dict[int, torch.Tensor] = {}
+
+        def capture(module, query, key, value, attention_mask, **kwargs):
+            out, weights = qwen.eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+            i = block_of.get(id(module))
+            if i in wanted:
+                chunks[i].append(weights.detach()[0])  # (heads, L, L) of one window or image
+            return out, weights
+
+        def keep_window_order(original):
+            def permute(input_tensor, window_index, seq_len):
+                window.setdefault("index", window_index.detach())
+                return original(input_tensor, window_index, seq_len=seq_len)
+            return permute
+
+        def keep_hidden(i):
+            def hook(module, args, output):
+                hidden[i + 1] = output.detach()
+                if i == 0:
+                    hidden[0] = (args[0] if args else None).detach()
+            return hook
+
+        AttentionInterface.register("vlm_circuits_capture", capture)
+        handles = [block.register_forward_hook(keep_hidden(i)) for i, block in enumerate(layers)]
+        config = tower.config
+        saved = config._attn_implementation
+        config._attn_implementation = "vlm_circuits_capture"
+        tower.permute_input_for_window_attn = keep_window_order(type(tower).permute_input_for_window_attn.__get__(tower))
+        param = next(tower.parameters())
+        try:
+            with model_precision(param.dtype):
+                tower(pixel_inputs["pixel_values"].to(param.device, param.dtype), grid_thw=grid_thw.to(param.device))
+        finally:
+            config._attn_implementation = saved
+            del tower.permute_input_for_window_attn
+            for h in handles:
+                h.remove()
+        unit = self._merge ** 2
+        # packed position p holds processor token order[p]
+        order = (window["index"][:, None] * unit + torch.arange(unit, device=window["index"].device)).flatten()
+        back = torch.argsort(order)  # processor token j sits at packed position back[j]
+        B, N = len(sizes), sizes[0]
+
+        def per_image(x):  # (N_total, ...) packed -> (B, N, ...) in processor order
+            return x[back].reshape(B, N, *x.shape[1:])
+
+        patterns = {}
+        for i in wanted:
+            heads = chunks[i][0].shape[0]
+            full = torch.zeros(heads, B * N, B * N, dtype=chunks[i][0].dtype, device=chunks[i][0].device)
+            start = 0
+            for w in chunks[i]:
+                length = w.shape[-1]
+                full[:, start:start + length, start:start + length] = w
+                start += length
+            full = full[:, back][:, :, back]
+            patterns[i] = torch.stack([full[:, b * N:(b + 1) * N, b * N:(b + 1) * N] for b in range(B)])
+        states = {i: per_image(h) for i, h in hidden.items()}
+        return VisionTowerStates(patterns, states, states[len(layers)])
 
 
 __all__ = ["QWEN2_5_VL", "Qwen25VLAdapter", "QwenVLProcessor"]

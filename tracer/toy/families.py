@@ -91,30 +91,48 @@ def build_word_tokenizer(chat: ChatFormat) -> PreTrainedTokenizerFast:
     )
 
 
-def build_llava(seed: int = 0, spec: ToyModelSpec | None = None):
+def build_llava(seed: int = 0, spec: ToyModelSpec | None = None, vision_tower: str = "clip"):
     """(LlavaForConditionalGeneration, LlavaProcessor) of the given sizes: a Llama decoder and a
-    CLIP tower reading 64 px images at spec.patch_size (8: an 8x8 grid of 64 soft tokens)."""
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    vision tower reading 64 px images at spec.patch_size (8: an 8x8 grid of 64 soft tokens).
 
+    vision_tower "clip": a CLIP tower read at its second-to-last layer with the CLS token dropped
+    (LLaVA-1.5's layout). "siglip": a SigLIP tower (no CLS token) read at its last layer with every
+    token kept (the layout of the SigLIP-based LLaVA models), the tower the Gemma3 toy trained, so
+    that a LLaVA toy can start from it (`toy train --family llava --init-vision-from`)."""
+    from transformers import (CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                              SiglipImageProcessorPil)
+
+    if vision_tower not in ("clip", "siglip"):
+        raise ValueError(f"unknown LLaVA vision tower {vision_tower!r}; choose clip or siglip")
     spec = spec or TINY_SPEC
+    siglip = vision_tower == "siglip"
     tok = build_word_tokenizer(LLAVA_CHAT)
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": spec.image_size},
-                                            crop_size={"height": spec.image_size, "width": spec.image_size})
+    side = spec.image_size
+    if siglip:
+        image_processor = SiglipImageProcessorPil(size={"height": side, "width": side})
+    else:
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    strategy = "full" if siglip else "default"
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=spec.patch_size,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               vision_feature_select_strategy=strategy, num_additional_image_tokens=0 if siglip else 1,
                                image_token="<image>", chat_template=LLAVA_CHAT.template)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    vision = dict(hidden_size=spec.vision_hidden, intermediate_size=spec.vision_intermediate,
+                  num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+                  image_size=spec.image_size, patch_size=spec.patch_size)
+    if siglip:
+        vision.update(model_type="siglip_vision_model", hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+                      vision_use_head=False)
+    else:
+        vision.update(model_type="clip_vision_model")
     config = LlavaConfig(
         text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=spec.hidden_size,
                          intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
                          num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
                          head_dim=spec.head_dim, max_position_embeddings=512, rms_norm_eps=1e-6, **ids),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=spec.vision_hidden,
-                           intermediate_size=spec.vision_intermediate, num_hidden_layers=spec.vision_layers,
-                           num_attention_heads=spec.vision_heads, image_size=spec.image_size,
-                           patch_size=spec.patch_size),
-        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-        vision_feature_select_strategy="default", tie_word_embeddings=False, **ids,
+        vision_config=vision,
+        image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1 if siglip else -2,
+        vision_feature_select_strategy=strategy, tie_word_embeddings=False, **ids,
     )
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config), processor
@@ -171,11 +189,12 @@ def build_gemma3(seed: int = 0, spec: ToyModelSpec | None = None):
 BUILDERS = {"gemma3": build_gemma3, "llava": build_llava, "qwen2_5_vl": build_qwen2_5_vl}
 
 
-def build_family_model(family: str, seed: int = 0, spec: ToyModelSpec | None = None):
-    """(model, processor): a freshly initialised VLM of `family` (TINY_SPEC sizes by default)."""
+def build_family_model(family: str, seed: int = 0, spec: ToyModelSpec | None = None, **options):
+    """(model, processor): a freshly initialised VLM of `family` (TINY_SPEC sizes by default);
+    options go to the family's builder (LLaVA: vision_tower)."""
     if family not in BUILDERS:
         raise ValueError(f"unknown family {family!r}; choose from {', '.join(TINY_FAMILIES)}")
-    return BUILDERS[family](seed, spec)
+    return BUILDERS[family](seed, spec, **options)
 
 
 def _spread_norm_weights(model, seed: int) -> None:

@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 1
     family: str = "gemma3"  # tracer.toy.families: gemma3, llava, qwen2_5_vl
+    init_vision_from: str | None = None  # a trained VLM folder whose vision tower starts this one
     spec: ToyModelSpec = field(default_factory=ToyModelSpec)
 
 
@@ -156,7 +157,15 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec)
+    if cfg.init_vision_from:
+        source = load_vision_source(cfg.init_vision_from)
+        options = {"vision_tower": source_tower_kind(source, cfg.family)} if cfg.family == "llava" else {}
+        model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec, **options)
+        if not (out / CHECKPOINT).exists():  # a resumed run's checkpoint holds the tower already
+            copy_vision_tower(source, model, cfg.init_vision_from)
+        del source
+    else:
+        model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec)
     model.to(device).train()
     torch.manual_seed(cfg.seed + 1)
     probe = torch.nn.Linear(cfg.spec.hidden_size, len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES)).to(device)
@@ -222,6 +231,46 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
     state_path.unlink(missing_ok=True)  # the finished folder holds only the model
     return out
+
+
+def load_vision_source(folder: str):
+    """The trained VLM whose vision tower starts a new toy (float32, CPU)."""
+    from tracer.models.loading import load_vlm
+
+    model, _ = load_vlm(folder, attn_implementation="sdpa")
+    return model
+
+
+def source_tower_kind(source, family: str) -> str:
+    """The LLaVA toy's tower kind that can take the source's tower: its config's model type."""
+    from tracer.errors import InputError
+
+    kind = getattr(source.config, "vision_config", None)
+    kind = getattr(kind, "model_type", "")
+    towers = {"siglip_vision_model": "siglip", "clip_vision_model": "clip"}
+    if kind not in towers:
+        raise InputError(f"--init-vision-from: a {family} toy cannot start from a {kind or 'text-only'} vision "
+                         f"tower (it takes a SigLIP or CLIP tower)")
+    return towers[kind]
+
+
+def copy_vision_tower(source, model, name: str) -> None:
+    """Copy the source VLM's vision tower weights into the new model's tower (same architecture
+    and sizes, else a clear error). The projector and the language model keep their fresh start."""
+    from tracer.errors import InputError
+    from tracer.models.base import get_adapter
+
+    src, dst = get_adapter(source).vision_tower, get_adapter(model).vision_tower
+    if src is None or dst is None or type(src) is not type(dst):
+        raise InputError(f"--init-vision-from {name}: its vision tower ({type(src).__name__}) is not the kind this "
+                         f"{get_adapter(model).family} toy uses ({type(dst).__name__})")
+    theirs, ours = src.state_dict(), dst.state_dict()
+    wrong = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if wrong:
+        raise InputError(f"--init-vision-from {name}: its vision tower has other sizes than the toy's "
+                         f"({len(wrong)} tensors differ, e.g. {wrong[0]})")
+    with torch.no_grad():
+        dst.load_state_dict({k: theirs[k] for k in ours}, strict=True)
 
 
 def _save_state(path: Path, model, probe, opt, step: int) -> None:
