@@ -39,13 +39,17 @@ class TracingSession:
         loaded from a local folder or the local Hugging Face cache only, never from the hub."""
         from contextlib import nullcontext
 
+        from tracer.toy.model import shipped_model_dir, shipped_transcoders_name
         from tracer.transcoders import load_transcoder_set
 
         model = None if model in (None, "toy") else model
+        if transcoders is None and model is not None:
+            transcoders = shipped_transcoders_name(model)  # a shipped toy brings its own set
         transcoders = None if transcoders in (None, "toy-plt") else transcoders
         self.dtype = parse_dtype(dtype)
         self.device = str(check_device(device)) if device else default_device()
-        self.model_ref = resolve_model_ref(model) if model is not None else "toy"
+        # a shipped toy is recorded by name (graphs stay portable), anything else as resolved
+        self.model_ref = "toy" if model is None else str(model) if shipped_model_dir(model) else resolve_model_ref(model)
         self.model, self.processor = load_vlm(model, dtype=self.dtype, device=self.device, local_only=model_from_file)
         self.adapter = get_adapter(self.model)
         # Transcoders compute in the model's precision (float64 runs stay exact).

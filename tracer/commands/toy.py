@@ -9,6 +9,7 @@ from tracer.commands.common import (
     HelpFormatter, check_writable, non_negative_float, non_negative_int, positive_float, positive_int,
 )
 from tracer.errors import InputError
+from tracer.toy import world
 
 FAMILIES = ("gemma3", "llava", "qwen2_5_vl")  # tracer.toy.families.TINY_FAMILIES (not imported: --help stays light)
 
@@ -94,6 +95,8 @@ def register(sub) -> None:
     graphs.add_argument("--model", default=None, help="model (default: the shipped toy VLM)")
     graphs.add_argument("--transcoders", default=None, help="transcoders (default: the shipped toy set)")
     graphs.add_argument("--per-type", type=positive_int, default=1, help="graphs per question type")
+    graphs.add_argument("--types", default=None,
+                        help="comma-separated question types (default: all of " + ", ".join(world.QUESTION_TYPES) + ")")
     graphs.add_argument("--max-feature-nodes", type=positive_int, default=400,
                         help="features per graph (keeps the files small enough for git)")
     graphs.set_defaults(handler=_sample_graphs)
@@ -227,7 +230,14 @@ def _sample_graphs(args) -> int:
     from tracer.session import TracingSession
     from tracer.toy.samples import make_sample_graphs
 
+    types = None
+    if args.types:
+        types = [t.strip() for t in args.types.split(",") if t.strip()]
+        bad = [t for t in types if t not in world.QUESTION_TYPES]
+        if bad or not types:
+            raise InputError(f"--types: {', '.join(bad) or 'none given'} not among the question types "
+                             f"({', '.join(world.QUESTION_TYPES)})")
     session = TracingSession(args.model, args.transcoders, device="cpu")
-    for path in make_sample_graphs(session, args.out, args.per_type, args.max_feature_nodes):
+    for path in make_sample_graphs(session, args.out, args.per_type, args.max_feature_nodes, types=types):
         print(path)
     return 0

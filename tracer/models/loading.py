@@ -13,12 +13,12 @@ from tracer.models.gguf import is_gguf_ref, model_folder
 
 
 def resolve_model_ref(ref: str | Path | None) -> str:
-    """None (or "toy") means the shipped toy VLM; anything else is a local folder or a hub id."""
-    if ref is None or str(ref) == "toy":
-        from tracer.toy.model import default_model_dir
+    """None (or "toy") means the shipped toy VLM, "toy-llava" / "toy-qwen2_5_vl" the other shipped
+    toys; anything else is a local folder or a hub id."""
+    from tracer.toy.model import shipped_model_dir
 
-        return str(default_model_dir())
-    return str(ref)
+    shipped = shipped_model_dir("toy" if ref is None else str(ref))
+    return str(shipped) if shipped is not None else str(ref)
 
 
 class ModelLoadError(InputError):

@@ -52,7 +52,9 @@ _HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?(/[\w./-]+)*(@[\w
 
 def default_transcoders_dir() -> Path:
     """The toy transcoder set shipped with the package (for the shipped toy VLM)."""
-    return Path(__file__).resolve().parent.parent / "data" / "toy-plt"
+    from tracer.toy.model import default_transcoder_dir
+
+    return default_transcoder_dir()
 
 
 # -- references --------------------------------------------------------------------------------
@@ -164,6 +166,11 @@ def _locate(ref: str | Path | None, cache_dir) -> _Files:
     if ref is None:
         return _Files(folder=default_transcoders_dir())
     text = str(ref)
+    from tracer.toy.model import shipped_transcoders_dir
+
+    shipped = shipped_transcoders_dir(text)  # "toy-plt", "toy-plt-llava", ...
+    if shipped is not None:
+        return _Files(folder=shipped, cache_dir=cache_dir)
     path = Path(text).expanduser()
     if path.is_file() and path.name.endswith((".yaml", ".yml")):
         return _Files(folder=path.parent, cache_dir=cache_dir)
