@@ -12,6 +12,7 @@ from tracer.graph.pruning import node_influence
 from tracer.toy import world
 from tracer.toy.samples import ground_truth
 from tracer.models.loading import resolve_model_ref
+from tracer.toy.model import SHIPPED_TOYS, shipped_model_dir
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parent.parent / "app" / "sample_graphs"
@@ -27,11 +28,19 @@ def evidence_ratio(graph) -> float:
     return float(np.mean(inside) / np.mean(outside))
 
 
-@pytest.fixture(scope="module")
-def session():
+# every trained toy shipped with the package (Gemma3, LLaVA, Qwen2.5-VL), by its --model name
+TRAINED_TOYS = [name for name in SHIPPED_TOYS if (shipped_model_dir(name) / "config.json").exists()]
+
+
+@pytest.fixture(scope="module", params=TRAINED_TOYS)
+def session(request):
     from tracer.session import TracingSession
 
-    return TracingSession(device="cpu")
+    return TracingSession(request.param, device="cpu")
+
+
+def test_every_family_has_a_trained_toy():
+    assert TRAINED_TOYS == list(SHIPPED_TOYS)
 
 
 @pytest.mark.parametrize("qtype,index", [("color", 11), ("shape", 12), ("position", 13)])

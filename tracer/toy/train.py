@@ -186,6 +186,8 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
         log = json.loads((out / "training_log.json").read_text())
+        # a resume may change the settings (e.g. raise --steps): keep what each leg ran with
+        log.setdefault("resumed", []).append({"step": start, "config": asdict(cfg)})
         print(f"resuming at step {start}")
 
     stream = torch.utils.data.DataLoader(
