@@ -169,7 +169,8 @@ class FeatureExamples:
         for ex in raw:
             tokens = _get(ex, "tokens") or []
             active = _get(ex, "token_position")
-            example_grid = _get(ex, "tokens_per_side") or _get(ex, "grid") or grid
+            own = _get(ex, "grid")
+            example_grid = tuple(own) if own and all(own) else (_get(ex, "tokens_per_side") or grid)
             out.append({
                 "value": float(_get(ex, "value", 0.0) or 0.0),
                 "text": str(_get(ex, "text", "") or ""),

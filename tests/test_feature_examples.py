@@ -116,7 +116,7 @@ def test_examples_carry_tokens_images_and_cells(computed, toy_vlm):
                     seen_text_only = True
                     continue
                 assert e.image is not None and e.image.size == (64, 64)
-                assert e.tokens_per_side == 8
+                assert e.tokens_per_side == 8 and e.grid == (8, 8) and rec["image_grids"] == [[8, 8]]
                 if e.tokens[e.token_position] == "<image_soft_token>":
                     img, row, col = e.image_cell
                     first = e.tokens.index("<image_soft_token>")
@@ -196,6 +196,32 @@ def write_published_store(root):
         "layers": [{"layer": 2, "filename": "stats/layer_02.safetensors"}],
         "inputs": [{"filename": "inputs/part-00000.parquet", "start": 0, "end": 2}],
     }))
+
+
+def test_cells_follow_each_images_own_grid(tmp_path):
+    """A record of two images with grids 2x3 and 3x2 (a dynamic-resolution family): each soft
+    token gets (image, row, col) on its own image's grid, and the example says that grid."""
+    from PIL import Image
+
+    from tracer.features.writer import InputRecord, StoreWriter
+
+    types = [0, 0] + [1] * 6 + [0] + [1] * 6 + [0]
+    writer = StoreWriter(tmp_path / "store", {0: 4}, n_per_feature=4)
+    writer.add_input(InputRecord(
+        example_id="two", text="two images", token_ids=list(range(len(types))), token_mask=[True] * len(types),
+        token_type_ids=types, tokens=[f"t{i}" for i in range(len(types))],
+        images=[Image.new("RGB", (48, 32)), Image.new("RGB", (32, 48))], image_grids=[(2, 3), (3, 2)]))
+    positions = [2, 7, 9, 14]  # first and last soft token of each image
+    writer.update(0, torch.zeros(4, dtype=torch.long), torch.tensor(positions), torch.arange(4),
+                  torch.ones(4))
+    writer.finish()
+    store = ExampleStore(tmp_path / "store")
+    cells = {}
+    for f in range(4):
+        (e,) = store.top_examples(0, f)
+        cells[e.token_position] = (e.image_cell, e.grid, e.image.size)
+    assert cells == {2: ((0, 0, 0), (2, 3), (48, 32)), 7: ((0, 1, 2), (2, 3), (48, 32)),
+                     9: ((1, 0, 0), (3, 2), (32, 48)), 14: ((1, 2, 1), (3, 2), (32, 48))}
 
 
 def test_reader_opens_published_layout(tmp_path):

@@ -207,13 +207,24 @@ def _prepare(processor, adapter, examples: list):
     tt = raw.get("token_type_ids")
     retained = torch.zeros_like(am)
     per_example = []
-    for b in range(len(examples)):
+    grids = iter(_batch_grids(adapter, raw, examples))
+    for b, ex in enumerate(examples):
         valid = torch.nonzero(am[b], as_tuple=True)[0]
         row = ids[b, valid].tolist()
         prefix = adapter.chat_prefix_length(row, tok)
         retained[b, valid[prefix:]] = True
-        per_example.append((valid, row, prefix, tt[b, valid].tolist() if tt is not None else [0] * len(row)))
+        n_images = 0 if isinstance(ex, TextInput) or not ex.has_image else 1
+        per_example.append((valid, row, prefix, tt[b, valid].tolist() if tt is not None else [0] * len(row),
+                            [next(grids) for _ in range(n_images)]))
     return inputs, retained, per_example
+
+
+def _batch_grids(adapter, raw: dict, examples: list) -> list[tuple[int, int]]:
+    """(rows, cols) of every image of the batch, in order (one per toy example with an image)."""
+    from tracer.models.base import image_grids
+
+    n = sum(1 for ex in examples if not isinstance(ex, TextInput) and ex.has_image)
+    return image_grids(adapter, raw, n, int(getattr(adapter, "tokens_per_image", 0) or 0)) if n else []
 
 
 def _pad_right(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
@@ -268,7 +279,7 @@ class FeatureScanner:
             for start, chunk in _batches(examples, int(batch_size)):
                 inputs, retained, per_example = _prepare(self.processor, self.adapter, chunk)
                 for b, ex in enumerate(chunk):
-                    valid, row, prefix, types = per_example[b]
+                    valid, row, prefix, types, grids = per_example[b]
                     if isinstance(ex, TextInput):
                         on_record(_text_record(spec, ex, row, prefix, types, tok))
                         continue
@@ -277,7 +288,7 @@ class FeatureScanner:
                         text=_prompt_text(self.processor, ex),
                         token_ids=row, token_mask=[i >= prefix for i in range(len(row))], token_type_ids=types,
                         tokens=[tok.decode([t]) for t in row],
-                        images=[ex.image()] if ex.has_image else [],
+                        images=[ex.image()] if ex.has_image else [], image_grids=grids,
                         metadata={"source": "toy", **ex.to_dict(), "seed": spec.seed},
                     ))
                 captured = hooks.run(self.model, inputs)

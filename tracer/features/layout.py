@@ -22,7 +22,8 @@ and says which details were inferred rather than documented.
       inputs/part-XXXXX.parquet     one row per input: input_id, example_id, text,
                                     image_references (list<string>), metadata_json, token_ids,
                                     token_mask (retained positions), token_type_ids (1 = image
-                                    soft token), and our extra column tokens (list<string>)
+                                    soft token), and our extra columns tokens (list<string>)
+                                    and image_grids ((rows, cols) of soft tokens per image)
       images/XXXXXX.png             the input images (image_references are relative to <store>)
 """
 

@@ -46,7 +46,8 @@ class FeatureExample:
     example_id: str = ""
     image_reference: str | None = None  # the stored reference of `image` (path relative to the store, or URI)
     image_path: Path | None = None  # the local file of `image`
-    tokens_per_side: int = 0  # the image soft-token grid is tokens_per_side x tokens_per_side
+    tokens_per_side: int = 0  # the side of the image's soft-token grid when square, else 0
+    grid: tuple[int, int] = (0, 0)  # (rows, cols) of the image's soft-token grid
     token_ids: list[int] = field(default_factory=list)
     token_mask: list[bool] = field(default_factory=list)  # positions whose activations were counted
     metadata: dict = field(default_factory=dict)
@@ -265,20 +266,28 @@ class ExampleStore:
         except Exception:  # noqa: BLE001 - a broken image: show the example without it
             return None, None
 
-    def _grid(self, record: dict, position: int) -> tuple[tuple[int, int, int] | None, int, int]:
-        """(image, row, col) of an image soft-token position, tokens_per_side, image index."""
+    def _grid(self, record: dict, position: int) -> tuple[tuple[int, int, int] | None, tuple[int, int], int]:
+        """(image, row, col) of an image soft-token position, the (rows, cols) grid of its image,
+        image index. Grids come from the record (image_grids), else from the manifest's square
+        tokens_per_side (stores written before grids were recorded)."""
         types = record.get("token_type_ids") or []
         n_img_tokens = sum(1 for t in types if int(t) == 1)
         if not n_img_tokens:
-            return None, 0, 0
-        n_images = max(1, len(record.get("image_references") or []))
-        per_image = int(self.manifest.get("tokens_per_image") or 0) or n_img_tokens // n_images
-        side = int(self.manifest.get("tokens_per_side") or 0) or int(round(math.sqrt(per_image)))
-        if not 0 <= position < len(types) or int(types[position]) != 1 or side <= 0:
-            return None, side, 0
+            return None, (0, 0), 0
+        grids = [tuple(int(x) for x in g) for g in (record.get("image_grids") or []) if len(g) == 2]
+        if not grids or sum(r * c for r, c in grids) != n_img_tokens:
+            n_images = max(1, len(record.get("image_references") or []))
+            per_image = int(self.manifest.get("tokens_per_image") or 0) or n_img_tokens // n_images
+            side = int(self.manifest.get("tokens_per_side") or 0) or int(round(math.sqrt(per_image)))
+            grids = [(side, side)] * n_images if side > 0 and side * side == per_image else []
+        if not grids or not 0 <= position < len(types) or int(types[position]) != 1:
+            return None, grids[0] if grids else (0, 0), 0
         k = sum(1 for t in types[:position] if int(t) == 1)
-        image, within = divmod(k, per_image)
-        return (int(image), int(within // side), int(within % side)), side, int(image)
+        for image, (rows, cols) in enumerate(grids):
+            if k < rows * cols:
+                return (image, k // cols, k % cols), (rows, cols), image
+            k -= rows * cols
+        return None, grids[0], 0
 
     def top_examples(self, layer: int, feature: int, k: int = 8, load_images: bool = True) -> list[FeatureExample]:
         """The feature's top-activating examples, highest first (empty if it never fired)."""
@@ -293,7 +302,7 @@ class ExampleStore:
             input_id, pos, value = int(data.input_ids[s]), int(data.token_positions[s]), float(data.top_values[s])
             record = self.input_record(input_id)
             tokens = self._tokens(record)
-            cell, side, image_index = self._grid(record, pos)
+            cell, grid, image_index = self._grid(record, pos)
             refs = record.get("image_references") or []
             ref = refs[image_index] if image_index < len(refs) else (refs[0] if refs else None)
             image, image_path = self._image(ref) if load_images else (None, None)
@@ -312,7 +321,8 @@ class ExampleStore:
                 value=value, text=str(record.get("text") or ""), tokens=tokens, token_position=pos, image=image,
                 image_cell=cell, activations_per_position=acts, input_id=input_id,
                 example_id=str(record.get("example_id") or ""), image_reference=ref, image_path=image_path,
-                tokens_per_side=side, token_ids=[int(t) for t in record.get("token_ids") or []],
+                tokens_per_side=grid[0] if grid[0] == grid[1] else 0, grid=grid,
+                token_ids=[int(t) for t in record.get("token_ids") or []],
                 token_mask=[bool(m) for m in record.get("token_mask") or []], metadata=metadata,
             ))
         return out

@@ -39,6 +39,7 @@ class InputRecord:
     tokens: list[str]
     images: list[Any] = field(default_factory=list)  # PIL images
     metadata: dict = field(default_factory=dict)
+    image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of soft tokens per image
 
 
 class _LayerTop:
@@ -160,6 +161,7 @@ class StoreWriter:
             "token_mask": [bool(m) for m in record.token_mask],
             "token_type_ids": [int(t) for t in record.token_type_ids],
             "tokens": [str(t) for t in record.tokens],
+            "image_grids": [[int(r), int(c)] for r, c in record.image_grids],
         })
         self.processor_tokens += int(sum(bool(m) for m in record.token_mask))
         return input_id
@@ -213,6 +215,7 @@ class StoreWriter:
             ("image_references", pa.list_(pa.string())), ("metadata_json", pa.string()),
             ("token_ids", pa.list_(pa.int32())), ("token_mask", pa.list_(pa.bool_())),
             ("token_type_ids", pa.list_(pa.int8())), ("tokens", pa.list_(pa.string())),
+            ("image_grids", pa.list_(pa.list_(pa.int32()))),
         ])
         input_entries = []
         for part, start in enumerate(range(0, max(len(self.records), 1), self.shard_rows)):
@@ -232,7 +235,7 @@ class StoreWriter:
                 "slot_policy": "one slot per input: the input's maximum activation (earliest position on ties)",
                 "example_activations": sorted(self.example_acts) == self.layers,
                 "image_references": f"relative to the store folder ({IMAGES_DIR}/)",
-                "extra_columns": ["tokens"],
+                "extra_columns": ["tokens", "image_grids"],
                 "extra_tensors": list(EXAMPLE_ACTS),
             },
         }
