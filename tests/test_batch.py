@@ -185,3 +185,10 @@ def test_batch_aggregates_come_from_the_rows(batch_run):
     with_image = [r for r in rows if r["cell_influence"] is not None and len(r["cell_influence"])]
     assert grid.sum() == pytest.approx(1.0)  # each example's shares sum to 1, and so does their mean
     assert len(with_image) == 5  # six examples, one text-only fact question, one corrupt image
+    assert all([list(g) for g in r["cell_grids"]] == [[8, 8]] for r in with_image)
+    # a dynamic-resolution family: each image size has its own grid, the most common one is mapped
+    wide = {"cell_influence": list(np.full(6, 1 / 6)), "cell_grids": [[2, 3]]}
+    assert cell_influence_map([wide, dict(wide), with_image[0]]).shape == (2, 3)
+    assert np.allclose(cell_influence_map([wide, dict(wide), with_image[0]]), 1 / 6)
+    old = {"cell_influence": with_image[0]["cell_influence"]}  # a summary written before cell_grids
+    assert cell_influence_map([old]).shape == (8, 8)

@@ -3,7 +3,7 @@
     recurring_features(rows): which (layer, feature) pairs appear among the examples' strongest
         features, in how many examples, with what mean influence
     cell_influence_map(rows): the mean share of image influence per soft-token cell, over the
-        examples with an image (optionally only one question type)
+        examples with one image of the most common grid (optionally only one question type)
 """
 
 from __future__ import annotations
@@ -29,17 +29,29 @@ def recurring_features(rows: list[dict], top: int = 20) -> list[dict]:
     return table[:top]
 
 
+def _layout(row: dict, n_cells: int) -> tuple | None:
+    """The image grids of a row's cell_influence: its cell_grids, else (summaries written before
+    grids were recorded) one square image."""
+    grids = tuple(tuple(int(x) for x in g) for g in _items(row.get("cell_grids")) if len(g) == 2)
+    if grids and sum(r * c for r, c in grids) == n_cells:
+        return grids
+    side = int(round(n_cells ** 0.5))
+    return ((side, side),) if side * side == n_cells else None
+
+
 def cell_influence_map(rows: list[dict], question_type: str | None = None) -> np.ndarray | None:
-    """(side, side) mean share of image influence per cell; None when no example has an image.
-    Examples whose grid differs from the most common one are left out."""
-    cells = [np.asarray(_items(row.get("cell_influence")), float) for row in rows
-             if len(_items(row.get("cell_influence")))
-             and (question_type is None or row.get("question_type") == question_type)]
-    if not cells:
+    """(rows, cols) mean share of image influence per cell over the one-image examples; None when
+    none has an image. Examples whose grid differs from the most common one are left out (a
+    dynamic-resolution family gives each image size its own grid)."""
+    maps: dict[tuple, list[np.ndarray]] = defaultdict(list)
+    for row in rows:
+        cells = np.asarray(_items(row.get("cell_influence")), float)
+        if not len(cells) or (question_type is not None and row.get("question_type") != question_type):
+            continue
+        layout = _layout(row, len(cells))
+        if layout is not None and len(layout) == 1:
+            maps[layout[0]].append(cells)
+    if not maps:
         return None
-    sizes = [len(c) for c in cells]
-    n = max(set(sizes), key=sizes.count)
-    side = int(round(n ** 0.5))
-    if side * side != n:
-        return None
-    return np.mean([c for c in cells if len(c) == n], axis=0).reshape(side, side)
+    grid = max(maps, key=lambda g: len(maps[g]))
+    return np.mean(maps[grid], axis=0).reshape(grid)

@@ -32,7 +32,7 @@ from tracer.files import atomic_write_text
 SUMMARY_COLUMNS = ["id", "question_type", "prompt", "image", "answer", "top_target", "probability", "correct",
                    "replacement", "completeness", "n_features", "image_influence_share", "evidence_share",
                    "evidence_ratio", "top_features", "graph", "time_s", "peak_rss_mb", "attempt", "error",
-                   "feature_ids", "cell_influence"]
+                   "feature_ids", "cell_influence", "cell_grids"]
 
 
 @dataclass
@@ -227,7 +227,7 @@ def read_summary(folder: str | Path) -> list[dict]:
         raise InputError(f"{path}: not a batch summary (no {', '.join(missing)} column)")
     rows = table.to_dict("records")
     for row in rows:
-        for key in ("feature_ids", "cell_influence"):
+        for key in ("feature_ids", "cell_influence", "cell_grids"):
             value = row.get(key)
             row[key] = [] if value is None else [list(v) if hasattr(v, "__len__") else v for v in value]
         for key, value in row.items():

@@ -38,6 +38,8 @@ def graph_row(graph: Graph, evidence_tokens: list[int] | None = None, answer: st
         "feature_ids": [[int(graph.features[i, 0]), int(graph.features[i, 2]), float(influence[i])]
                         for i in np.argsort(-influence[: graph.n_features])[:RECURRING_TOP]],
         "cell_influence": [float(v) for v in (image / image.sum() if image.size and image.sum() > 0 else image)],
+        # (rows, cols) of each image's soft-token grid, so that cell_influence can be laid out
+        "cell_grids": [[int(r), int(c)] for r, c in graph.grids()] if image.size else [],
     }
     if evidence_tokens and image.size:
         cells = np.zeros(image.size, bool)
