@@ -35,6 +35,29 @@ QWEN2_5_VL = Architecture(
     projector="model.visual.merger",
 )
 
+# Vision-map runs keep each attention chunk's softmax through one attention function registered
+# with transformers under CAPTURE; it appends to the list kept for the calling module, so runs on
+# different models (e.g. two explorer jobs) never see each other's patterns.
+CAPTURE = "vlm_circuits_capture"
+_CAPTURED: dict[int, list] = {}
+
+
+def _capture_attention(module, query, key, value, attention_mask, **kwargs):
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
+
+    out, weights = qwen.eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kept = _CAPTURED.get(id(module))
+    if kept is not None:
+        kept.append(weights.detach()[0])  # (heads, L, L) of one window or image
+    return out, weights
+
+
+def _register_capture() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(CAPTURE, _capture_attention)
+
+
 VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
 PROCESSOR_FILE = "vlm_circuits_processor.json"
 
@@ -148,9 +171,6 @@ class Qwen25VLAdapter(VLMAdapter):
         function registered for this run (each packed chunk's softmax), laid into one block-diagonal
         matrix per layer, and everything is put back into the processor's token order (the order
         the merger's output is restored to) and split per image."""
-        from transformers import AttentionInterface
-        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as qwen
-
         from tracer.models.precision import model_precision
 
         tower = self.vision_tower
@@ -166,16 +186,8 @@ class Qwen25VLAdapter(VLMAdapter):
         layers = list(tower.blocks)
         wanted = set(int(i) for i in pattern_layers)
         chunks: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
-        block_of = {id(block.attn): i for i, block in enumerate(layers)}
         window: dict[str, torch.Tensor] = {}
         hidden: dict[int, torch.Tensor] = {}
-
-        def capture(module, query, key, value, attention_mask, **kwargs):
-            out, weights = qwen.eager_attention_forward(module, query, key, value, attention_mask, **kwargs)
-            i = block_of.get(id(module))
-            if i in wanted:
-                chunks[i].append(weights.detach()[0])  # (heads, L, L) of one window or image
-            return out, weights
 
         def keep_window_order(original):
             def permute(input_tensor, window_index, seq_len):
@@ -187,14 +199,16 @@ class Qwen25VLAdapter(VLMAdapter):
             def hook(module, args, output):
                 hidden[i + 1] = output.detach()
                 if i == 0:
-                    hidden[0] = (args[0] if args else None).detach()
+                    hidden[0] = args[0].detach()
             return hook
 
-        AttentionInterface.register("vlm_circuits_capture", capture)
+        _register_capture()
+        for i in wanted:
+            _CAPTURED[id(layers[i].attn)] = chunks[i]
         handles = [block.register_forward_hook(keep_hidden(i)) for i, block in enumerate(layers)]
         config = tower.config
         saved = config._attn_implementation
-        config._attn_implementation = "vlm_circuits_capture"
+        config._attn_implementation = CAPTURE
         tower.permute_input_for_window_attn = keep_window_order(type(tower).permute_input_for_window_attn.__get__(tower))
         param = next(tower.parameters())
         try:
@@ -203,6 +217,8 @@ class Qwen25VLAdapter(VLMAdapter):
         finally:
             config._attn_implementation = saved
             del tower.permute_input_for_window_attn
+            for i in wanted:
+                _CAPTURED.pop(id(layers[i].attn), None)
             for h in handles:
                 h.remove()
         unit = self._merge ** 2
