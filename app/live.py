@@ -49,8 +49,11 @@ class LiveConfig:
 
     @property
     def transcoders_ref(self) -> str:
-        if self.transcoders in (None, "", TOY_TRANSCODERS):
-            return TOY_TRANSCODERS if self.model_ref == TOY_MODEL else ""
+        """The transcoders given, else a shipped toy's own set ("toy-plt" for "toy"), else ""."""
+        from tracer.toy.shipped import shipped_transcoders_name
+
+        if self.transcoders in (None, ""):
+            return shipped_transcoders_name(self.model_ref) or ""
         return str(self.transcoders)
 
     @property
@@ -78,7 +81,7 @@ class LiveConfig:
 def _default_factory(config: LiveConfig):
     from tracer.session import TracingSession
 
-    if not config.is_toy and not config.transcoders:
+    if not config.transcoders_ref:
         raise LiveError(f"--model {config.model} needs --transcoders (the transcoder set of that model)")
     return TracingSession(None if config.is_toy else config.model, config.transcoders or None,
                           device=config.device, dtype=config.dtype)

@@ -351,7 +351,7 @@ def test_reference_pt_legacy_format_is_refused(tmp_path):
 def toy_copy(tmp_path):
     import shutil
 
-    from tracer.toy.model import default_model_dir
+    from tracer.toy.shipped import default_model_dir
 
     dst = tmp_path / "model"
     shutil.copytree(default_model_dir(), dst)

@@ -28,7 +28,7 @@ from tracer.interventions.common import prompt_inputs
 from tracer.models import load_vlm
 from tracer.models.precision import float64_norms
 from tracer.toy import world
-from tracer.toy.model import default_transcoder_dir
+from tracer.toy.shipped import default_transcoder_dir
 
 TIGHT = 1e-10
 

@@ -202,7 +202,7 @@ def write_tiny_text_gemma(folder: Path):
     saved in `folder`; returns the tokenizer."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    from tracer.toy.model import default_model_dir
+    from tracer.toy.shipped import default_model_dir
 
     tok = AutoTokenizer.from_pretrained(default_model_dir())
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ class TracingSession:
         loaded from a local folder or the local Hugging Face cache only, never from the hub."""
         from contextlib import nullcontext
 
-        from tracer.toy.model import shipped_model_dir, shipped_transcoders_name
+        from tracer.toy.shipped import shipped_model_dir, shipped_transcoders_name
         from tracer.transcoders import load_transcoder_set
 
         model = None if model in (None, "toy") else model

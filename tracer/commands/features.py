@@ -67,7 +67,14 @@ def _run(args) -> int:
     data = (f"toy:{spec.split},seed={spec.seed},start={spec.start}" + (f",type={spec.question_type}"
                                                                         if spec.question_type else "")
             if spec.name == "toy" else args.data)
-    names = {"model_name": args.model or "toy-vlm (shipped)", "transcoder_name": args.transcoders or "toy-plt (shipped)"}
+    from tracer.toy.shipped import shipped_transcoders_name
+
+    own_set = shipped_transcoders_name(args.model or "toy")  # a shipped toy brings its own set
+    if args.transcoders is None and own_set:
+        args.transcoders = own_set
+    names = {"model_name": args.model or "toy-vlm (shipped)",
+             "transcoder_name": args.transcoders + (" (shipped)" if args.transcoders == own_set else "")
+             if args.transcoders else "toy-plt (shipped)"}
     if args.workers is not None or args.address is not None:
         from tracer.features.distributed import compute_feature_examples_ray
 

@@ -68,7 +68,8 @@ def _report(args) -> int:
     torch.set_num_threads(max(1, args.threads))
     model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=args.device,
                                 attn_implementation=FAST_ATTENTION)
-    tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32)
+    tset = load_transcoder_set(args.transcoders, lazy_decoder=args.lazy, device=args.device, dtype=torch.float32,
+                               model=model if args.transcoders is None else None)
     tset.check_compatible(model, require_all_layers=False)  # a partial set gets its per-layer rows
     from tracer.models import get_adapter
 

@@ -15,7 +15,7 @@ from tracer.models.gguf import is_gguf_ref, model_folder
 def resolve_model_ref(ref: str | Path | None) -> str:
     """None (or "toy") means the shipped toy VLM, "toy-llava" / "toy-qwen2_5_vl" the other shipped
     toys; anything else is a local folder or a hub id."""
-    from tracer.toy.model import shipped_model_dir
+    from tracer.toy.shipped import shipped_model_dir
 
     shipped = shipped_model_dir("toy" if ref is None else str(ref))
     return str(shipped) if shipped is not None else str(ref)

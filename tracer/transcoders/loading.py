@@ -52,7 +52,7 @@ _HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?(/[\w./-]+)*(@[\w
 
 def default_transcoders_dir() -> Path:
     """The toy transcoder set shipped with the package (for the shipped toy VLM)."""
-    from tracer.toy.model import default_transcoder_dir
+    from tracer.toy.shipped import default_transcoder_dir
 
     return default_transcoder_dir()
 
@@ -166,7 +166,7 @@ def _locate(ref: str | Path | None, cache_dir) -> _Files:
     if ref is None:
         return _Files(folder=default_transcoders_dir())
     text = str(ref)
-    from tracer.toy.model import shipped_transcoders_dir
+    from tracer.toy.shipped import shipped_transcoders_dir
 
     shipped = shipped_transcoders_dir(text)  # "toy-plt", "toy-plt-llava", ...
     if shipped is not None:
@@ -381,13 +381,17 @@ def load_transcoder_set(ref: str | Path | None = None, *, lazy_decoder: bool = T
                         ) -> TranscoderSet:
     """Load a transcoder set.
 
-    ref: None (the shipped toy set), a local folder (or its config.yaml), or a hub reference
+    ref: None (the shipped toy set; with `model` a shipped toy, that toy's set), a local folder (or its config.yaml), or a hub reference
     (`org/name`, `org/name@rev`, `org/name/subfolder`, `hf://org/name[@rev][/subfolder]`).
     lazy_decoder / lazy_encoder: keep W_dec / W_enc in their files and read rows on demand.
     dtype: None keeps the stored dtype (bf16 for the published Gemma3 set).
     layers: load only these model layers. model: a model or adapter to check the set against
     (raises TranscoderMismatchError). cache_dir: the huggingface_hub cache to use.
     """
+    if ref is None and model is not None:  # a shipped toy's own set (the Gemma3 toy's otherwise)
+        from tracer.toy.shipped import shipped_toy_of, shipped_transcoders_name
+
+        ref = shipped_transcoders_name(shipped_toy_of(model) or "")
     files = _locate(ref, cache_dir)
     config_path = files.config()
     config = read_config(config_path)
