@@ -12,7 +12,7 @@ from tracer.graph.pruning import node_influence
 from tracer.toy import world
 from tracer.toy.samples import ground_truth
 from tracer.models.loading import resolve_model_ref
-from tracer.toy.model import SHIPPED_TOYS, shipped_model_dir
+from tracer.toy.shipped import SHIPPED_TOYS, shipped_model_dir
 from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parent.parent / "app" / "sample_graphs"

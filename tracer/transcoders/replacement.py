@@ -7,7 +7,6 @@ input (``mlp.hook_in``), the MLP's output is what the transcoder replaces (``mlp
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
