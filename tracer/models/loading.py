@@ -13,8 +13,8 @@ from tracer.models.gguf import is_gguf_ref, model_folder
 
 
 def resolve_model_ref(ref: str | Path | None) -> str:
-    """None (or "toy") means the shipped toy VLM, "toy-llava" / "toy-qwen2_5_vl" the other shipped
-    toys; anything else is a local folder or a hub id."""
+    """None (or "toy") means the shipped toy VLM, "toy-llava" the LLaVA one (tracer.toy.shipped);
+    anything else is a local folder or a hub id."""
     from tracer.toy.shipped import shipped_model_dir
 
     shipped = shipped_model_dir("toy" if ref is None else str(ref))

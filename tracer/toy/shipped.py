@@ -12,7 +12,6 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # tracer/data
 SHIPPED_TOYS = {
     "toy": ("toy-vlm", "toy-plt"),
     "toy-llava": ("toy-vlm-llava", "toy-plt-llava"),
-    "toy-qwen2_5_vl": ("toy-vlm-qwen2_5_vl", "toy-plt-qwen2_5_vl"),
 }
 
 
