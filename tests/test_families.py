@@ -250,6 +250,16 @@ def test_llava_with_a_siglip_tower_starts_from_a_trained_tower(tmp_path):
     assert perturbation_errors(result, tset, sample_sources(g, 12, np.random.default_rng(0))) < TIGHT
 
 
+def test_init_vision_from_a_tower_of_another_kind_is_refused_before_anything_is_written(tmp_path, capsys):
+    from tracer.cli import main
+
+    out = tmp_path / "qwen-toy"
+    assert main(["toy", "train", "--family", "qwen2_5_vl", "--init-vision-from", "toy", "--out", str(out),
+                 "--steps", "2", "--warmup", "1", "--no-progress"]) == 2
+    assert "is not the kind this qwen2_5_vl toy uses" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_qwen_vision_maps_follow_its_windows_and_merger(tmp_path):
     """Qwen2.5-VL's tower packs the images, reorders tokens into windows and returns no attention
     weights; the maps put its patterns back into patch order. Checked arithmetically on a 96x64

@@ -154,7 +154,6 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     if cfg.warmup >= cfg.steps:
         print(f"warning: the learning-rate warm-up ({cfg.warmup} steps) is not shorter than the run ({cfg.steps} "
               f"steps): the rate never reaches its peak (lower --warmup)", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     if cfg.init_vision_from:
@@ -166,6 +165,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         del source
     else:
         model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec)
+    out.mkdir(parents=True, exist_ok=True)  # only once the model could be built (bad options leave nothing)
     model.to(device).train()
     torch.manual_seed(cfg.seed + 1)
     probe = torch.nn.Linear(cfg.spec.hidden_size, len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES)).to(device)
