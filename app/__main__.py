@@ -40,9 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "live features", "New trace, steering, region ablation and attention need a model. By default the shipped "
         "toy VLM and its transcoders, loaded on first use (not at start).")
     live.add_argument("--model", default=None,
-                      help="model for the live features: a Hugging Face id or a local folder (default: the toy VLM)")
+                      help="model for the live features: a Hugging Face id, a local folder, or a shipped toy "
+                           "(toy, toy-llava) (default: the toy VLM)")
     live.add_argument("--transcoders", default=None,
-                      help="its transcoder set: hub id or folder with config.yaml (default: the toy transcoders)")
+                      help="its transcoder set: hub id or folder with config.yaml (default: a shipped toy's own set)")
     live.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available, else cpu)")
     live.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     live.add_argument("--no-live", action="store_true", help="explorer only: no model, no tracing or steering")

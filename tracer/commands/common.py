@@ -21,9 +21,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_model_arguments(p, transcoders_help: str = "transcoder set: local folder, HF repo 'org/name[@rev]' "
-                        "or hf://... (default: the shipped toy set), e.g. tianhux2/gemma3-4b-it-plt") -> None:
+                        "or hf://... (default: a shipped toy's own set), e.g. tianhux2/gemma3-4b-it-plt") -> None:
     p.add_argument("-m", "--model", default=None,
-                   help="HF model id or local folder (default: the shipped toy VLM), e.g. google/gemma-3-4b-it")
+                   help="HF model id, local folder or shipped toy (toy, toy-llava; default: toy), e.g. "
+                        "google/gemma-3-4b-it")
     p.add_argument("-t", "--transcoders", "--transcoder_set", dest="transcoders", default=None, help=transcoders_help)
     p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

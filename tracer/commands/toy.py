@@ -61,7 +61,7 @@ def register(sub) -> None:
         "per question type.",
         formatter_class=HelpFormatter,
     )
-    ev.add_argument("--model", default=None, help="model folder (default: the shipped toy VLM)")
+    ev.add_argument("--model", default=None, help="model folder or shipped toy (toy, toy-llava; default: toy)")
     ev.add_argument("-n", "--per-type", type=positive_int, default=500, help="examples per question type")
     ev.add_argument("--seed", type=non_negative_int, default=0, help="which held-out examples")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
