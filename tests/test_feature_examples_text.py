@@ -172,14 +172,18 @@ def _folder_with_both(tmp_path: Path) -> Path:
 
 def test_the_shipped_folder_has_a_store_per_transcoder_set():
     stores = FeatureExampleStores(find_stores(SAMPLES))
-    assert sorted(s.store_transcoders() for s in stores.stores) == ["gemma-3-270m-plt", "toy-plt"]
+    assert sorted(s.store_transcoders() for s in stores.stores) == ["gemma-3-270m-plt", "toy-plt", "toy-plt-llava"]
+    llava = stores.pick("toy-plt-llava")[0].store.manifest  # the LLaVA toy's sample graph gets its own store
+    assert llava["model_name"] == "toy-llava" and llava["dataset"]["name"] == "toy"
+    from tracer.features.compute import transcoder_fingerprint
+    from tracer.transcoders import load_transcoder_set
+
+    assert llava["transcoder"]["fingerprint"] == transcoder_fingerprint(load_transcoder_set("toy-plt-llava")), (
+        "app/sample_graphs/feature_examples-toy-plt-llava is stale: recompute it (docs/adding_a_family.md)")
     manifest = stores.pick("tracer/data/gemma-3-270m-plt")[0].store.manifest
     assert manifest["dataset"]["name"] == "pydoc" and manifest["model_name"] == "gguf:gemma-3-270m"
     size = sum(p.stat().st_size for p in (SAMPLES / GEMMA_STORE).rglob("*") if p.is_file())
     assert size < 4_000_000
-    from tracer.features.compute import transcoder_fingerprint
-    from tracer.transcoders import load_transcoder_set
-
     root = Path(__file__).resolve().parents[1]
     assert manifest["transcoder"]["fingerprint"] == transcoder_fingerprint(
         load_transcoder_set(str(root / "tracer" / "data" / "gemma-3-270m-plt"))), (

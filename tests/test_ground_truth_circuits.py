@@ -1,7 +1,10 @@
-"""Traced circuits against the toy world's known truth: the image soft tokens under the objects
-an answer depends on carry much more of the answer's influence than the other image tokens."""
+"""Traced circuits against the toy world's known truth, on every trained toy shipped (Gemma3,
+LLaVA): the image soft tokens under the objects an answer depends on carry much more of the
+answer's influence than the other image tokens."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +15,7 @@ from tracer.graph.pruning import node_influence
 from tracer.toy import world
 from tracer.toy.samples import ground_truth
 from tracer.models.loading import resolve_model_ref
-from tracer.toy.shipped import SHIPPED_TOYS, shipped_model_dir
-from pathlib import Path
+from tracer.toy.shipped import SHIPPED_TOYS, shipped_model_dir, shipped_transcoders_dir, shipped_transcoders_name
 
 SAMPLES = Path(__file__).resolve().parent.parent / "app" / "sample_graphs"
 
@@ -28,23 +30,30 @@ def evidence_ratio(graph) -> float:
     return float(np.mean(inside) / np.mean(outside))
 
 
-# every trained toy shipped with the package (Gemma3, LLaVA, Qwen2.5-VL), by its --model name
-TRAINED_TOYS = [name for name in SHIPPED_TOYS if (shipped_model_dir(name) / "config.json").exists()]
-
-
-@pytest.fixture(scope="module", params=TRAINED_TOYS)
+@pytest.fixture(scope="module", params=list(SHIPPED_TOYS))  # every trained toy shipped, by its --model name
 def session(request):
     from tracer.session import TracingSession
 
     return TracingSession(request.param, device="cpu")
 
 
-def test_every_family_has_a_trained_toy():
-    assert TRAINED_TOYS == list(SHIPPED_TOYS)
+def test_every_shipped_toy_is_a_model_of_its_family_with_its_transcoders():
+    import json
+
+    families = {}
+    for name, (_, transcoders) in SHIPPED_TOYS.items():
+        families[name] = json.loads((shipped_model_dir(name) / "config.json").read_text())["model_type"]
+        assert (shipped_transcoders_dir(transcoders) / "config.yaml").is_file()
+    assert families == {"toy": "gemma3", "toy-llava": "llava"}
 
 
 @pytest.mark.parametrize("qtype,index", [("color", 11), ("shape", 12), ("position", 13)])
-def test_fresh_graphs_start_from_the_evidence_region(session, qtype, index):
+def test_fresh_graphs_start_from_the_evidence_region(session, qtype, index, request):
+    if session.model_ref == "toy-llava" and qtype == "position":
+        # what the scoreboard says too (README): the LLaVA toy answers 79% of position questions and
+        # its position graphs put a median 25% of the image influence on the object asked about
+        request.applymarker(pytest.mark.xfail(strict=True, reason="the LLaVA toy's position circuit does not "
+                                                                   "start from the object (evidence ratio 1.7)"))
     example = world.make_example("heldout", index, question_type=qtype)
     graph = session.attribute(example.question, example.image(), max_feature_nodes=400, progress=False)
     assert graph.targets[0].label == example.answer
@@ -56,13 +65,16 @@ def test_shipped_sample_graphs_cover_every_question_type_and_their_ground_truth(
     files = [f for f in list_graph_files(SAMPLES) if str(f.path).endswith(".graph.safetensors")]
     every = [load_graph(f.path) for f in files]
     graphs = [g for g in every if g.model == "toy"]
-    # the others are real-model samples (tests/test_real_gemma.py checks them)
-    assert {g.model for g in every} - {"toy"} <= {"gguf:gemma-3-270m"}
+    others = [g for g in every if g.model in SHIPPED_TOYS and g.model != "toy"]  # one per other trained toy
+    # the rest are real-model samples (tests/test_real_gemma.py checks them)
+    assert {g.model for g in every} - set(SHIPPED_TOYS) <= {"gguf:gemma-3-270m"}
     assert sorted(g.info["toy"]["question_type"] for g in graphs) == sorted(world.QUESTION_TYPES)
-    for g in graphs:
-        assert g.model == "toy" and g.transcoders == "toy-plt"
+    assert {g.model for g in others} == set(SHIPPED_TOYS) - {"toy"}
+    for g in graphs + others:
+        assert g.transcoders == shipped_transcoders_name(g.model)
         assert g.targets[0].label == g.info["toy"]["answer"]
         assert np.abs(g.sum_rule_residual()).max() / max(1.0, np.abs(g.values).max()) < 1e-4
         if g.info["toy"]["evidence_positions"]:
             assert evidence_ratio(g) > 3.0
-    assert resolve_model_ref("toy")  # the reference stored in the graphs resolves to the shipped model
+    for name in SHIPPED_TOYS:  # the references stored in the graphs resolve to the shipped models
+        assert Path(resolve_model_ref(name)) == shipped_model_dir(name)
