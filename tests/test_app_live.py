@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from app.jobs import ACTIVE, CANCELLED, DONE, ERROR, QUEUED, RUNNING, JobQueue, status_text
-from app.live import (LiveConfig, LiveError, LiveModel, LiveState, check_compatible, decode_upload, save_unique,
+from app.live import (LiveConfig, _default_factory, LiveError, LiveModel, LiveState, check_compatible, decode_upload, save_unique,
                       slugify, target_specs)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,6 +284,15 @@ def test_compatibility_and_target_specs():
     with pytest.raises(LiveError, match="transcoders"):
         check_compatible(toy, g)
     check_compatible(toy, g, need_transcoders=False)
+    # a shipped toy of another family brings its own transcoder set: `python -m app --model toy-llava`
+    llava = LiveConfig(model="toy-llava")
+    assert llava.transcoders_ref == "toy-plt-llava" and not llava.is_toy
+    g.model, g.transcoders = "toy-llava", "toy-plt-llava"
+    check_compatible(llava, g)
+    with pytest.raises(LiveError, match="start it with --model toy-llava"):
+        check_compatible(toy, g)
+    with pytest.raises(LiveError, match="needs --transcoders"):
+        _default_factory(LiveConfig(model="google/gemma-3-4b-it"))
     g.targets = [Target("red", 44, 0.9), Target("red - blue", -1, 0.0, "direction",
                                                 {"plus": [44], "minus": [25]})]
     assert target_specs(g) == ["#44", "#44 - #25"]
