@@ -70,23 +70,22 @@ def _run(args) -> int:
     from tracer.toy.shipped import shipped_transcoders_name
 
     own_set = shipped_transcoders_name(args.model or "toy")  # a shipped toy brings its own set
-    if args.transcoders is None and own_set:
-        args.transcoders = own_set
+    transcoders = args.transcoders or own_set
     names = {"model_name": args.model or "toy-vlm (shipped)",
-             "transcoder_name": args.transcoders + (" (shipped)" if args.transcoders == own_set else "")
-             if args.transcoders else "toy-plt (shipped)"}
+             "transcoder_name": (f"{transcoders} (shipped)" if transcoders == own_set else transcoders)
+             if transcoders else "toy-plt (shipped)"}
     if args.workers is not None or args.address is not None:
         from tracer.features.distributed import compute_feature_examples_ray
 
         out = compute_feature_examples_ray(
-            args.out, model=args.model, transcoders=args.transcoders, data=data, n_inputs=args.n_examples,
+            args.out, model=args.model, transcoders=transcoders, data=data, n_inputs=args.n_examples,
             n_per_feature=args.per_feature, batch_size=args.batch_size, per_position=not args.no_per_position,
             min_fraction=args.min_fraction, device=args.device, dtype=args.dtype, workers=args.workers,
             address=args.address, cpus_per_worker=args.cpus_per_worker, progress=not args.no_progress, **names)
         return _report(out)
     dtype = getattr(torch, args.dtype)
     model, processor = load_vlm(args.model, dtype=dtype, device=args.device, attn_implementation=FAST_ATTENTION)
-    tset = load_transcoder_set(args.transcoders, device=args.device, dtype=dtype, model=model)
+    tset = load_transcoder_set(transcoders, device=args.device, dtype=dtype, model=model)
     out = compute_feature_examples(
         args.out, model, processor, tset, data=spec, n_inputs=args.n_examples, n_per_feature=args.per_feature,
         batch_size=args.batch_size, per_position=not args.no_per_position, progress=not args.no_progress,

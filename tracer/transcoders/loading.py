@@ -43,6 +43,7 @@ from tracer.transcoders.activations import JumpReLU, ReLU, TopK
 from tracer.transcoders.errors import TranscoderFormatError, TranscoderMismatchError
 from tracer.transcoders.per_layer import LazyRows, PerLayerTranscoder
 from tracer.transcoders.transcoder_set import TranscoderSet
+from tracer.toy.shipped import default_transcoder_dir, shipped_toy_of, shipped_transcoders_dir, shipped_transcoders_name
 
 CONFIG_NAME = "config.yaml"
 REQUIRED = ("W_enc", "W_dec", "b_enc", "b_dec")
@@ -52,8 +53,6 @@ _HUB_REF = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?(/[\w./-]+)*(@[\w
 
 def default_transcoders_dir() -> Path:
     """The toy transcoder set shipped with the package (for the shipped toy VLM)."""
-    from tracer.toy.shipped import default_transcoder_dir
-
     return default_transcoder_dir()
 
 
@@ -166,8 +165,6 @@ def _locate(ref: str | Path | None, cache_dir) -> _Files:
     if ref is None:
         return _Files(folder=default_transcoders_dir())
     text = str(ref)
-    from tracer.toy.shipped import shipped_transcoders_dir
-
     shipped = shipped_transcoders_dir(text)  # "toy-plt", "toy-plt-llava", ...
     if shipped is not None:
         return _Files(folder=shipped, cache_dir=cache_dir)
@@ -389,8 +386,6 @@ def load_transcoder_set(ref: str | Path | None = None, *, lazy_decoder: bool = T
     (raises TranscoderMismatchError). cache_dir: the huggingface_hub cache to use.
     """
     if ref is None and model is not None:  # a shipped toy's own set (the Gemma3 toy's otherwise)
-        from tracer.toy.shipped import shipped_toy_of, shipped_transcoders_name
-
         ref = shipped_transcoders_name(shipped_toy_of(model) or "")
     files = _locate(ref, cache_dir)
     config_path = files.config()
