@@ -17,6 +17,7 @@ from tracer.attribution.attribute import AttributionConfig, attribute_full
 from tracer.attribution.frozen import frozen_forward
 from tracer.attribution.verify import sample_sources
 from tracer.models import get_adapter, load_vlm
+from tracer.models.base import format_prompt
 from tracer.models.loading import ModelLoadError
 from tracer.toy import world
 from tracer.toy.families import TINY_FAMILIES, write_tiny_model
@@ -357,3 +358,32 @@ def test_toy_training_runs_for_every_family(family, tmp_path):
     out = train(tmp_path / "toy", cfg, progress=False)
     loaded, _ = load_vlm(str(out))
     assert get_adapter(loaded).family == family
+
+
+def test_qwen_image_tokens_get_m_rope_row_and_column_positions(tmp_path):
+    """M-RoPE: the processor marks image soft tokens (mm_token_type_ids) so that the model gives
+    each one (time, row, col) positions; without the marks HF falls back to 1-d positions, which
+    a real Qwen2.5-VL was not trained with. The forward with our inputs equals the forward with
+    the 3-d positions passed explicitly, and differs from the 1-d fallback."""
+    folder = write_tiny_model("qwen2_5_vl", tmp_path / "qwen")
+    model, processor = load_vlm(str(folder), dtype=torch.float64)
+    adapter = get_adapter(model)
+    ex = world.make_example("heldout", 2, question_type="color")
+    wide = ex.image().resize((96, 64))  # an 8x12 grid, so rows and columns differ
+    inputs = adapter.model_inputs(processor(text=format_prompt(processor, ex.question, n_images=1), images=[wide]))
+    is_image = inputs["input_ids"][0] == adapter.image_token_id
+    assert inputs["mm_token_type_ids"][0].bool().equal(is_image)
+    positions, _ = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
+                                              image_grid_thw=inputs["image_grid_thw"],
+                                              attention_mask=inputs["attention_mask"])
+    t, row, col = (positions[k, 0, is_image] for k in range(3))
+    start = int(t[0])
+    assert (t == start).all()
+    assert (row - start).tolist() == [r for r in range(8) for _ in range(12)]
+    assert (col - start).tolist() == list(range(12)) * 8
+    with torch.no_grad():
+        ours = model(**inputs).logits
+        explicit = model(**inputs, position_ids=positions).logits
+        flat = model(**{k: v for k, v in inputs.items() if k != "mm_token_type_ids"}).logits
+    assert torch.equal(ours, explicit)
+    assert (ours - flat).abs().max() > 1e-6

@@ -104,6 +104,12 @@ class QwenVLProcessor:
         enc = self.tokenizer(texts, return_tensors=return_tensors, add_special_tokens=add_special_tokens,
                              padding=padding)
         out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        # 1 marks an image soft token. Without this the model cannot build M-RoPE's (time, row, col)
+        # positions and silently falls back to 1-d positions (HF's own processor returns it too).
+        pad = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        ids = enc["input_ids"]
+        out["mm_token_type_ids"] = (ids == pad).int() if torch.is_tensor(ids) else [[int(i == pad) for i in row]
+                                                                                     for row in ids]
         return out
 
     def save_pretrained(self, folder) -> None:
