@@ -337,13 +337,14 @@ def test_toy_training_runs_for_every_family(family, tmp_path):
     from tracer.toy import data
     from tracer.toy.families import build_family_model
     from tracer.toy.model import ToyModelSpec
-    from tracer.toy.train import TrainConfig, batch_for_step, train, training_loss
+    from tracer.toy.train import TrainConfig, batch_for_step, probe_width, train, training_loss
 
     spec = ToyModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                         head_dim=16, vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2)
     cfg = TrainConfig(steps=2, batch_size=8, warmup=1, eval_every=2, eval_examples=4, family=family, spec=spec)
     model, processor = build_family_model(family, 0, spec)
-    probe = torch.nn.Linear(spec.hidden_size, len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES))
+    probe = torch.nn.Linear(spec.hidden_size, probe_width(cfg))
+    assert probe_width(cfg) == len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES) + 4  # + the two halves
     opt = torch.optim.Adam(list(model.parameters()) + list(probe.parameters()), lr=3e-3)
     batch = batch_for_step(processor, cfg, 0)
     losses = []
@@ -387,3 +388,78 @@ def test_qwen_image_tokens_get_m_rope_row_and_column_positions(tmp_path):
         flat = model(**{k: v for k, v in inputs.items() if k != "mm_token_type_ids"}).logits
     assert torch.equal(ours, explicit)
     assert (ours - flat).abs().max() > 1e-6
+
+
+def test_half_labels_mark_the_bottom_and_right_halves():
+    from tracer.toy import data
+
+    halves = data.half_labels()
+    assert halves.shape == (64, 2)
+    assert halves[0].tolist() == [0, 0] and halves[7].tolist() == [0, 1] and halves[56].tolist() == [1, 0]
+    assert halves[63].tolist() == [1, 1] and halves[3 * 8 + 3].tolist() == [0, 0] and halves[4 * 8 + 4].tolist() == [1, 1]
+    assert halves.sum(0).tolist() == [32, 32]
+
+
+def test_language_model_copy_into_another_family_computes_what_the_source_did():
+    """`toy train --init-language-from`: a Llama decoder (LLaVA) starts a Qwen2.5-VL toy's. Every
+    decoder weight is copied, Qwen2's q/k/v biases start at zero, embedding and unembedding rows
+    follow the token's text (end-of-turn and padding by role). On one token attention is the
+    identity (no rotary effect), so both language models give the same logits on every shared
+    token; a decoder of other sizes or layout is refused in one line."""
+    from tracer.errors import InputError
+    from tracer.toy.families import build_family_model
+    from tracer.toy.model import ToyModelSpec
+    from tracer.toy.train import copy_language_model
+
+    llava, llava_processor = build_family_model("llava", seed=1)
+    qwen, qwen_processor = build_family_model("qwen2_5_vl", seed=2)
+    copy_language_model(llava, llava_processor.tokenizer, qwen, qwen_processor.tokenizer, "llava")
+    layer = get_adapter(qwen).language_model.layers[1].self_attn
+    assert torch.equal(layer.q_proj.weight, get_adapter(llava).language_model.layers[1].self_attn.q_proj.weight)
+    assert not layer.q_proj.bias.any() and not layer.v_proj.bias.any()
+    theirs, ours = llava_processor.tokenizer, qwen_processor.tokenizer
+    shared = [w for w in ours.get_vocab() if w in theirs.get_vocab()]
+    assert {"red", "circle", "left", "yes"} <= set(shared)
+    for word in ("red", "circle"):
+        with torch.no_grad():
+            a = llava(input_ids=torch.tensor([[theirs.convert_tokens_to_ids(word)]])).logits[0, -1]
+            b = qwen(input_ids=torch.tensor([[ours.convert_tokens_to_ids(word)]])).logits[0, -1]
+        ia = torch.tensor([theirs.convert_tokens_to_ids(w) for w in shared])
+        ib = torch.tensor([ours.convert_tokens_to_ids(w) for w in shared])
+        assert torch.allclose(a[ia], b[ib], atol=1e-5)
+        eos = (theirs.eos_token_id, ours.eos_token_id)
+        assert torch.allclose(a[eos[0]], b[eos[1]], atol=1e-5)
+
+    wider, _ = build_family_model("qwen2_5_vl", seed=0, spec=ToyModelSpec())
+    with pytest.raises(InputError, match="does not fit this qwen2_5_vl toy"):
+        copy_language_model(llava, theirs, wider, ours, "llava")
+    gemma, gemma_processor = build_family_model("gemma3", seed=0)
+    with pytest.raises(InputError, match="does not fit"):
+        copy_language_model(gemma, gemma_processor.tokenizer, qwen, ours, "gemma")
+
+
+def test_init_from_goes_on_training_a_toy_of_the_same_family(tmp_path, capsys):
+    """`toy train --init-from` fine-tunes a trained toy: the run starts from its weights (its
+    first loss is the trained model's, not a fresh one's), and a toy of another family is refused
+    before anything is written."""
+    from tracer.cli import main
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--family", "llava", "--steps", "3", "--warmup", "1", "--batch-size", "4", "--no-progress",
+              "--eval-every", "3"]
+    assert main(["toy", "train", "--out", str(first), *common]) == 0
+    start, _ = load_vlm(str(first))
+    assert main(["toy", "train", "--out", str(second), "--init-from", str(first), *common]) == 0
+    log = json.loads((second / "training_log.json").read_text())
+    assert log["config"]["init_from"] == str(first) and log["config"]["aux_position"] is True
+    tuned, _ = load_vlm(str(second))
+    a, b = start.state_dict(), tuned.state_dict()
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    drift = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert drift < 0.05  # three small steps from the trained weights, not a fresh start
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["toy", "train", "--out", str(other), "--family", "qwen2_5_vl", "--init-from", str(first),
+                 "--steps", "2", "--warmup", "1", "--no-progress"]) == 2
+    assert "is a llava model, not qwen2_5_vl" in capsys.readouterr().err
+    assert not other.exists()

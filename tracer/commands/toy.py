@@ -45,6 +45,16 @@ def register(sub) -> None:
     train.add_argument("--init-vision-from", default=None, metavar="FOLDER",
                        help="start the vision tower from a trained VLM's (e.g. tracer/data/toy-vlm, whose SigLIP "
                             "tower a LLaVA toy can take); the projector and language model start fresh")
+    train.add_argument("--init-from", default=None, metavar="FOLDER",
+                       help="go on training a trained toy of the same --family (fine-tuning: the whole model "
+                            "starts there, the learning-rate schedule and the probe start afresh)")
+    train.add_argument("--no-aux-position", action="store_true",
+                       help="the auxiliary probe reads only each image token's shape and colour, not also which "
+                            "half of the image it lies in (the recipe before the position probe)")
+    train.add_argument("--init-language-from", default=None, metavar="FOLDER",
+                       help="start the language model from a trained VLM's of the same decoder sizes, tokens "
+                            "matched by their text (e.g. tracer/data/toy-vlm-llava, whose Llama decoder a "
+                            "Qwen2.5-VL toy can take; Qwen2's q/k/v biases start at zero)")
     train.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     train.add_argument("--threads", type=positive_int, default=1,
                        help="torch CPU threads (use 1 when other work shares the cores)")
@@ -148,7 +158,8 @@ def _train(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         aux_weight=args.aux_weight, seed=args.seed, eval_every=args.eval_every, device=args.device,
         threads=args.threads, num_workers=args.workers, family=args.family,
-        init_vision_from=args.init_vision_from,
+        init_vision_from=args.init_vision_from, init_language_from=args.init_language_from,
+        init_from=args.init_from, aux_position=not args.no_aux_position,
     )
     out = train(args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"saved the toy {args.family} VLM to {out}")

@@ -41,6 +41,14 @@ def token_labels(scene: world.Scene) -> tuple[np.ndarray, np.ndarray]:
     return shape, color
 
 
+def half_labels() -> torch.Tensor:
+    """(64, 2) per-soft-token labels of the auxiliary position loss: is the token in the bottom
+    half of the image, is it in the right half (the halves the position questions ask about)."""
+    index = torch.arange(world.TOKEN_GRID**2)
+    row, col = index // world.TOKEN_GRID, index % world.TOKEN_GRID
+    return torch.stack([row >= world.TOKEN_GRID // 2, col >= world.TOKEN_GRID // 2], -1).long()
+
+
 def make_batch(processor, examples: list[world.Example], with_answers: bool = True) -> Batch:
     """Tokenise a list of examples; image and text-only examples may be mixed.
 

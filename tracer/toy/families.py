@@ -163,7 +163,9 @@ def build_qwen2_5_vl(seed: int = 0, spec: ToyModelSpec | None = None):
         text_config=dict(vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
                          num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
                          num_key_value_heads=spec.num_kv_heads, max_position_embeddings=512, rms_norm_eps=1e-6,
-                         rope_scaling={"type": "mrope", "mrope_section": section},
+                         # theta 100, not Qwen's 1e6: with head_dim 32 the row and column sections get the
+                         # lowest frequencies, which at 1e6 barely turn over an 8x8 grid
+                         rope_scaling={"type": "mrope", "mrope_section": section}, rope_theta=100.0,
                          bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         vision_config=dict(depth=spec.vision_layers, hidden_size=spec.vision_hidden,
                            intermediate_size=spec.vision_intermediate, num_heads=spec.vision_heads,

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tracer.errors import InputError
+from tracer.models.base import get_adapter
 from tracer.toy import data, world
 from tracer.toy.evaluate import evaluate_model
 from tracer.toy.families import build_family_model
@@ -42,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     aux_weight: float = 0.5
+    aux_position: bool = True  # the probe also reads each image token's half (top/bottom, left/right)
     eot_weight: float = 0.2
     seed: int = 0
     eval_every: int = 1000
@@ -52,6 +55,8 @@ class TrainConfig:
     threads: int = 1
     family: str = "gemma3"  # tracer.toy.families: gemma3, llava, qwen2_5_vl
     init_vision_from: str | None = None  # a trained VLM folder whose vision tower starts this one
+    init_language_from: str | None = None  # a trained VLM folder whose language model starts this one
+    init_from: str | None = None  # a trained toy of this family to go on training (fine-tuning)
     spec: ToyModelSpec = field(default_factory=ToyModelSpec)
 
 
@@ -68,6 +73,11 @@ class _BatchStream(torch.utils.data.IterableDataset):
             yield step, batch_for_step(self.processor, self.cfg, step)
 
 
+def probe_width(cfg: TrainConfig) -> int:
+    """Outputs of the auxiliary probe: shape classes, colour classes, then two binary halves."""
+    return len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES) + (4 if cfg.aux_position else 0)
+
+
 def batch_for_step(processor, cfg: TrainConfig, step: int) -> data.Batch:
     first = step * cfg.batch_size
     examples = [world.make_example("train", first + i, cfg.seed) for i in range(cfg.batch_size)]
@@ -82,8 +92,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    from tracer.models.base import get_adapter
-
     adapter = get_adapter(model)
     device = adapter.device
     inputs = adapter.model_inputs(batch.inputs)
@@ -107,8 +115,15 @@ def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainCo
         soft = entering["emb"][is_image].view(-1, world.TOKEN_GRID ** 2, adapter.d_model)  # (n_images, 64, d)
         logits_aux = probe(soft)
         n_shape = len(data.SHAPE_CLASSES)
+        n_color = len(data.COLOR_CLASSES)
         aux = F.cross_entropy(logits_aux[..., :n_shape].flatten(0, 1), batch.shape_labels.to(device).flatten()) + \
-            F.cross_entropy(logits_aux[..., n_shape:].flatten(0, 1), batch.color_labels.to(device).flatten())
+            F.cross_entropy(logits_aux[..., n_shape:n_shape + n_color].flatten(0, 1),
+                            batch.color_labels.to(device).flatten())
+        if cfg.aux_position:  # two binary heads after shape and colour: bottom half? right half?
+            halves = data.half_labels().to(device).expand(len(soft), -1, -1)
+            for j in range(2):
+                start = n_shape + n_color + 2 * j
+                aux = aux + F.cross_entropy(logits_aux[..., start:start + 2].flatten(0, 1), halves[..., j].flatten())
     pos = batch.answer_pos.to(device)
     answer_logits = out.logits[rows, pos].float()
     answer_ids = batch.answer_ids.to(device)
@@ -123,7 +138,6 @@ def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainCo
 def check_out_folder(out: Path, cfg: TrainConfig, overwrite: bool = False) -> None:
     """Refuse to start from step 0 over a finished run (its checkpoint is gone, its model would be
     overwritten), and a resume whose checkpoint is already at or past the requested steps."""
-    from tracer.errors import InputError
 
     state_path = out / CHECKPOINT
     if state_path.exists():
@@ -156,7 +170,18 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
               f"steps): the rate never reaches its peak (lower --warmup)", file=sys.stderr)
     torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    if cfg.init_vision_from:
+    if cfg.init_from and (cfg.init_vision_from or cfg.init_language_from):
+        raise InputError("--init-from starts the whole model: it does not combine with --init-vision-from or "
+                         "--init-language-from")
+    if cfg.init_from:
+        model, processor = load_source(cfg.init_from)
+        if get_adapter(model).family != cfg.family:
+            raise InputError(f"--init-from {cfg.init_from} is a {get_adapter(model).family} model, not {cfg.family} "
+                             f"(pass --family {get_adapter(model).family})")
+        if get_adapter(model).d_model != cfg.spec.hidden_size:
+            raise InputError(f"--init-from {cfg.init_from}: its width {get_adapter(model).d_model} is not the toy "
+                             f"spec's {cfg.spec.hidden_size}")
+    elif cfg.init_vision_from:
         source = load_vision_source(cfg.init_vision_from)
         options = {"vision_tower": source_tower_kind(source, cfg.family)} if cfg.family == "llava" else {}
         model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec, **options)
@@ -165,10 +190,14 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         del source
     else:
         model, processor = build_family_model(cfg.family, cfg.seed, cfg.spec)
+    if cfg.init_language_from and not (out / CHECKPOINT).exists():
+        source, source_processor = load_source(cfg.init_language_from)
+        copy_language_model(source, source_processor.tokenizer, model, processor.tokenizer, cfg.init_language_from)
+        del source
     out.mkdir(parents=True, exist_ok=True)  # only once the model could be built (bad options leave nothing)
     model.to(device).train()
     torch.manual_seed(cfg.seed + 1)
-    probe = torch.nn.Linear(cfg.spec.hidden_size, len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES)).to(device)
+    probe = torch.nn.Linear(cfg.spec.hidden_size, probe_width(cfg)).to(device)
     params = list(model.parameters()) + list(probe.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -181,6 +210,9 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     state_path = out / CHECKPOINT
     if state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
+        if state["probe"]["weight"].shape[0] != probe_width(cfg):
+            raise InputError(f"{state_path} was trained with{'out' if cfg.aux_position else ''} the position probe: "
+                             f"resume it with{'' if cfg.aux_position else 'out'} --no-aux-position")
         model.load_state_dict(state["model"])
         probe.load_state_dict(state["probe"])
         opt.load_state_dict(state["optimizer"])
@@ -235,17 +267,20 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     return out
 
 
-def load_vision_source(folder: str):
-    """The trained VLM whose vision tower starts a new toy (float32, CPU)."""
+def load_source(folder: str):
+    """(model, processor): a trained VLM whose weights start part of a new toy (float32, CPU)."""
     from tracer.models.loading import load_vlm
 
-    model, _ = load_vlm(folder, attn_implementation="sdpa")
-    return model
+    return load_vlm(folder, attn_implementation="sdpa")
+
+
+def load_vision_source(folder: str):
+    """The trained VLM whose vision tower starts a new toy."""
+    return load_source(folder)[0]
 
 
 def source_tower_kind(source, family: str) -> str:
     """The LLaVA toy's tower kind that can take the source's tower: its config's model type."""
-    from tracer.errors import InputError
 
     kind = getattr(source.config, "vision_config", None)
     kind = getattr(kind, "model_type", "")
@@ -259,9 +294,6 @@ def source_tower_kind(source, family: str) -> str:
 def copy_vision_tower(source, model, name: str) -> None:
     """Copy the source VLM's vision tower weights into the new model's tower (same architecture
     and sizes, else a clear error). The projector and the language model keep their fresh start."""
-    from tracer.errors import InputError
-    from tracer.models.base import get_adapter
-
     src, dst = get_adapter(source).vision_tower, get_adapter(model).vision_tower
     if src is None or dst is None or type(src) is not type(dst):
         raise InputError(f"--init-vision-from {name}: its vision tower ({type(src).__name__}) is not the kind this "
@@ -273,6 +305,44 @@ def copy_vision_tower(source, model, name: str) -> None:
                          f"({len(wrong)} tensors differ, e.g. {wrong[0]})")
     with torch.no_grad():
         dst.load_state_dict({k: theirs[k] for k in ours}, strict=True)
+
+
+def copy_language_model(source, source_tokenizer, model, tokenizer, name: str) -> None:
+    """Start the new model's language model from the source's: every decoder weight the source
+    has, of the same shape (else a clear error); weights only the new family has (Qwen2's q/k/v
+    biases) start at zero, so the copy computes what the source did. Token embedding and
+    unembedding rows are matched by the token's text, the end-of-turn and padding tokens by
+    their role; tokens the source lacks (the family's own markers) keep their fresh start. The
+    vision tower and the projector are left alone."""
+
+    src_lm, dst_lm = get_adapter(source).language_model, get_adapter(model).language_model
+    theirs, ours = src_lm.state_dict(), dst_lm.state_dict()
+    embed = get_adapter(model).architecture.embed_tokens + ".weight"
+    bad = [k for k in theirs if k != embed and (k not in ours or ours[k].shape != theirs[k].shape)]
+    if bad or embed not in theirs:
+        raise InputError(f"--init-language-from {name}: its language model does not fit this {get_adapter(model).family}"
+                         f" toy's ({len(bad)} tensors missing or of other sizes, e.g. {(bad or [embed])[0]})")
+    extra = [k for k in ours if k not in theirs]
+    if any(not k.endswith(".bias") for k in extra):
+        raise InputError(f"--init-language-from {name}: this toy's language model has weights the source lacks "
+                         f"(e.g. {next(k for k in extra if not k.endswith('.bias'))})")
+    src_vocab, dst_vocab = source_tokenizer.get_vocab(), tokenizer.get_vocab()
+    pairs = {i: src_vocab[t] for t, i in dst_vocab.items() if t in src_vocab}
+    for role in ("eos_token_id", "pad_token_id"):
+        a, b = getattr(tokenizer, role), getattr(source_tokenizer, role)
+        if a is not None and b is not None:
+            pairs[a] = b
+    dst_ids, src_ids = torch.tensor(list(pairs)), torch.tensor(list(pairs.values()))
+    with torch.no_grad():
+        for k, v in ours.items():
+            if k == embed:
+                v[dst_ids] = theirs[k][src_ids].to(v.dtype)
+            elif k in theirs:
+                v.copy_(theirs[k])
+            else:
+                v.zero_()
+        head_src, head_dst = source.get_output_embeddings().weight, model.get_output_embeddings().weight
+        head_dst[dst_ids] = head_src[src_ids].to(head_dst.dtype)
 
 
 def _save_state(path: Path, model, probe, opt, step: int) -> None:
