@@ -44,7 +44,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     aux_weight: float = 0.5
-    aux_position: bool = True  # the probe also reads each image token's half (top/bottom, left/right)
+    aux_position: bool = True  # the probe also reads each object token's half (top/bottom, left/right)
     eot_weight: float = 0.2
     seed: int = 0
     eval_every: int = 1000
@@ -120,10 +120,13 @@ def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainCo
             F.cross_entropy(logits_aux[..., n_shape:n_shape + n_color].flatten(0, 1),
                             batch.color_labels.to(device).flatten())
         if cfg.aux_position:  # two binary heads after shape and colour: bottom half? right half?
-            halves = data.half_labels().to(device).expand(len(soft), -1, -1)
+            # on object tokens only: background tokens keep their position easily and would dominate
+            # the loss while the objects' tokens (what position questions ask about) lose it
+            on_object = batch.shape_labels.to(device) > 0
+            halves = data.half_labels().to(device).expand(len(soft), -1, -1)[on_object]
             for j in range(2):
                 start = n_shape + n_color + 2 * j
-                aux = aux + F.cross_entropy(logits_aux[..., start:start + 2].flatten(0, 1), halves[..., j].flatten())
+                aux = aux + F.cross_entropy(logits_aux[..., start:start + 2][on_object], halves[:, j])
     pos = batch.answer_pos.to(device)
     answer_logits = out.logits[rows, pos].float()
     answer_ids = batch.answer_ids.to(device)
