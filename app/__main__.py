@@ -10,6 +10,7 @@ from pathlib import Path
 def parse_args(argv=None) -> argparse.Namespace:
     from app.view.budget import MAX_EDGES, MAX_NODES
     from tracer.commands.common import port, positive_int
+    from tracer.toy.shipped import SHIPPED_TOYS
 
     parser = argparse.ArgumentParser(
         prog="python -m app",
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "toy VLM and its transcoders, loaded on first use (not at start).")
     live.add_argument("--model", default=None,
                       help="model for the live features: a Hugging Face id, a local folder, or a shipped toy "
-                           "(toy, toy-llava) (default: the toy VLM)")
+                           f"({', '.join(SHIPPED_TOYS)}) (default: the toy VLM)")
     live.add_argument("--transcoders", default=None,
                       help="its transcoder set: hub id or folder with config.yaml (default: a shipped toy's own set)")
     live.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda if available, else cpu)")

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from tracer.toy.shipped import SHIPPED_TOYS
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it says something: not for None / False defaults, and
@@ -23,7 +25,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_model_arguments(p, transcoders_help: str = "transcoder set: local folder, HF repo 'org/name[@rev]' "
                         "or hf://... (default: a shipped toy's own set), e.g. tianhux2/gemma3-4b-it-plt") -> None:
     p.add_argument("-m", "--model", default=None,
-                   help="HF model id, local folder or shipped toy (toy, toy-llava; default: toy), e.g. "
+                   help=f"HF model id, local folder or shipped toy ({', '.join(SHIPPED_TOYS)}; default: toy), e.g. "
                         "google/gemma-3-4b-it")
     p.add_argument("-t", "--transcoders", "--transcoder_set", dest="transcoders", default=None, help=transcoders_help)
     p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16, float64")

@@ -10,6 +10,7 @@ from tracer.commands.common import (
 )
 from tracer.errors import InputError
 from tracer.toy import world
+from tracer.toy.shipped import SHIPPED_TOYS
 
 FAMILIES = ("gemma3", "llava", "qwen2_5_vl")  # tracer.toy.families.TINY_FAMILIES (not imported: --help stays light)
 
@@ -71,7 +72,8 @@ def register(sub) -> None:
         "per question type.",
         formatter_class=HelpFormatter,
     )
-    ev.add_argument("--model", default=None, help="model folder or shipped toy (toy, toy-llava; default: toy)")
+    ev.add_argument("--model", default=None,
+                    help=f"model folder or shipped toy ({', '.join(SHIPPED_TOYS)}; default: toy)")
     ev.add_argument("-n", "--per-type", type=positive_int, default=500, help="examples per question type")
     ev.add_argument("--seed", type=non_negative_int, default=0, help="which held-out examples")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
