@@ -452,6 +452,9 @@ def test_init_from_goes_on_training_a_toy_of_the_same_family(tmp_path, capsys):
     assert main(["toy", "train", "--out", str(second), "--init-from", str(first), *common]) == 0
     log = json.loads((second / "training_log.json").read_text())
     assert log["config"]["init_from"] == str(first) and log["config"]["aux_position"] is True
+    # the history of the run it started from comes along
+    assert log["started_from"]["model"] == str(first)
+    assert log["started_from"]["log"] == json.loads((first / "training_log.json").read_text())
     tuned, _ = load_vlm(str(second))
     a, b = start.state_dict(), tuned.state_dict()
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)

@@ -209,6 +209,8 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
         lr=cfg.lr, betas=(0.9, 0.98),
     )
     log: dict = {"config": asdict(cfg), "train": [], "eval": []}
+    if cfg.init_from:  # a fine-tuned toy keeps the history of the run it started from
+        log["started_from"] = {"model": str(cfg.init_from), "log": _read_log(cfg.init_from)}
     start = 0
     state_path = out / CHECKPOINT
     if state_path.exists():
@@ -268,6 +270,16 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = 
     (out / "training_log.json").write_text(json.dumps(log, indent=1))
     state_path.unlink(missing_ok=True)  # the finished folder holds only the model
     return out
+
+
+def _read_log(model: str) -> dict | None:
+    """A trained toy's training_log.json (None when it has none or it does not parse)."""
+    from tracer.models.loading import resolve_model_ref
+
+    try:
+        return json.loads((Path(resolve_model_ref(model)) / "training_log.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def load_source(folder: str):
