@@ -466,3 +466,28 @@ def test_init_from_goes_on_training_a_toy_of_the_same_family(tmp_path, capsys):
                  "--steps", "2", "--warmup", "1", "--no-progress"]) == 2
     assert "is a llava model, not qwen2_5_vl" in capsys.readouterr().err
     assert not other.exists()
+
+
+def test_question_mix_weights_the_types_a_run_draws(capsys):
+    """`toy train --question-mix color=3,exists=2`: batches draw each type as often as its weight
+    (types not named weigh 1); no mix keeps the one-of-each cycle; bad mixes are refused."""
+    from collections import Counter
+
+    from tracer.cli import main
+    from tracer.errors import InputError
+    from tracer.toy.families import build_family_model
+    from tracer.toy.train import TrainConfig, batch_for_step, question_cycle
+
+    _, processor = build_family_model("llava", seed=0)
+    plain = batch_for_step(processor, TrainConfig(batch_size=12), 3)
+    assert Counter(e.question_type for e in plain.examples) == {q: 2 for q in world.QUESTION_TYPES}
+    assert [e.question for e in plain.examples] == [world.make_example("train", 36 + i).question for i in range(12)]
+    mixed = batch_for_step(processor, TrainConfig(batch_size=18, question_mix={"color": 3, "exists": 2}), 0)
+    assert Counter(e.question_type for e in mixed.examples) == {"color": 6, "shape": 2, "position": 2, "count": 2,
+                                                                "exists": 4, "fact": 2}
+    assert len({e.question + str(e.scene) for e in mixed.examples}) == 18  # every example its own
+    with pytest.raises(InputError, match="unknown question type"):
+        question_cycle({"colour": 2})
+    with pytest.raises(SystemExit) as stop:
+        main(["toy", "train", "--out", "unused", "--question-mix", "color=x"])
+    assert stop.value.code == 2 and "expected TYPE=WEIGHT" in capsys.readouterr().err

@@ -15,6 +15,22 @@ from tracer.toy.shipped import SHIPPED_TOYS
 FAMILIES = ("gemma3", "llava", "qwen2_5_vl")  # tracer.toy.families.TINY_FAMILIES (not imported: --help stays light)
 
 
+def question_mix(text: str) -> dict[str, int]:
+    """argparse type of --question-mix: "color=3,exists=2" -> {"color": 3, "exists": 2}."""
+    import argparse
+
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.strip().partition("=")
+        if name not in world.QUESTION_TYPES or not weight.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"{part.strip()!r}: expected TYPE=WEIGHT with TYPE one of "
+                                             f"{', '.join(world.QUESTION_TYPES)} and a whole number")
+        mix[name] = int(weight)
+    if not any(mix.get(q, 1) for q in world.QUESTION_TYPES):
+        raise argparse.ArgumentTypeError("every question type has weight 0")
+    return mix
+
+
 def register(sub) -> None:
     toy = sub.add_parser(
         "toy", help="the shapes toy world and the toy VLM: train, evaluate, sample",
@@ -49,6 +65,9 @@ def register(sub) -> None:
     train.add_argument("--init-from", default=None, metavar="FOLDER",
                        help="go on training a trained toy of the same --family (fine-tuning: the whole model "
                             "starts there, the learning-rate schedule and the probe start afresh)")
+    train.add_argument("--question-mix", type=question_mix, default=None, metavar="TYPE=W,...",
+                       help="how often each question type is drawn, e.g. color=3,exists=3 (types not named weigh "
+                            "1; default: one of each in turn): more of the types a run still gets wrong")
     train.add_argument("--no-aux-position", action="store_true",
                        help="the auxiliary probe reads only each image token's shape and colour, not also which "
                             "half of the image it lies in (the recipe before the position probe)")
@@ -161,7 +180,7 @@ def _train(args) -> int:
         aux_weight=args.aux_weight, seed=args.seed, eval_every=args.eval_every, device=args.device,
         threads=args.threads, num_workers=args.workers, family=args.family,
         init_vision_from=args.init_vision_from, init_language_from=args.init_language_from,
-        init_from=args.init_from, aux_position=not args.no_aux_position,
+        init_from=args.init_from, aux_position=not args.no_aux_position, question_mix=args.question_mix,
     )
     out = train(args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"saved the toy {args.family} VLM to {out}")

@@ -57,6 +57,7 @@ class TrainConfig:
     init_vision_from: str | None = None  # a trained VLM folder whose vision tower starts this one
     init_language_from: str | None = None  # a trained VLM folder whose language model starts this one
     init_from: str | None = None  # a trained toy of this family to go on training (fine-tuning)
+    question_mix: dict[str, int] | None = None  # relative weight of each question type (default: 1 each)
     spec: ToyModelSpec = field(default_factory=ToyModelSpec)
 
 
@@ -78,9 +79,26 @@ def probe_width(cfg: TrainConfig) -> int:
     return len(data.SHAPE_CLASSES) + len(data.COLOR_CLASSES) + (4 if cfg.aux_position else 0)
 
 
+def question_cycle(mix: dict[str, int] | None) -> list[str]:
+    """The question types training examples cycle through: each type as often as its weight in
+    `mix` (types it leaves out weigh 1), in the world's order; no mix is one of each."""
+    mix = mix or {}
+    unknown = sorted(set(mix) - set(world.QUESTION_TYPES))
+    if unknown:
+        raise InputError(f"unknown question type(s) {', '.join(unknown)}; choose from {', '.join(world.QUESTION_TYPES)}")
+    if any(not isinstance(w, int) or w < 0 for w in mix.values()):
+        raise InputError(f"question weights must be whole numbers >= 0, got {mix}")
+    cycle = [q for q in world.QUESTION_TYPES for _ in range(mix.get(q, 1))]
+    if not cycle:
+        raise InputError("every question type has weight 0: nothing to train on")
+    return cycle
+
+
 def batch_for_step(processor, cfg: TrainConfig, step: int) -> data.Batch:
     first = step * cfg.batch_size
-    examples = [world.make_example("train", first + i, cfg.seed) for i in range(cfg.batch_size)]
+    cycle = question_cycle(cfg.question_mix)
+    examples = [world.make_example("train", first + i, cfg.seed, question_type=cycle[(first + i) % len(cycle)])
+                for i in range(cfg.batch_size)]
     return data.make_batch(processor, examples)
 
 
