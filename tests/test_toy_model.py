@@ -57,3 +57,12 @@ def test_shipped_checkpoint_generates_answer_then_stops(toy_vlm):
     out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     new = processor.tokenizer.convert_ids_to_tokens(out[0, enc["input_ids"].shape[1]:].tolist())
     assert new[:2] == [ex.answer, "<end_of_turn>"]
+
+
+def test_accuracy_table_marks_types_against_the_bar():
+    from tracer.toy.evaluate import ACCURACY_BAR, format_table
+
+    table = format_table({"color": 1.0, "position": 0.964, "exists": 0.93}, 500)
+    rows = {line.split()[0]: line.split()[-1] for line in table.splitlines()[2:5]}
+    assert ACCURACY_BAR == 0.95 and rows == {"color": "ok", "position": "ok", "exists": "BELOW"}
+    assert "BELOW" in format_table({"position": 0.964}, 500, bar=0.97)

@@ -95,6 +95,8 @@ def register(sub) -> None:
                     help=f"model folder or shipped toy ({', '.join(SHIPPED_TOYS)}; default: toy)")
     ev.add_argument("-n", "--per-type", type=positive_int, default=500, help="examples per question type")
     ev.add_argument("--seed", type=non_negative_int, default=0, help="which held-out examples")
+    ev.add_argument("--bar", type=float, default=0.95,
+                    help="accuracy a question type must reach to be marked ok (the shipped toys' bar)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(handler=_eval)
 
@@ -196,7 +198,7 @@ def _eval(args) -> int:
     if args.json:
         print(json.dumps(acc, indent=1))
     else:
-        print(format_table(acc, args.per_type))
+        print(format_table(acc, args.per_type, bar=args.bar))
     return 0
 
 
