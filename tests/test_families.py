@@ -456,6 +456,8 @@ def test_init_from_goes_on_training_a_toy_of_the_same_family(tmp_path, capsys):
     assert log["started_from"]["model"] == str(first)
     assert log["started_from"]["log"] == json.loads((first / "training_log.json").read_text())
     tuned, _ = load_vlm(str(second))
+    settings = json.loads((second / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in settings and "is_local" not in settings  # no trace of how it was loaded
     a, b = start.state_dict(), tuned.state_dict()
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     drift = max(float((a[k] - b[k]).abs().max()) for k in a)

@@ -48,12 +48,7 @@ def test_every_shipped_toy_is_a_model_of_its_family_with_its_transcoders():
 
 
 @pytest.mark.parametrize("qtype,index", [("color", 11), ("shape", 12), ("position", 13)])
-def test_fresh_graphs_start_from_the_evidence_region(session, qtype, index, request):
-    if session.model_ref == "toy-llava" and qtype == "position":
-        # what the scoreboard says too (README): the LLaVA toy answers 79% of position questions and
-        # its position graphs put a median 25% of the image influence on the object asked about
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the LLaVA toy's position circuit does not "
-                                                                   "start from the object (evidence ratio 1.7)"))
+def test_fresh_graphs_start_from_the_evidence_region(session, qtype, index):
     example = world.make_example("heldout", index, question_type=qtype)
     graph = session.attribute(example.question, example.image(), max_feature_nodes=400, progress=False)
     assert graph.targets[0].label == example.answer

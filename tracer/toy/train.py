@@ -385,6 +385,15 @@ def _save_state(path: Path, model, probe, opt, step: int) -> None:
     tmp.replace(path)
 
 
+LOADER_STATE = ("is_local", "local_files_only")  # how a processor was loaded, not what it is
+
+
 def save_toy_model(model, processor, out: Path) -> None:
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # a fine-tuned toy's processor was loaded from a folder: keep that out of the files it ships
+    config = Path(out) / "tokenizer_config.json"
+    if config.exists():
+        settings = json.loads(config.read_text())
+        if any(k in settings for k in LOADER_STATE):
+            config.write_text(json.dumps({k: v for k, v in settings.items() if k not in LOADER_STATE}, indent=2) + "\n")
