@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tracer.commands.common import (
-    HelpFormatter, check_writable, non_negative_float, non_negative_int, positive_float, positive_int,
+    HelpFormatter, check_writable, non_negative_float, non_negative_int, positive_float, positive_int, share,
 )
 from tracer.errors import InputError
 from tracer.toy import world
@@ -95,7 +95,7 @@ def register(sub) -> None:
                     help=f"model folder or shipped toy ({', '.join(SHIPPED_TOYS)}; default: toy)")
     ev.add_argument("-n", "--per-type", type=positive_int, default=500, help="examples per question type")
     ev.add_argument("--seed", type=non_negative_int, default=0, help="which held-out examples")
-    ev.add_argument("--bar", type=float, default=0.95,
+    ev.add_argument("--bar", type=share, default=0.95,
                     help="accuracy a question type must reach to be marked ok (the shipped toys' bar)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(handler=_eval)
