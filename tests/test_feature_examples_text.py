@@ -172,7 +172,8 @@ def _folder_with_both(tmp_path: Path) -> Path:
 
 def test_the_shipped_folder_has_a_store_per_transcoder_set():
     stores = FeatureExampleStores(find_stores(SAMPLES))
-    assert sorted(s.store_transcoders() for s in stores.stores) == ["gemma-3-270m-plt", "toy-plt", "toy-plt-llava"]
+    assert sorted(s.store_transcoders() for s in stores.stores) == ["gemma-3-270m-plt", "toy-plt", "toy-plt-llava",
+                                                                    "toy-plt-qwen"]
     llava = stores.pick("toy-plt-llava")[0].store.manifest  # the LLaVA toy's sample graph gets its own store
     assert llava["model_name"] == "toy-llava" and llava["dataset"]["name"] == "toy"
     from tracer.features.compute import transcoder_fingerprint

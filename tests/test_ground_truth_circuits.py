@@ -44,7 +44,7 @@ def test_every_shipped_toy_is_a_model_of_its_family_with_its_transcoders():
     for name, (_, transcoders) in SHIPPED_TOYS.items():
         families[name] = json.loads((shipped_model_dir(name) / "config.json").read_text())["model_type"]
         assert (shipped_transcoders_dir(transcoders) / "config.yaml").is_file()
-    assert families == {"toy": "gemma3", "toy-llava": "llava"}
+    assert families == {"toy": "gemma3", "toy-llava": "llava", "toy-qwen": "qwen2_5_vl"}
 
 
 @pytest.mark.parametrize("qtype,index", [("color", 11), ("shape", 12), ("position", 13)])

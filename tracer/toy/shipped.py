@@ -7,11 +7,12 @@ from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # tracer/data
 # The trained toys shipped with the package: name -> (model folder, transcoder set folder) under
-# tracer/data. `--model toy-llava` picks the LLaVA toy, and its own transcoder set when
-# --transcoders is not given; "toy" is the Gemma3 toy (the default).
+# tracer/data. `--model toy-llava` picks the LLaVA toy (`toy-qwen` the Qwen2.5-VL one), and its
+# own transcoder set when --transcoders is not given; "toy" is the Gemma3 toy (the default).
 SHIPPED_TOYS = {
     "toy": ("toy-vlm", "toy-plt"),
     "toy-llava": ("toy-vlm-llava", "toy-plt-llava"),
+    "toy-qwen": ("toy-vlm-qwen", "toy-plt-qwen"),
 }
 
 
