@@ -159,7 +159,6 @@ def training_loss(model, probe: torch.nn.Linear, batch: data.Batch, cfg: TrainCo
 def check_out_folder(out: Path, cfg: TrainConfig, overwrite: bool = False) -> None:
     """Refuse to start from step 0 over a finished run (its checkpoint is gone, its model would be
     overwritten), and a resume whose checkpoint is already at or past the requested steps."""
-
     state_path = out / CHECKPOINT
     if state_path.exists():
         step = int(torch.load(state_path, map_location="cpu", weights_only=True)["step"])
