@@ -1,5 +1,7 @@
-"""Graph files with a sparse (compressed-row) adjacency: lossless, smaller, and every older dense
-file still opens. `verify` is run on a file in the new format."""
+"""Graph files with a sparse adjacency (runs of columns, version 3): lossless for float32/float64
+graphs, float16 scaled per row for graphs of half-precision models, smaller; every older dense
+(version 1) and compressed-row (version 2) file still opens. `verify` is run on files in the new
+format, including a bfloat16 graph stored at half precision."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from tracer.graph.storage import decode_adjacency, encode_adjacency, load_graph,
 
 SAMPLES = Path(__file__).resolve().parent.parent / "app" / "sample_graphs"
 OLD = SAMPLES / "color-heldout2-what-color-is-the-cross.graph.safetensors"  # written as version 1, dense
+ROWS = SAMPLES / "toy-llava-color-heldout2-what-color-is-the-cross.graph.safetensors"  # version 2, sparse rows
+RUNS = ("adjacency_shape", "adjacency_row_runs", "adjacency_runs", "adjacency_data")
 
 
 def _file(path: Path) -> tuple[dict, dict]:
@@ -40,9 +44,12 @@ def test_sparse_round_trip_is_lossless_and_smaller(tmp_path):
     g = load_graph(OLD)
     new = save_graph(g, tmp_path / "new")  # default: sparse, since it is >= 1 MiB dense and smaller
     meta, names = _file(new)
-    assert meta["version"] == 2 and "adjacency" not in names
-    assert {"adjacency_shape", "adjacency_indptr", "adjacency_indices", "adjacency_data"} <= names
-    assert new.stat().st_size < 0.7 * OLD.stat().st_size
+    assert meta["version"] == 3 and "adjacency" not in names and "adjacency_row_scale" not in names
+    assert set(RUNS) <= names
+    assert new.stat().st_size < 0.6 * OLD.stat().st_size
+    t = load_file(str(new))
+    # a few runs per row: the column indices cost almost nothing beside the values
+    assert len(t["adjacency_runs"]) < 0.02 * len(t["adjacency_data"])
     h = load_graph(new)
     assert h.adjacency.dtype == g.adjacency.dtype
     assert np.array_equal(h.adjacency, g.adjacency)
@@ -56,21 +63,53 @@ def test_sparse_round_trip_is_lossless_and_smaller(tmp_path):
     assert np.array_equal(load_graph(dense).adjacency, g.adjacency)
 
 
+def test_compressed_row_files_still_open(tmp_path):
+    g = load_graph(ROWS)
+    assert _file(ROWS)[0]["version"] == 2 and "adjacency_indptr" in _file(ROWS)[1]
+    t = load_file(str(ROWS))  # the rows decoded by hand
+    A = np.zeros_like(g.adjacency)
+    rows = np.repeat(np.arange(len(t["adjacency_indptr"]) - 1), np.diff(t["adjacency_indptr"]))
+    A[rows, t["adjacency_indices"]] = t["adjacency_data"]
+    assert np.array_equal(g.adjacency, A) and np.count_nonzero(A) > 1000
+    again = load_graph(save_graph(g, tmp_path / "v3"))
+    assert _file(tmp_path / "v3.graph.safetensors")[0]["version"] == 3
+    assert np.array_equal(again.adjacency, A)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_encoding_of_awkward_matrices(dtype):
     rng = np.random.default_rng(0)
-    A = rng.normal(size=(37, 70000)).astype(dtype) * (rng.random((37, 70000)) < 0.01)  # int32 columns
+    A = rng.normal(size=(37, 70000)).astype(dtype) * (rng.random((37, 70000)) < 0.01)
     A[5] = 0  # an empty row
     A[:, -1] = 1.5  # the last column
+    A[7, :500] = 2.0  # a run from the first column
+    A[8] = -3.0  # a full row
+    A[9, 1::2] = 4.0  # many runs of one
     for block in (1 << 22, 1000):  # several blocks of rows too
         t = encode_adjacency(A, dtype, sparse=True, block=block)
-        assert t["adjacency_indices"].dtype == np.int32 and t["adjacency_data"].dtype == dtype
-        assert np.array_equal(decode_adjacency(t, Path("x"), block=block), A)
-    small = A[:, :300]
-    t = encode_adjacency(small, dtype, sparse=True)
-    assert t["adjacency_indices"].dtype == np.uint16
-    assert np.array_equal(decode_adjacency(t, Path("x")), small)
-    assert set(encode_adjacency(small, dtype)) == {"adjacency"}  # small: stays dense by default
+        assert t["adjacency_runs"].dtype == np.int32 and t["adjacency_data"].dtype == dtype
+        back = decode_adjacency(t, Path("x"), block=block)
+        assert back.dtype == dtype and np.array_equal(back, A)
+    assert set(encode_adjacency(A[:, :300], dtype)) == {"adjacency"}  # small: stays dense by default
+    assert set(encode_adjacency(A, dtype, sparse=False)) == {"adjacency"}
+    empty = np.zeros((3, 0), dtype)
+    assert decode_adjacency(encode_adjacency(empty, dtype, sparse=True), Path("x")).shape == (3, 0)
+
+
+def test_half_precision_values_stay_within_their_bound():
+    rng = np.random.default_rng(1)
+    A = (rng.normal(size=(50, 4000)) * 10.0 ** rng.integers(-6, 4, size=(50, 1))).astype(np.float32)
+    A *= rng.random(A.shape) < 0.3
+    A[3] = 0
+    A[4, 10] = 7e4  # beyond float16's range: the row's scale takes it
+    t = encode_adjacency(A, np.float32, half=True)
+    assert t["adjacency_data"].dtype == np.float16 and t["adjacency_row_scale"].dtype == np.float32
+    back = decode_adjacency(t, Path("x"))
+    assert back.dtype == np.float32
+    peak = np.abs(A).max(axis=1, keepdims=True)
+    assert (np.abs(back - A) <= 2.0 ** -12 * peak * (1 + 1e-6)).all()
+    assert back[4, 10] == np.float32(7e4) and not back[3].any()
+    assert np.abs(back - A).max() > 0  # it is rounded: not silently full precision
 
 
 def _rewrite(path: Path, edit) -> None:
@@ -81,15 +120,51 @@ def _rewrite(path: Path, edit) -> None:
     save_file(t, str(path), metadata=raw)
 
 
+def _set(name, make):
+    return lambda t: t.__setitem__(name, make(t[name]))
+
+
+def _overlap(t):
+    """The second run of a row with two runs starts where its first does."""
+    pointer, runs = t["adjacency_row_runs"], t["adjacency_runs"].copy()
+    first = pointer[:-1][np.diff(pointer) >= 2][0]
+    runs[first + 1, 0] = runs[first, 0]
+    t["adjacency_runs"] = runs
+
+
 @pytest.mark.parametrize("edit, words", [
-    (lambda t: t.__setitem__("adjacency_indices", t["adjacency_indices"].astype(np.int32) + 10**6), "column index"),
-    (lambda t: t.__setitem__("adjacency_indptr", t["adjacency_indptr"][:-1]), "adjacency_indptr"),
-    (lambda t: t.__setitem__("adjacency_data", t["adjacency_data"][:-1]), "do not agree"),
+    (_set("adjacency_runs", lambda r: r + np.array([10**6, 0], np.int32)), "outside"),
+    (_set("adjacency_runs", lambda r: r * np.array([1, 0], np.int32)), "empty"),
+    (_overlap, "overlap"),
+    (_set("adjacency_runs", lambda r: r[:, :1].copy()), "adjacency_runs"),
+    (_set("adjacency_row_runs", lambda p: p[:-1]), "adjacency_row_runs"),
+    (_set("adjacency_row_runs", lambda p: p[::-1].copy()), "do not agree"),
+    (_set("adjacency_data", lambda d: d[:-1]), "do not cover"),
+    (_set("adjacency_shape", lambda s: np.array([s[0], 10**12], np.int64)), "entries"),
     (lambda t: t.pop("adjacency_data"), "adjacency_data"),
-    (lambda t: t.__setitem__("adjacency_data", t["adjacency_data"].astype(np.int32)), "adjacency_data"),
+    (lambda t: t.pop("adjacency_runs"), "adjacency_runs"),
+    (_set("adjacency_data", lambda d: d.astype(np.int32)), "adjacency_data"),
+    (lambda t: t.__setitem__("adjacency_row_scale", np.full(len(t["adjacency_row_runs"]) - 1, np.nan, np.float32)),
+     "adjacency_row_scale"),
+    (lambda t: t.__setitem__("adjacency_row_scale", np.ones(3, np.float32)), "adjacency_row_scale"),
 ])
 def test_broken_sparse_files_are_refused(tmp_path, edit, words):
     path = save_graph(load_graph(OLD), tmp_path / "g", sparse=True)
+    _rewrite(path, edit)
+    with pytest.raises(GraphFormatError) as err:
+        load_graph(path)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set("adjacency_indices", lambda i: i.astype(np.int32) + 10**6), "column index"),
+    (_set("adjacency_indptr", lambda p: p[:-1]), "adjacency_indptr"),
+    (_set("adjacency_data", lambda d: d[:-1]), "do not agree"),
+    (lambda t: t.pop("adjacency_indices"), "adjacency_indices"),
+])
+def test_broken_compressed_row_files_are_refused(tmp_path, edit, words):
+    path = tmp_path / ROWS.name
+    path.write_bytes(ROWS.read_bytes())
     _rewrite(path, edit)
     with pytest.raises(GraphFormatError) as err:
         load_graph(path)
@@ -100,3 +175,53 @@ def test_verify_passes_on_a_sparse_file(tmp_path, capsys):
     path = save_graph(load_graph(OLD), tmp_path / "g", sparse=True)
     assert main(["verify", str(path)]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+def _verify_figures(path, capsys) -> tuple[float, float]:
+    """`verify`'s worst perturbation error (of the largest edge) and worst sum-rule residual (relative)."""
+    import re
+
+    capsys.readouterr()
+    main(["verify", str(path), "--sources", "8"])
+    out = capsys.readouterr().out
+    perturbation = float(re.search(r"\(([-+.e\d]+) of the largest edge\)", out).group(1))
+    sum_rule = float(re.search(r"sum rule: worst residual [-+.e\d]+ \(([-+.e\d]+) relative\)", out).group(1))
+    return perturbation, sum_rule
+
+
+def test_a_bfloat16_graph_is_stored_at_half_precision_and_verifies_the_same(tmp_path, capsys):
+    """The toy traced in bfloat16 from the command line: its file holds float16 edges scaled per row,
+    half the bytes of the same graph stored in float32, and `verify` (re-run in bfloat16) finds the
+    same figures in both files: the rounding is far below what verify measures."""
+    from tracer.toy import world
+
+    ex = world.make_example("heldout", 3, question_type="color")
+    image = tmp_path / "scene.png"
+    ex.image().save(image)
+    out = tmp_path / "bf16.graph.safetensors"
+    assert main(["attribute", "--prompt", ex.question, "--image", str(image), "--dtype", "bfloat16",
+                 "--max_feature_nodes", "200", "--quiet", "-o", str(out)]) == 0
+    meta, names = _file(out)
+    assert meta["version"] == 3 and meta["config"]["dtype"] == "bfloat16"
+    t = load_file(str(out))
+    assert t["adjacency_data"].dtype == np.float16 and "adjacency_row_scale" in names
+    g = load_graph(out)
+    full = save_graph(g, tmp_path / "full", sparse=True, half=False)
+    assert load_file(str(full))["adjacency_data"].dtype == np.float32
+    assert np.array_equal(load_graph(full).adjacency, g.adjacency)  # float16 values are exact in float32
+    # about half the bytes (a value below 2^-25 of its row's largest rounds to a stored zero)
+    assert t["adjacency_data"].nbytes < 0.51 * load_file(str(full))["adjacency_data"].nbytes
+    # the same graph as computed (library call, stored in float32) against the file: same verify figures
+    import torch
+
+    from tracer.attribution.attribute import attribute
+    from tracer.models.loading import load_vlm
+    from tracer.transcoders.loading import load_transcoder_set
+
+    model, processor = load_vlm(None, dtype=torch.bfloat16)
+    computed = attribute(model, processor, load_transcoder_set(None), ex.question, image=ex.image(),
+                         max_feature_nodes=200, progress=False, model_ref=g.model, transcoders_ref=g.transcoders)
+    assert np.abs(computed.adjacency - g.adjacency).max() <= 2.0 ** -12 * np.abs(computed.adjacency).max()
+    exact = save_graph(computed, tmp_path / "exact", half=False)
+    half_figures, exact_figures = _verify_figures(out, capsys), _verify_figures(exact, capsys)
+    assert np.allclose(half_figures, exact_figures, rtol=0, atol=2e-3), (half_figures, exact_figures)

@@ -9,12 +9,17 @@
 
 Reading uses safetensors' numpy loader: no torch, no model, no code execution.
 
-The edge matrix is mostly zeros (a feature reads only lower layers and earlier positions), so when
-that is smaller it is stored as compressed sparse rows (format version 2): adjacency_shape (2,),
-adjacency_indptr (rows + 1, int64), adjacency_indices (columns: uint16, or int32 past 65,536
-nodes) and adjacency_data (the nonzero values, in the graph's precision). Lossless: the dense
-matrix read back is the one written. Dense files (version 1) are still written when sparse would
-not be smaller, and read as before.
+The edge matrix is mostly zeros (a feature reads only lower layers and earlier positions), and
+its nonzeros come in a few long runs per row (columns are ordered by layer, then position). When
+that is smaller it is stored as runs (format version 3): adjacency_shape (2,), adjacency_row_runs
+(rows + 1, int64: where each row's runs start), adjacency_runs (runs, 2, int32: first column,
+length) and adjacency_data (the nonzero values, row by row). Lossless for graphs of float32 and
+float64 models. Graphs of bfloat16 / float16 models store their values as float16 scaled per row
+(adjacency_row_scale, float32: the row's largest magnitude), which moves an edge by at most 2^-12
+(0.024%) of its row's largest edge: below the model's own bfloat16 rounding (2^-9 of every value)
+and far inside `verify`'s 5% tolerance for those graphs. That halves a full-size Gemma3-4B graph.
+Dense files (version 1, still written when runs would not be smaller) and compressed-sparse-row
+files (version 2: adjacency_indptr, adjacency_indices) are read as before.
 """
 
 from __future__ import annotations
@@ -34,22 +39,28 @@ from tracer.graph.graph import Graph, Target, square_side
 
 SUFFIX = ".graph.safetensors"
 FORMAT = "vlm-circuits-graph"
-VERSION = 2  # the newest this reader understands; 2: the adjacency may be stored sparse
+VERSION = 3  # the newest this reader understands; 2: sparse rows; 3: runs of columns
 _DENSE_VERSION = 1  # files with a dense adjacency keep version 1, so older readers open them
 SPARSE_FROM_BYTES = 1 << 20  # save_graph's default: a sparse adjacency from this dense size on, when smaller
-_SPARSE = ("adjacency_shape", "adjacency_indptr", "adjacency_indices", "adjacency_data")
+_SPARSE = {2: ("adjacency_shape", "adjacency_indptr", "adjacency_indices", "adjacency_data"),
+           3: ("adjacency_shape", "adjacency_row_runs", "adjacency_runs", "adjacency_data")}
+HALF_PRECISION_MODELS = ("bfloat16", "float16")  # graphs of these store float16 edges
 _META_KEY = "vlm_circuits_graph"
 _REQUIRED = ("input_ids", "features", "activations", "errors", "values", "constants", "unexplored")  # + adjacency
 _OPTIONAL = ("feature_position_activations", "top_logit_ids", "top_logit_values", "bottom_logit_ids",
              "bottom_logit_values")
 
 
-def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None) -> Path:
+def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None, half: bool | None = None) -> Path:
     """Write atomically (a crash mid-write leaves any previous file intact).
 
-    sparse: store the edge matrix as compressed sparse rows (True), dense (False), or (None) sparse
-    when that is smaller and the dense matrix has at least SPARSE_FROM_BYTES."""
+    sparse: store the edge matrix as runs of columns (True), dense (False), or (None) as runs
+    when that is smaller and the dense matrix has at least SPARSE_FROM_BYTES.
+    half: edge values as float16 scaled per row (True), in the graph's precision (False), or
+    (None) float16 for graphs of bfloat16 / float16 models (see the module docstring)."""
     graph.validate()
+    if half is None:
+        half = graph.precision == "float32" and str(graph.config.get("dtype", "")) in HALF_PRECISION_MODELS
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         path = path.with_name(path.name + SUFFIX)
@@ -59,7 +70,7 @@ def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None) -> Pa
         # float32 normally; float64 graphs (exactness runs) keep their precision
         "activations": np.ascontiguousarray(graph.activations, graph.stored_dtype),
         "errors": np.ascontiguousarray(graph.errors, np.int64).reshape(-1, 2),
-        **encode_adjacency(graph.adjacency, graph.stored_dtype, sparse),
+        **encode_adjacency(graph.adjacency, graph.stored_dtype, sparse, half=bool(half)),
         "values": np.ascontiguousarray(graph.values, np.float64),
         "constants": np.ascontiguousarray(graph.constants, np.float64),
         "unexplored": np.ascontiguousarray(graph.unexplored, np.float64),
@@ -101,38 +112,59 @@ def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None) -> Pa
     return path
 
 
-def encode_adjacency(adjacency: np.ndarray, dtype, sparse: bool | None = None, block: int = 1 << 22) -> dict:
-    """The edge matrix's tensors as stored: {"adjacency": dense} or the four sparse ones (see the
-    module docstring and save_graph). Built a block of rows at a time."""
+def encode_adjacency(adjacency: np.ndarray, dtype, sparse: bool | None = None, half: bool = False,
+                     block: int = 1 << 22) -> dict:
+    """The edge matrix's tensors as stored: {"adjacency": dense} or the runs (see the module
+    docstring and save_graph). half: values as float16 scaled per row (runs only; sparse=None then
+    means runs). Built a block of rows at a time."""
     A = np.asarray(adjacency)
     n_rows, n_cols = A.shape
-    itemsize = np.dtype(dtype).itemsize
-    nnz = int(np.count_nonzero(A))
-    index_dtype = np.uint16 if n_cols <= 1 << 16 else np.int32  # the smallest that holds every column
-    if sparse is None:  # small matrices stay dense: little to gain, and older readers open them
-        dense = A.size * itemsize
-        sparse = dense >= SPARSE_FROM_BYTES and nnz * (np.dtype(index_dtype).itemsize + itemsize) + 8 * (n_rows + 1) < dense
-    if not sparse or n_cols >= 2 ** 31:
-        return {"adjacency": np.ascontiguousarray(A, dtype)}
-    indptr = np.zeros(n_rows + 1, np.int64)
-    indices = np.empty(nnz, index_dtype)
-    data = np.empty(nnz, dtype)
+    itemsize = 2 if half else np.dtype(dtype).itemsize
+    nnz, n_runs = 0, 0
     step = max(1, block // max(1, n_cols))
-    at = 0
+    for s in range(0, n_rows, step):  # one pass to size the tensors
+        mask = A[s:s + step] != 0
+        nnz += int(mask.sum())
+        n_runs += int(np.count_nonzero(mask[:, 1:] & ~mask[:, :-1]) + np.count_nonzero(mask[:, 0])) if n_cols else 0
+    if sparse is None:  # small matrices stay dense: little to gain, and older readers open them
+        dense = A.size * np.dtype(dtype).itemsize
+        sparse = half or (dense >= SPARSE_FROM_BYTES and nnz * itemsize + 8 * n_runs + 8 * (n_rows + 1) < dense)
+    if not sparse or n_cols >= 2 ** 31 - 1:
+        return {"adjacency": np.ascontiguousarray(A, dtype)}  # dense: always in the graph's precision
+    row_runs = np.zeros(n_rows + 1, np.int64)
+    runs = np.empty((n_runs, 2), np.int32)
+    data = np.empty(nnz, np.float16 if half else dtype)
+    scale = np.zeros(n_rows, np.float32) if half else None
+    at_run = at = 0
     for s in range(0, n_rows, step):
         part = A[s:s + step]
-        r, c = np.nonzero(part)
+        mask = part != 0
+        # a run starts where a nonzero follows a zero (or the row's start) and ends before the next zero
+        edges = np.diff(mask.astype(np.int8), axis=1, prepend=0, append=0)
+        r, first = np.nonzero(edges == 1)
+        last = np.nonzero(edges == -1)[1]  # same rows, same order
         k = len(r)
-        indices[at:at + k] = c
-        data[at:at + k] = part[r, c]
-        indptr[s + 1:s + 1 + len(part)] = at + np.cumsum(np.bincount(r, minlength=len(part)))
-        at += k
-    return {"adjacency_shape": np.array([n_rows, n_cols], np.int64), "adjacency_indptr": indptr,
-            "adjacency_indices": indices, "adjacency_data": data}
+        runs[at_run:at_run + k, 0] = first
+        runs[at_run:at_run + k, 1] = last - first
+        row_runs[s + 1:s + 1 + len(part)] = at_run + np.cumsum(np.bincount(r, minlength=len(part)))
+        at_run += k
+        values = part[mask]  # row-major: the runs' values in order
+        if half:
+            peak = np.abs(part).max(axis=1).astype(np.float32) if n_cols else np.zeros(len(part), np.float32)
+            scale[s:s + len(part)] = peak
+            rows = np.nonzero(mask)[0]
+            values = values / np.where(peak > 0, peak, 1)[rows]
+        data[at:at + len(values)] = values
+        at += len(values)
+    out = {"adjacency_shape": np.array([n_rows, n_cols], np.int64), "adjacency_row_runs": row_runs,
+           "adjacency_runs": runs, "adjacency_data": data}
+    if half:
+        out["adjacency_row_scale"] = scale
+    return out
 
 
 def decode_adjacency(t: dict, path: Path, block: int = 1 << 22) -> np.ndarray:
-    """The dense edge matrix from a file's tensors (either encoding), checked before it is filled."""
+    """The dense edge matrix from a file's tensors (any encoding), checked before it is filled."""
     if "adjacency" in t:
         return t["adjacency"]
 
@@ -140,21 +172,57 @@ def decode_adjacency(t: dict, path: Path, block: int = 1 << 22) -> np.ndarray:
         if not cond:
             raise GraphFormatError(f"{path}: sparse adjacency: {what}")
 
-    shape, indptr, indices, data = (t[name] for name in _SPARSE)
+    shape, data = t["adjacency_shape"], t["adjacency_data"]
     need(shape.shape == (2,) and bool((shape >= 0).all()), f"adjacency_shape must be two sizes, got {shape.tolist()}")
     n_rows, n_cols = int(shape[0]), int(shape[1])
-    need(indptr.shape == (n_rows + 1,), f"adjacency_indptr has {len(indptr)} entries, expected {n_rows + 1}")
-    need(indices.ndim == 1 and data.ndim == 1 and len(indices) == len(data) == int(indptr[-1]) and indptr[0] == 0
-         and bool((np.diff(indptr) >= 0).all()), "indptr, indices and data do not agree")
-    need(len(indices) == 0 or (int(indices.min()) >= 0 and int(indices.max()) < n_cols),
-         f"a column index is outside 0..{n_cols - 1}")
-    A = np.zeros((n_rows, n_cols), data.dtype)
+    need(n_rows * n_cols <= limits.MAX_EDGE_ENTRIES,
+         f"adjacency_shape {n_rows:,} x {n_cols:,}: more than {limits.MAX_EDGE_ENTRIES:,} entries")
+    need(data.ndim == 1, "adjacency_data must be one-dimensional")
+    if "adjacency_runs" in t:
+        pointer, runs = t["adjacency_row_runs"], t["adjacency_runs"]
+        need(pointer.shape == (n_rows + 1,), f"adjacency_row_runs has {len(pointer)} entries, expected {n_rows + 1}")
+        need(runs.ndim == 2 and runs.shape[1] == 2, f"adjacency_runs must be (runs, 2), got {list(runs.shape)}")
+        need(pointer[0] == 0 and int(pointer[-1]) == len(runs) and bool((np.diff(pointer) >= 0).all()),
+             "adjacency_row_runs and adjacency_runs do not agree")
+        starts, lengths = runs[:, 0].astype(np.int64), runs[:, 1].astype(np.int64)
+        ends = starts + lengths
+        need(len(runs) == 0 or (int(starts.min()) >= 0 and int(lengths.min()) >= 1 and int(ends.max()) <= n_cols),
+             f"a run of columns is empty or outside 0..{n_cols - 1}")
+        # within a row, runs ascend and never overlap (a run starting a row may start anywhere)
+        row_start = np.zeros(len(runs), bool)
+        row_start[pointer[:-1][np.diff(pointer) > 0]] = True
+        need(bool((row_start[1:] | (starts[1:] >= ends[:-1])).all()), "runs of a row overlap or are out of order")
+        need(int(lengths.sum()) == len(data), "the runs do not cover adjacency_data")
+        value_at = np.concatenate([[0], np.cumsum(lengths)])  # index in data of each run's first value
+    else:
+        pointer, indices = t["adjacency_indptr"], t["adjacency_indices"]
+        need(pointer.shape == (n_rows + 1,), f"adjacency_indptr has {len(pointer)} entries, expected {n_rows + 1}")
+        need(indices.ndim == 1 and len(indices) == len(data) == int(pointer[-1]) and pointer[0] == 0
+             and bool((np.diff(pointer) >= 0).all()), "indptr, indices and data do not agree")
+        need(len(indices) == 0 or (int(indices.min()) >= 0 and int(indices.max()) < n_cols),
+             f"a column index is outside 0..{n_cols - 1}")
+    scale = t.get("adjacency_row_scale")
+    if scale is not None:
+        need(scale.shape == (n_rows,) and bool(np.isfinite(scale).all()) and bool((scale >= 0).all()),
+             f"adjacency_row_scale must be {n_rows} finite scales of at least 0")
+    A = np.zeros((n_rows, n_cols), np.float32 if data.dtype == np.float16 else data.dtype)
     step = max(1, block // max(1, n_cols))
     for s in range(0, n_rows, step):
         e = min(n_rows, s + step)
-        lo, hi = int(indptr[s]), int(indptr[e])
-        rows = np.repeat(np.arange(s, e), np.diff(indptr[s:e + 1]))
-        A[rows, indices[lo:hi]] = data[lo:hi]
+        lo, hi = int(pointer[s]), int(pointer[e])
+        if "adjacency_runs" in t:  # runs -> one column per value
+            count = lengths[lo:hi]
+            first = value_at[lo]
+            columns = np.repeat(starts[lo:hi] - (value_at[lo:hi] - first), count) + np.arange(int(count.sum()))
+            rows = np.repeat(np.repeat(np.arange(s, e), np.diff(pointer[s:e + 1])), count)
+            lo, hi = int(first), int(value_at[hi])
+        else:
+            columns = indices[lo:hi]
+            rows = np.repeat(np.arange(s, e), np.diff(pointer[s:e + 1]))
+        values = data[lo:hi]
+        if scale is not None:
+            values = values.astype(np.float32) * scale[rows]
+        A[rows, columns] = values
     return A
 
 
@@ -240,9 +308,10 @@ def _check_sizes(path: Path, tensors: dict, n_targets: int = 0) -> None:
     need(adj is None or (len(adj) == 2 and adj[0] * adj[1] <= limits.MAX_EDGE_ENTRIES),
          f"adjacency of shape {list(adj or [])}: more than {limits.MAX_EDGE_ENTRIES:,} entries")
     dense_bytes = 0
-    if adj is None and "adjacency_indptr" in tensors:
-        # the dense matrix read back: rows from indptr, columns one per node (checked again once read)
-        rows = shape("adjacency_indptr")[0] - 1
+    pointer = shape("adjacency_row_runs") or shape("adjacency_indptr")
+    if adj is None and pointer:
+        # the dense matrix read back: rows from the row pointer, columns one per node (checked again once read)
+        rows = pointer[0] - 1
         cols = sum((shape(name) or [0])[0] for name in ("features", "errors", "input_ids")) + n_targets
         need(rows * cols <= limits.MAX_EDGE_ENTRIES,
              f"sparse adjacency of {rows:,} rows x {cols:,} nodes: more than {limits.MAX_EDGE_ENTRIES:,} entries")
@@ -261,6 +330,7 @@ def _check_sizes(path: Path, tensors: dict, n_targets: int = 0) -> None:
 _DTYPES = {"input_ids": "int", "features": "int", "errors": "int", "image_positions": "int", "image_grid": "int",
            "top_logit_ids": "int", "bottom_logit_ids": "int", "activations": "float", "adjacency": "float",
            "adjacency_shape": "int", "adjacency_indptr": "int", "adjacency_indices": "int", "adjacency_data": "float",
+           "adjacency_row_runs": "int", "adjacency_runs": "int", "adjacency_row_scale": "float",
            "values": "float", "constants": "float", "unexplored": "float", "feature_position_activations": "float",
            "top_logit_values": "float", "bottom_logit_values": "float"}
 
@@ -283,7 +353,9 @@ def load_graph(path: str | Path) -> Graph:
     meta = read_metadata(path)
     missing = [name for name in _REQUIRED if name not in tensors]
     if "adjacency" not in tensors:
-        missing += [name for name in _SPARSE if name not in tensors] if meta.get("version", 0) >= 2 else ["adjacency"]
+        version = meta.get("version", 0)
+        expected = _SPARSE[3 if "adjacency_runs" in tensors or version >= 3 else 2] if version >= 2 else ["adjacency"]
+        missing += [name for name in expected if name not in tensors]
     if missing:
         raise GraphFormatError(f"{path}: missing tensors {missing}")
     _check_meta(path, meta, tensors)
