@@ -422,6 +422,7 @@ def _assemble(rep: LocalReplacement, adapter: VLMAdapter, processor, prompt: Pro
                 if f.name not in ("progress", "on_progress", "should_stop")},
     )
     graph.config["dtype"] = str(adapter.dtype).replace("torch.", "")
+    graph.config["compute_dtype"] = str(rep.dtype).replace("torch.", "")  # float32 for a bfloat16 model
     graph.config["family"] = adapter.family
     if cfg.feature_position_activations and n_sel:
         graph.feature_position_activations = _position_activations(rep, features, graph.stored_dtype)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from tracer.attribution.replacement import LocalReplacement
-from tracer.models.precision import model_precision
+from tracer.models.precision import language_model_in_float32, model_precision
 
 _FROZEN_ATTENTION = "tracer_frozen_pattern"
 _patterns: dict[int, torch.Tensor] = {}
@@ -120,7 +120,7 @@ def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = No
     """One forward pass of the replacement model (frozen patterns and norms, transcoder MLPs)."""
     pert = perturbation or Perturbation()
     adapter, record = rep.adapter, rep.record
-    dtype, device = adapter.dtype, adapter.device
+    dtype, device = rep.dtype, adapter.device  # float32 for a half-precision model (see below)
     P = rep.n_positions
     emb = record.embeddings.to(device, dtype).clone()
     for pos, scale in pert.embeddings.items():
@@ -164,6 +164,7 @@ def frozen_forward(rep: LocalReplacement, perturbation: Perturbation | None = No
 
     with ExitStack() as stack:
         stack.enter_context(model_precision(adapter))
+        stack.enter_context(language_model_in_float32(adapter))
         stack.enter_context(frozen_norms(adapter, record, rep.dtype))
         for i in range(rep.n_layers):
             stack.callback(adapter.mlp(i).register_forward_hook(mlp_replacement(i)).remove)

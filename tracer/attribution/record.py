@@ -17,7 +17,7 @@ import torch
 
 from tracer.models.base import PromptInputs, VLMAdapter
 from tracer.models.capture import record_mlps
-from tracer.models.precision import model_precision
+from tracer.models.precision import language_model_in_float32, model_precision
 
 
 @dataclass
@@ -53,7 +53,8 @@ def rms_scale(x: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
 
 
 def compute_dtype_for(model_dtype: torch.dtype) -> torch.dtype:
-    """Edges are accumulated in fp32, or fp64 when the model itself runs in fp64."""
+    """Edges are accumulated in fp32, or fp64 when the model itself runs in fp64; a bf16 / fp16
+    model's language model also computes in fp32 here (models.precision.language_model_in_float32)."""
     return torch.float64 if model_dtype == torch.float64 else torch.float32
 
 
@@ -91,7 +92,7 @@ def record_forward(adapter: VLMAdapter, prompt: PromptInputs) -> ForwardRecord:
     def embed_hook(embeddings):
         got["embeddings"] = embeddings[0].to(dtype)
 
-    with ExitStack() as stack, eager_attention(adapter):
+    with ExitStack() as stack, eager_attention(adapter), language_model_in_float32(adapter):
         def add(handle):
             stack.callback(handle.remove)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from tracer.attribution.frozen import Perturbation, frozen_forward, target_values
+from tracer.attribution.record import compute_dtype_for
 from tracer.attribution.replay import ReplayError, replay
 from tracer.attribution.targets import resolve_directions
 from tracer.errors import InputError
@@ -50,15 +51,22 @@ def check_verifiable(graph: Graph) -> None:
 
 
 def graph_dtype(graph: Graph) -> str:
-    """The dtype the graph was computed in (its model's): float64 graphs verify at float64 tolerances."""
+    """The dtype of the model the graph was computed with (float64 graphs verify at float64 tolerances)."""
     name = str(graph.config.get("dtype") or graph.precision)
     return name if name in TOLERANCE else graph.precision
 
 
 def tolerance_for(graph: Graph, model_dtype: torch.dtype) -> float:
-    """The graph's tolerance, or the model's if the model runs coarser than the graph was computed."""
-    model_name = str(model_dtype).replace("torch.", "")
-    return max(TOLERANCE[graph_dtype(graph)], TOLERANCE.get(model_name, TOLERANCE["float32"]))
+    """The tolerance of the precision the graph was computed in, or of the model's if that computes
+    coarser. Graphs of bfloat16 models are computed in float32 (`compute_dtype`, recorded since
+    that change; older ones at bfloat16's tolerance). Edges read from float16
+    (`save_graph(half=True)`) get the half-precision tolerance."""
+    computed = str(graph.config.get("compute_dtype") or graph_dtype(graph))
+    model_name = str(compute_dtype_for(model_dtype)).replace("torch.", "")
+    tol = max(TOLERANCE.get(computed, TOLERANCE[graph_dtype(graph)]), TOLERANCE.get(model_name, TOLERANCE["float32"]))
+    if graph.info.get("edges_stored_as") == "float16":
+        tol = max(tol, TOLERANCE["float16"])
+    return tol
 
 
 @dataclass

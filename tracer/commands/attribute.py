@@ -41,6 +41,9 @@ def register(sub) -> None:
                    help="pruning of the JSON export: keep edges carrying this share of influence")
     p.add_argument("--include-prefix", action="store_true",
                    help="also make feature nodes at BOS and the chat-template prefix (excluded by default)")
+    p.add_argument("--half-edges", "--half_edges", action="store_true",
+                   help="store the edges as float16 scaled per row: about half the file, each edge off by at most "
+                   "2^-12 of its row's largest (verify then uses its half-precision tolerance, 5e-2)")
     p.add_argument("--verify", action="store_true", help="verify the graph after computing it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_attribute)
@@ -84,7 +87,7 @@ def _attribute(args) -> int:
         max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, offload=args.offload,
         chat=not args.no_chat, exclude_prefix=not args.include_prefix, progress=not args.quiet,
     )
-    path = save_graph(graph, out)
+    path = save_graph(graph, out, half=args.half_edges)
     t = graph.info.get("timings_s", {}).get("total", 0.0)
     print(f"{path}: {graph.n_features} features, {graph.n_errors} error nodes, {graph.n_positions} positions "
           f"({len(graph.image_positions)} image), {graph.n_logits} targets "

@@ -13,11 +13,12 @@ The edge matrix is mostly zeros (a feature reads only lower layers and earlier p
 its nonzeros come in a few long runs per row (columns are ordered by layer, then position). When
 that is smaller it is stored as runs (format version 3): adjacency_shape (2,), adjacency_row_runs
 (rows + 1, int64: where each row's runs start), adjacency_runs (runs, 2, int32: first column,
-length) and adjacency_data (the nonzero values, row by row). Lossless for graphs of float32 and
-float64 models. Graphs of bfloat16 / float16 models store their values as float16 scaled per row
-(adjacency_row_scale, float32: the row's largest magnitude), which moves an edge by at most 2^-12
-(0.024%) of its row's largest edge: below the model's own bfloat16 rounding (2^-9 of every value)
-and far inside `verify`'s 5% tolerance for those graphs. That halves a full-size Gemma3-4B graph.
+length) and adjacency_data (the nonzero values, row by row). Lossless. On request
+(`save_graph(..., half=True)`, `attribute --half-edges`) the values are stored as float16 scaled
+per row (adjacency_row_scale, float32: the row's largest magnitude): half the bytes again, each
+edge off by at most 2^-12 (0.024%) of its row's largest edge, which the sum rule over thousands
+of edges feels (up to ~5e-3 of a value on the toy); `verify` then uses its half-precision
+tolerance (load_graph marks such graphs in graph.info["edges_stored_as"]).
 Dense files (version 1, still written when runs would not be smaller) and compressed-sparse-row
 files (version 2: adjacency_indptr, adjacency_indices) are read as before.
 """
@@ -44,23 +45,23 @@ _DENSE_VERSION = 1  # files with a dense adjacency keep version 1, so older read
 SPARSE_FROM_BYTES = 1 << 20  # save_graph's default: a sparse adjacency from this dense size on, when smaller
 _SPARSE = {2: ("adjacency_shape", "adjacency_indptr", "adjacency_indices", "adjacency_data"),
            3: ("adjacency_shape", "adjacency_row_runs", "adjacency_runs", "adjacency_data")}
-HALF_PRECISION_MODELS = ("bfloat16", "float16")  # graphs of these store float16 edges
+EDGES_STORED_AS = "edges_stored_as"  # graph.info of a graph whose edges were read from float16: "float16"
 _META_KEY = "vlm_circuits_graph"
 _REQUIRED = ("input_ids", "features", "activations", "errors", "values", "constants", "unexplored")  # + adjacency
 _OPTIONAL = ("feature_position_activations", "top_logit_ids", "top_logit_values", "bottom_logit_ids",
              "bottom_logit_values")
 
 
-def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None, half: bool | None = None) -> Path:
+def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None, half: bool = False) -> Path:
     """Write atomically (a crash mid-write leaves any previous file intact).
 
     sparse: store the edge matrix as runs of columns (True), dense (False), or (None) as runs
     when that is smaller and the dense matrix has at least SPARSE_FROM_BYTES.
-    half: edge values as float16 scaled per row (True), in the graph's precision (False), or
-    (None) float16 for graphs of bfloat16 / float16 models (see the module docstring)."""
+    half: edge values as float16 scaled per row (see the module docstring): half the bytes, but no
+    longer exact to float32 (verify then uses its half-precision tolerance). A float64 graph is
+    never stored at half precision."""
     graph.validate()
-    if half is None:
-        half = graph.precision == "float32" and str(graph.config.get("dtype", "")) in HALF_PRECISION_MODELS
+    half = bool(half) and graph.precision == "float32"
     path = Path(path)
     if not path.name.endswith(SUFFIX):
         path = path.with_name(path.name + SUFFIX)
@@ -70,7 +71,7 @@ def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None, half:
         # float32 normally; float64 graphs (exactness runs) keep their precision
         "activations": np.ascontiguousarray(graph.activations, graph.stored_dtype),
         "errors": np.ascontiguousarray(graph.errors, np.int64).reshape(-1, 2),
-        **encode_adjacency(graph.adjacency, graph.stored_dtype, sparse, half=bool(half)),
+        **encode_adjacency(graph.adjacency, graph.stored_dtype, sparse, half=half),
         "values": np.ascontiguousarray(graph.values, np.float64),
         "constants": np.ascontiguousarray(graph.constants, np.float64),
         "unexplored": np.ascontiguousarray(graph.unexplored, np.float64),
@@ -103,7 +104,7 @@ def save_graph(graph: Graph, path: str | Path, sparse: bool | None = None, half:
         "slug": graph.slug,
         "config": graph.config,
         "scores": graph.scores,
-        "info": graph.info,
+        "info": graph.info,  # a graph once read from float16 edges keeps saying so: its edges stay rounded
     }
     if "adjacency" in tensors:
         meta["version"] = _DENSE_VERSION
@@ -392,7 +393,7 @@ def load_graph(path: str | Path) -> Graph:
             slug=meta.get("slug", ""),
             config=meta.get("config", {}),
             scores=meta.get("scores", {}),
-            info=meta.get("info", {}),
+            info={**meta.get("info", {}), **({EDGES_STORED_AS: "float16"} if "adjacency_row_scale" in t else {})},
             **{name: t.get(name) for name in _OPTIONAL},
         )
     except (KeyError, TypeError, ValueError) as err:

@@ -154,7 +154,9 @@ class VLMAdapter:
         """The per-channel gain g of a norm (out = x / rms(x) * g); None for an absent norm."""
         if norm is None:
             return None
+        # at least float32: HF norms add 1 + w in float32, and 1 + w rounded to bfloat16 is off by up to 2^-9
         weight = norm.weight.detach()
+        weight = weight.to(torch.promote_types(weight.dtype, torch.float32))
         return 1.0 + weight if self.architecture.norm_gain == "1+w" else weight
 
     @staticmethod
