@@ -230,3 +230,37 @@ def test_a_bfloat16_graph_is_exact_and_can_be_stored_at_half_precision(tmp_path,
     # re-saved without --half-edges, its edges are still the rounded ones and still say so
     again = load_graph(save_graph(h, tmp_path / "again"))
     assert again.info["edges_stored_as"] == "float16"
+
+
+def test_float32_compute_leaves_the_bfloat16_weights_as_they_were():
+    """Inside language_model_in_float32 the layers run with float32 weights; afterwards (and after
+    a forward that raised) every parameter is the same bfloat16 tensor as before, not a copy."""
+    import torch
+
+    from tracer.models.base import get_adapter, prepare_prompt
+    from tracer.models.loading import load_vlm
+    from tracer.models.precision import language_model_in_float32
+    from tracer.toy import world
+
+    model, processor = load_vlm(None, dtype=torch.bfloat16)
+    adapter = get_adapter(model)
+    before = {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()}
+    ex = world.make_example("heldout", 3, question_type="color")
+    prompt = prepare_prompt(processor, ex.question, ex.image(), image_token_id=adapter.image_token_id,
+                            tokens_per_image=adapter.tokens_per_image, adapter=adapter)
+    seen = []
+    probe = adapter.mlp(1).register_forward_hook(lambda m, a, o: seen.append((a[0].dtype, o.dtype)))
+    with torch.no_grad(), language_model_in_float32(adapter):
+        out = model(**adapter.model_inputs(prompt.inputs), use_cache=False, logits_to_keep=1)
+    probe.remove()
+    assert seen == [(torch.float32, torch.float32)] and out.logits.dtype == torch.float32
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == before
+
+    def fail(module, args, output):
+        raise RuntimeError("stop")
+    handle = adapter.mlp(2).register_forward_hook(fail)
+    with pytest.raises(RuntimeError), torch.no_grad(), language_model_in_float32(adapter):
+        model(**adapter.model_inputs(prompt.inputs), use_cache=False, logits_to_keep=1)
+    handle.remove()
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == before
+    assert not adapter.layer(0)._forward_pre_hooks  # its hooks are gone too
