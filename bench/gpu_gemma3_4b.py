@@ -2,6 +2,7 @@
 
     python bench/gpu_gemma3_4b.py                 # the issue's setting (needs a GPU)
     python bench/gpu_gemma3_4b.py --scale tiny    # the same code path, tiny sizes, on a CPU
+    python bench/gpu_gemma3_4b.py --scale graph-shape --save /tmp/gs   # the 4B graph's file, on a CPU
 
 Builds `Gemma3ForConditionalGeneration` with google/gemma-3-4b-it's configuration (34 layers,
 d_model 2560, 8 query / 4 KV heads of 256, vocabulary 262,208; SigLIP 27 layers at 896 px ->
@@ -10,6 +11,14 @@ token ids and a real Gemma3Processor, and a random ReLU+TopK(48) transcoder set 
 163,840 per layer (the published set's shape, ~57 GB in bf16, kept in host memory and streamed
 to the GPU one layer at a time). One 896 px image + about 24 text tokens, 7,500 feature nodes.
 Reports the time and peak GPU memory of the attribution call, per phase.
+
+    python bench/gpu_gemma3_4b.py --tf32 --offload --limit-gib 24 --save /tmp/g4b
+
+runs, in one process, fp32 and TF32 matmuls, each with the edge rows on the GPU and in host
+memory (--offload: attribute's --offload cpu), the process limited to 24 GiB of GPU memory
+(torch.cuda.set_per_process_memory_fraction: a run that needs more fails with out-of-memory and
+is reported as such), and writes the last graph to --save (time, file size, and the size with
+--half-edges), as the command line would.
 """
 
 from __future__ import annotations
@@ -43,6 +52,10 @@ SCALES = {
     "gemma3-4b": dict(d=2560, layers=34, heads=8, kv=4, head_dim=256, d_mlp=10240, vocab=262208,
                       v_hidden=1152, v_layers=27, v_heads=16, v_mlp=4304, image=896, patch=14, tokens=256,
                       width=163840, k=48),
+    # the 4B graph's shape (34 layers, 896 px image -> 256 soft tokens, 7,500 feature nodes) with tiny
+    # widths: a CPU measures the graph file a 4B run writes (its nonzeros follow from layers and positions)
+    "graph-shape": dict(d=64, layers=34, heads=4, kv=2, head_dim=16, d_mlp=128, vocab=300, v_hidden=32, v_layers=2,
+                        v_heads=2, v_mlp=64, image=896, patch=14, tokens=256, width=512, k=16),
     "tiny": dict(d=64, layers=3, heads=4, kv=2, head_dim=16, d_mlp=128, vocab=300, v_hidden=32, v_layers=2,
                  v_heads=2, v_mlp=64, image=56, patch=14, tokens=4, width=512, k=8),
 }
@@ -139,6 +152,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--text-tokens", type=int, default=24)
     parser.add_argument("--tf32", action="store_true", help="also time a run with TF32 matmuls")
+    parser.add_argument("--offload", action="store_true", help="also time runs with the edge rows in host memory")
+    parser.add_argument("--limit-gib", type=float, default=None,
+                        help="limit this process to this much GPU memory (e.g. 24, a 24 GB card)")
+    parser.add_argument("--save", default=None, help="write the last run's graph into this folder, timed")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
@@ -157,32 +174,60 @@ def main() -> None:
 
     results = {"device": torch.cuda.get_device_name() if device != "cpu" else platform.processor() or "cpu",
                "scale": args.scale, "setup_s": round(setup_s, 1), "runs": []}
-    modes = [False, True] if args.tf32 else [False]
+    if args.limit_gib and device != "cpu":
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.limit_gib / total))
+        results["limit_gib"] = args.limit_gib
+    modes = [(tf32, offload) for tf32 in ([False, True] if args.tf32 else [False])
+             for offload in ([False, True] if args.offload else [False])]
     # a small warm-up so that the timed runs do not pay for kernel selection
     attribute_full(model, processor, tset, prompt, image, AttributionConfig(max_feature_nodes=64, progress=False,
                                                                              batch_size=64, chat=False))
-    for tf32 in modes:
+    res = None
+    for tf32, offload in modes:
         res = None  # the previous run's result holds GPU tensors: free them before measuring
         if device != "cpu":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        res = attribute_full(model, processor, tset, prompt, image, AttributionConfig(
-            max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, chat=False, tf32=tf32,
-            progress=True))
+        try:
+            res = attribute_full(model, processor, tset, prompt, image, AttributionConfig(
+                max_feature_nodes=args.max_feature_nodes, batch_size=args.batch_size, chat=False, tf32=tf32,
+                offload="cpu" if offload else None, progress=True))
+        except torch.OutOfMemoryError as err:
+            run = {"tf32": tf32, "offload": offload, "out_of_memory": str(err).splitlines()[0][:200]}
+            results["runs"].append(run)
+            print(json.dumps(run))
+            continue
         if device != "cpu":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() / 2**30 if device != "cpu" else float("nan")
         g = res.graph
-        run = {"tf32": tf32, "seconds": round(elapsed, 2), "peak_gpu_gib": round(peak, 2),
+        run = {"tf32": tf32, "offload": offload, "seconds": round(elapsed, 2), "peak_gpu_gib": round(peak, 2),
                "positions": g.n_positions, "image_tokens": int(len(g.image_positions)),
                "active_features": int(g.info["n_active_features"]), "feature_nodes": g.n_features,
                "logit_targets": g.n_logits, "phases_s": g.info["timings_s"],
                "sum_rule_max_rel": float((np.abs(g.sum_rule_residual()) / np.maximum(1, np.abs(g.values))).max())}
         results["runs"].append(run)
         print(json.dumps(run))
+    if args.save and res is not None:
+        import os
+
+        from tracer.graph.storage import save_graph
+
+        os.makedirs(args.save, exist_ok=True)
+        g = res.graph
+        saved = {"adjacency_shape": list(g.adjacency.shape), "nonzero_share": round(float(np.count_nonzero(g.adjacency))
+                                                                                 / g.adjacency.size, 4)}
+        for half in (False, True):
+            start = time.perf_counter()
+            path = save_graph(g, os.path.join(args.save, "half" if half else "full"), half=half)
+            saved["half" if half else "full"] = {"seconds": round(time.perf_counter() - start, 2),
+                                                 "megabytes": round(os.path.getsize(path) / 1e6, 1)}
+        results["graph_file"] = saved
+        print(json.dumps(saved))
     print(json.dumps(results, indent=1))
     if args.json:
         with open(args.json, "w") as f:
