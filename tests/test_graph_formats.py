@@ -619,3 +619,22 @@ def test_graph_validate_refuses_bad_fields(tmp_path, field, value, words):
     with pytest.raises(GraphFormatError, match=words):
         save_graph(g, tmp_path / "never-written.graph.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("link, words", [
+    ("a link", "not an object"),
+    ({"source": "0_5_1", "target": "1_7_1"}, "lacks 'weight'"),
+    ({"source": "0_5_1", "target": 7, "weight": 1.0}, "string source and target"),
+    ({"source": "0_5_1", "target": "1_7_1", "weight": True}, "not a number"),
+    ({"source": "0_5_1", "target": "1_7_1", "weight": "1.0"}, "not a number"),
+])
+def test_every_link_is_checked_however_many_there_are(link, words):
+    """Links are checked by hand (the schema validator sees only the first few of a long list):
+    a bad one far down the list is still found, named by its place."""
+    data = plain_circuit_tracer_json()
+    good = data["links"][0]
+    data["links"] = [dict(good) for _ in range(5000)] + [link]
+    with pytest.raises(GraphFormatError, match=f"links/5000: the link .*{words}"):
+        validate_graph_json(data)
+    data["links"][-1] = dict(good, weight=2)  # an integer weight is a number
+    validate_graph_json(data)
