@@ -79,11 +79,12 @@ def test_every_option_explains_itself():
 def test_numeric_options_of_the_tracing_commands_are_range_checked():
     """No bare int/float option on any command: each number goes through a type that refuses
     values out of range (tracer.commands.common)."""
-    from tracer.commands import common, toy
+    from tracer.commands import common, toy, train_plt
 
     checked = {common.positive_int, common.non_negative_int, common.positive_int_or_all, common.share,
                common.probability, common.non_negative_float, common.positive_float,
-               toy.question_mix}  # TYPE=WEIGHT pairs with whole weights (tests/test_families.py)
+               toy.question_mix,  # TYPE=WEIGHT pairs with whole weights (tests/test_families.py)
+               train_plt._layers}  # non-negative layers and low-high ranges (tests/test_cli_validation.py)
     bare = [(" ".join(path), action.option_strings)
             for path, sub in _all_subcommand_paths(build_parser())
             for action in sub._actions if action.type in (int, float) or

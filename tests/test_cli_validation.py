@@ -400,3 +400,126 @@ def test_attention_checks_every_option_before_writing_anything(files, tmp_path, 
                  "-o", str(stem)]) == 2
     assert "last_layers must be in 1.." in _one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []  # not even the heads file
+
+
+# -- found by a hostile-input audit: each is one line and exit 2, and nothing is lost
+
+
+def _tampered(graph: Path, out: Path, edit_tensors=None, edit_meta=None) -> Path:
+    from safetensors.numpy import load_file, save_file
+
+    t = load_file(str(graph))
+    from safetensors import safe_open
+
+    with safe_open(str(graph), framework="numpy") as f:
+        meta = json.loads(f.metadata()["vlm_circuits_graph"])
+    if edit_tensors:
+        edit_tensors(t)
+    if edit_meta:
+        edit_meta(meta)
+    save_file(t, str(out), metadata={"vlm_circuits_graph": json.dumps(meta)})
+    return out
+
+
+def _nan_first(name):
+    def edit(t):
+        t[name] = t[name].copy()
+        t[name][0] = np.nan if name == "activations" else np.inf
+    return edit
+
+
+@pytest.mark.parametrize("edit_tensors, edit_meta, words", [
+    (_nan_first("activations"), None, "activations hold NaN"),
+    (_nan_first("constants"), None, "constants hold NaN or infinite"),
+    (_nan_first("values"), None, "values hold NaN or infinite"),
+    (lambda t: t.__setitem__("features", t["features"] * np.array([1, 1, -1])), None, "feature index out of range"),
+    (None, lambda m: m.__setitem__("scores", {"replacement": "high"}), "scores must be finite numbers"),
+    (None, lambda m: m["targets"][0].__setitem__("probability", float("nan")), "is not a number"),
+    (None, lambda m: m["targets"][0].__setitem__("token_id", 10 ** 30), "out of range"),
+])
+def test_tampered_numbers_are_refused_when_a_graph_is_read(files, tmp_path, capsys, edit_tensors, edit_meta, words):
+    """Not a verify that says PASS, nor a traceback in export: the file is refused on reading."""
+    bad = _tampered(files["graph"], tmp_path / "bad.graph.safetensors", edit_tensors, edit_meta)
+    for argv in (["verify", str(bad)], ["export", str(bad), "--out", str(tmp_path / "np")]):
+        assert main(argv) == 2
+        assert words in _one_error_line(capsys)
+
+
+def test_a_slug_names_a_file_in_the_current_folder(files, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "a" / "b"
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    ex = files["example"]
+    assert main(["attribute", "--prompt", ex.question, "--image", str(files["image"]), "--slug", "../../escape",
+                 "--max_feature_nodes", "20", "--quiet"]) == 0
+    assert (here / "escape.graph.safetensors").is_file()
+    assert not (tmp_path / "escape.graph.safetensors").exists()
+
+
+def test_an_empty_prompt_without_an_image_is_refused(capsys):
+    assert main(["attribute", "--prompt", "   ", "--quiet"]) == 2
+    assert "the prompt is empty" in _one_error_line(capsys)
+
+
+def test_features_never_replaces_a_folder_of_other_files(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "precious.txt").write_text("keep me")
+    assert main(["features", "--data", "toy", "--n-examples", "2", "--out", str(folder)]) == 2
+    assert "not a feature-examples store" in _one_error_line(capsys)
+    assert (folder / "precious.txt").read_text() == "keep me" and (folder / "sub").is_dir()
+
+
+def test_trained_weights_are_not_overwritten_without_asking(tmp_path, capsys):
+    import shutil
+
+    from tracer.toy.shipped import shipped_model_dir
+
+    toy = tmp_path / "toy"
+    shutil.copytree(shipped_model_dir("toy"), toy)
+    before = (toy / "model.safetensors").read_bytes()
+    assert main(["toy", "tiny", "--family", "gemma3", "--out", str(toy)]) == 2
+    assert "--overwrite" in _one_error_line(capsys)
+    assert (toy / "model.safetensors").read_bytes() == before
+    plt = tmp_path / "plt"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "tracer" / "data" / "toy-plt", plt)
+    assert main(["train-plt", "--out", str(plt), "--tokens", "64"]) == 2
+    assert "--resume" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train-plt", "--layers", "3-1"], "give layers as"),
+    (["train-plt", "--layers", "abc"], "give layers as"),
+    (["toy", "sample", "-n", "2", "--type", "zebra"], "invalid choice"),
+])
+def test_malformed_options_are_usage_errors(argv, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--layers", "9"], "layers [9] do not exist"),
+    (["--data", "zebra:foo"], "unknown kind 'zebra'"),
+    (["--data", "folder:/nonexistent-folder"], "no such folder"),
+    (["--k", "5000", "--width", "16"], "is more than --width"),
+])
+def test_train_plt_input_errors_are_one_line(extra, words, tmp_path, capsys):
+    assert main(["train-plt", "--out", str(tmp_path / "o"), "--tokens", "64", "--no-progress", *extra]) == 2
+    assert words in _one_error_line(capsys)
+
+
+def test_supernodes_with_transcoders_of_another_model(files, capsys):
+    root = Path(__file__).resolve().parent.parent
+    assert main(["supernodes", str(files["graph"]), "--transcoders", str(root / "tracer/data/gemma-3-270m-plt")]) == 2
+    assert "not the transcoders this graph was traced with" in _one_error_line(capsys)
+
+
+def test_export_labels_errors_name_the_file(files, tmp_path, capsys):
+    missing = tmp_path / "nonexist.json"
+    assert main(["export", str(files["graph"]), "--out", str(tmp_path / "np"), "--labels", str(missing)]) == 2
+    assert "nonexist.json: no such labels file" in _one_error_line(capsys)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert main(["export", str(files["graph"]), "--out", str(tmp_path / "np"), "--labels", str(broken)]) == 2
+    assert "broken.json: not JSON" in _one_error_line(capsys)

@@ -553,7 +553,7 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert main(["import", str(out / "full.json"), "--out", str(tmp_path / "back.graph.safetensors")]) == 0
     back = load_graph(tmp_path / "back.graph.safetensors")
     assert edges_by_id(back) == pytest.approx(edges_by_id(g))
-    assert main(["import", str(tmp_path / "labels.json"), "--out", str(tmp_path / "x.graph.safetensors")]) == 1
+    assert main(["import", str(tmp_path / "labels.json"), "--out", str(tmp_path / "x.graph.safetensors")]) == 2
     assert "error:" in capsys.readouterr().err
 
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from tracer.errors import InputError
 from tracer.transcoders import load_transcoder_set, record_mlps
 from tracer.transcoders.evaluation import position_mask
 from tracer.transcoders.sources import FolderSource, MixedSource, ToySource, encode_items, parse_source
@@ -143,7 +144,7 @@ def test_hf_source_without_datasets_says_so(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if the optional package were not installed
-    with pytest.raises(ImportError, match="pip install datasets"):
+    with pytest.raises(InputError, match="pip install datasets"):
         parse_source("hf:someone/vqa,image=img,text=q")
 
 

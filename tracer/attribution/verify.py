@@ -15,6 +15,7 @@ graphs (no transcoder features) cannot be verified: `check_verifiable` says why.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,14 +155,18 @@ def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 2
             if (p, f) not in lookup:
                 raise VerificationError(f"feature {f} at layer {layer}, position {p} is in the graph but not active "
                                         "in this run: wrong transcoders?")
-            act_err = max(act_err, abs(lookup[(p, f)] - v))
-            act_rel = max(act_rel, abs(lookup[(p, f)] - v) / max(1.0, abs(v)))
+            diff = abs(lookup[(p, f)] - v)
+            diff = diff if diff == diff else float("inf")  # a NaN never passes (max() would drop it)
+            act_err = max(act_err, diff)
+            act_rel = max(act_rel, diff / max(1.0, abs(v)) if math.isfinite(v) else float("inf"))
 
     tol = tolerance if tolerance is not None else tolerance_for(graph, adapter.dtype)
     residual = graph.sum_rule_residual()
-    sum_checked = graph.info.get("sum_rule_checkable", True) is not False and bool(np.isfinite(residual).all())
+    # only an imported graph without the terms skips the sum rule; a NaN or inf anywhere else fails it
+    sum_checked = graph.info.get("sum_rule_checkable", True) is not False
+    residual = np.where(np.isfinite(residual), residual, np.inf)
     sum_abs = float(np.abs(residual).max()) if len(residual) and sum_checked else 0.0
-    sum_rel = (float((np.abs(residual) / np.maximum(1.0, np.abs(graph.values))).max())
+    sum_rel = (float((np.abs(residual) / np.maximum(1.0, np.abs(np.nan_to_num(graph.values, nan=0.0)))).max())
                if len(residual) and sum_checked else 0.0)
     # an imported graph may be pruned: a zero it stores can be an edge it dropped
     only_stored = bool(graph.info.get("imported_from"))
@@ -190,6 +195,7 @@ def verify_graph(graph: Graph, model, processor, transcoders, n_sources: int = 2
         changed = target_values(rep, frozen_forward(rep, pert), directions, feats, encoders).cpu().numpy() - base
         stored = graph.adjacency[rows, node].astype(np.float64)
         diff = np.abs(changed - stored)
+        diff = np.where(np.isfinite(diff), diff, np.inf)  # a NaN from the model is a failure, not a pass
         if only_stored:
             diff = np.where(stored != 0, diff, 0.0)
         scale = max(scale, float(np.abs(stored).max()))

@@ -75,7 +75,10 @@ def _attribute(args) -> int:
     from tracer.graph import save_graph
     from tracer.session import TracingSession
 
-    slug = args.slug or slug_from(args.prompt)
+    from tracer.graph.neuronpedia import safe_slug
+
+    # a slug names files (the default graph file, the viewer JSON): letters, digits, '.', '_' and '-' only
+    slug = safe_slug(args.slug) if args.slug else slug_from(args.prompt)
     out = check_graph_output(args.out or f"{slug}.graph.safetensors")
     if args.graph_file_dir:
         check_writable(args.graph_file_dir, folder=True)

@@ -57,7 +57,14 @@ def register(sub) -> None:
 def _read_labels(path: str | None) -> dict:
     if not path:
         return {}
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such labels file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the labels file ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     if any(k in data for k in ("labels", "supernodes", "pinned", "pinnedIds")):
@@ -91,9 +98,9 @@ def _export(args) -> int:
         extra = _read_labels(args.labels)
         if Path(args.out).exists() and not Path(args.out).is_dir():
             raise ValueError(f"--out {args.out}: exists and is not a folder")
-    except (GraphFormatError, OSError, ValueError) as err:
+    except (GraphFormatError, OSError, ValueError) as err:  # bad input: exit 2, as every command
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     if graph.kind == ATTENTION_GRAPH and args.format == "neuronpedia":
         print("error: an attention graph has no circuit-tracer / Neuronpedia JSON form: its nodes are (layer, "
               "position) residual-stream states, not transcoder features; export it with --format graphml, or open "
@@ -108,9 +115,9 @@ def _export(args) -> int:
                                   include_images=not args.no_images, **extra)
     else:
         from tracer.graph.graphml import export_graphml
-        from tracer.graph.neuronpedia import _safe_slug
+        from tracer.graph.neuronpedia import safe_slug
 
-        path = export_graphml(graph, Path(args.out) / f"{_safe_slug(slug)}.graphml", pruned,
+        path = export_graphml(graph, Path(args.out) / f"{safe_slug(slug)}.graphml", pruned,
                               labels=extra.get("labels"))
     kept = f"{pruned.n_nodes} of {graph.n_nodes} nodes, {pruned.n_edges} edges" if pruned is not None else "unpruned"
     print(f"wrote {path} ({kept})")
@@ -127,7 +134,7 @@ def _import(args) -> int:
         graph = open_any_graph(args.file)
     except GraphFormatError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     path = save_graph(graph, args.out)
     note = "" if graph.info.get("sum_rule_checkable", True) else " (sum rule not checkable: the source lacks constant terms)"
     print(f"wrote {path}: {graph.n_features} features, {graph.n_errors} error nodes, {graph.n_positions} positions, "

@@ -28,7 +28,8 @@ def register(sub) -> None:
                    help="how many examples (inputs) of the data set to scan")
     p.add_argument("--per-feature", "--per_feature", dest="per_feature", type=positive_int, default=8,
                    help="top examples kept per feature")
-    p.add_argument("--out", required=True, help="output folder (replaced atomically when complete)")
+    p.add_argument("--out", required=True, help="output folder: new, empty, or an older store (replaced atomically "
+                   "when complete); a folder holding anything else is refused")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=32,
                    help="examples per forward pass")
     p.add_argument("--seed", type=non_negative_int, default=0, help="which examples of the toy world (toy data only)")
@@ -60,7 +61,10 @@ def _run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from tracer.features.writer import check_replaceable_store
+
     check_writable(args.out, folder=True)
+    check_replaceable_store(args.out)  # before any work: a folder of other files is never replaced
     # a DataSpecError is printed by tracer.cli (exit 2); ',seed=' / ',start=' in --data win over the flags
     spec = parse_data_spec(args.data, seed=args.seed, start=args.start)
     # the Ray workers parse the data spec again (toy data only: compute_feature_examples_ray says so)

@@ -37,8 +37,17 @@ def decoder_rows(graph, transcoders_ref: str):
     import torch
 
     from tracer.transcoders import load_transcoder_set
+    from tracer.transcoders.errors import TranscoderMismatchError
 
     ts = load_transcoder_set(None if transcoders_ref in ("toy", "toy-plt") else transcoders_ref, device="cpu")
+    for layer in sorted(set(graph.features[:, 0].tolist())):  # the graph's features must be in this set
+        widest = int(graph.features[graph.features[:, 0] == layer, 2].max())
+        if layer not in ts or widest >= ts[layer].d_transcoder:
+            have = f"{ts[layer].d_transcoder} features there" if layer in ts else "no transcoder there"
+            raise TranscoderMismatchError(f"{transcoders_ref}: the graph has feature {widest} at layer {layer}, the set "
+                                          f"has {have}: not the transcoders this graph was traced with")
+        if graph.n_features and ts[layer].d_model != ts[int(graph.features[0, 0])].d_model:
+            raise TranscoderMismatchError(f"{transcoders_ref}: its layers differ in d_model")
     out = np.zeros((graph.n_features, ts[int(graph.features[0, 0])].d_model) if graph.n_features else (0, 0))
     for layer in sorted(set(graph.features[:, 0].tolist())):
         rows = np.flatnonzero(graph.features[:, 0] == layer)

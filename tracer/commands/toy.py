@@ -111,7 +111,8 @@ def register(sub) -> None:
     sample.add_argument("-n", type=positive_int, default=12, help="how many examples")
     sample.add_argument("--split", default="heldout", choices=["train", "heldout"],
                         help="which split (they never share a scene layout)")
-    sample.add_argument("--type", dest="question_type", default=None, help="only this question type")
+    sample.add_argument("--type", dest="question_type", default=None, choices=world.QUESTION_TYPES,
+                        help="only this question type")
     sample.add_argument("--seed", type=non_negative_int, default=0, help="which examples of the split")
     sample.add_argument("--jsonl", default="examples.jsonl", metavar="NAME",
                         help="name of the batch file written in --out (the input of `python -m tracer batch`)")
@@ -146,6 +147,7 @@ def register(sub) -> None:
     tiny.add_argument("--family", required=True, choices=FAMILIES, help="model family")
     tiny.add_argument("--out", required=True, help="output folder (created)")
     tiny.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random weights")
+    tiny.add_argument("--overwrite", action="store_true", help="write over a model already in --out")
     tiny.set_defaults(handler=_tiny)
 
     gt = toy_sub.add_parser(
@@ -223,6 +225,9 @@ def _sample(args) -> int:
 
 
 def _tiny(args) -> int:
+    if (Path(args.out) / "model.safetensors").exists() and not args.overwrite:
+        raise InputError(f"{args.out} already holds a model (model.safetensors): choose another --out, or pass "
+                         "--overwrite to replace it with random weights")
     check_writable(args.out, folder=True)
     from tracer.toy.families import write_tiny_model
 

@@ -27,17 +27,28 @@ the last layer of the group. On a CPU use --threads 1 when other work shares the
 
 
 def _layers(text: str | None) -> list[int] | None:
+    """'0-3', '0,5,9' or 'all' -> layer indices (None: all); a usage error for anything else."""
     if not text or text == "all":
         return None
     out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = (int(x) for x in part.split("-", 1))
+                if a < 0 or b < a:
+                    raise ValueError
+                out.extend(range(a, b + 1))
+            elif part:
+                out.append(int(part))
+                if out[-1] < 0:
+                    raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give layers as 'all', '0-3' or '0,5,9' (non-negative, "
+                                         "ranges low-high)") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"{text!r}: no layers")
+    return sorted(set(out))
 
 
 def register(sub) -> None:
@@ -63,7 +74,8 @@ def register(sub) -> None:
                    "prompt=TEXT]' (a .jsonl of {image, prompt, answer} or bare images), "
                    "'hf:NAME[,split=train,image=image,text=question,answer=COL,config=C,weight=W]' "
                    "(needs the optional 'datasets' package)")
-    p.add_argument("--layers", default=None, help="layers to train, e.g. '0-3' or '0,5,9' (default: all)")
+    p.add_argument("--layers", type=_layers, default=None,
+                   help="layers to train, e.g. '0-3' or '0,5,9' (default: all)")
     p.add_argument("--group-size", type=non_negative_int, default=0, help="layers trained together per forward pass (0: all)")
     p.add_argument("--width", type=positive_int, default=1024, help="features per layer (d_transcoder; default: %(default)s)")
     p.add_argument("--activation", choices=["topk", "jumprelu"], default="topk", help="default: %(default)s")
@@ -103,11 +115,22 @@ def register(sub) -> None:
                    help="model dtype (transcoders always train in fp32)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="keep layers already in --out and train the rest")
+    p.add_argument("--overwrite", action="store_true", help="train a new set over one already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
+    from pathlib import Path
+
+    from tracer.errors import InputError
+
+    out = Path(args.out)
+    if not args.resume and not args.overwrite and ((out / "config.yaml").exists() or any(out.glob("layer_*.safetensors"))):
+        raise InputError(f"{out} already holds a transcoder set: pass --resume to keep its layers and train the "
+                         "rest, --overwrite to train a new set over it, or choose another --out")
+    if args.activation == "topk" and args.k > args.width:
+        raise InputError(f"--k {args.k} is more than --width {args.width}: TopK keeps k of the width's features")
     check_writable(args.out, folder=True)
     import torch
 
@@ -126,7 +149,7 @@ def _run(args) -> int:
     model, processor = load_vlm(args.model, dtype=getattr(torch, args.dtype), device=device,
                                 attn_implementation=FAST_ATTENTION)
     cfg = PLTTrainConfig(
-        layers=_layers(args.layers), group_size=args.group_size, width=args.width, activation=args.activation,
+        layers=args.layers, group_size=args.group_size, width=args.width, activation=args.activation,
         k=args.k, aux_k=args.aux_k, aux_coef=args.aux_coef, dead_tokens=args.dead_tokens, resample=not args.no_resample,
         l0_coef=2e-3 if args.l0_coef is None else args.l0_coef,
         target_l0=(args.target_l0 if args.target_l0 is not None else 0.0 if args.l0_coef is not None else float(args.k)),

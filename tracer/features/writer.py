@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tracer.errors import InputError
 from tracer.features.layout import (
     EXAMPLE_ACTS, EXTENSION_VERSION, IMAGES_DIR, INPUTS_DIR, MANIFEST, SCHEMA, STATS_DIR, image_filename,
     input_filename, layer_filename,
@@ -40,6 +41,20 @@ class InputRecord:
     images: list[Any] = field(default_factory=list)  # PIL images
     metadata: dict = field(default_factory=dict)
     image_grids: list[tuple[int, int]] = field(default_factory=list)  # (rows, cols) of soft tokens per image
+
+
+def check_replaceable_store(out: str | Path) -> None:
+    """A store is written to a new folder, an empty one, or over an older store (replaced once the
+    new one is complete); any other existing path is refused, so nothing a user keeps there is lost."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise InputError(f"{out}: exists and is not a folder; choose a new or empty folder for the feature store")
+    if (out / MANIFEST).is_file() or not any(out.iterdir()):
+        return
+    raise InputError(f"{out}: holds files but is not a feature-examples store (no {MANIFEST}); a store replaces "
+                     "its folder whole, so choose a new or empty folder")
 
 
 class _LayerTop:
@@ -129,6 +144,7 @@ class StoreWriter:
     def __init__(self, out: str | Path, d_transcoders: dict[int, int], n_per_feature: int = 8,
                  manifest_extra: dict | None = None, shard_rows: int = 10_000):
         self.out = Path(out)
+        check_replaceable_store(self.out)
         self.layers = sorted(int(k) for k in d_transcoders)
         self.d_transcoders = {int(k): int(v) for k, v in d_transcoders.items()}
         self.n_per_feature = int(n_per_feature)

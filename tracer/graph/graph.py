@@ -18,6 +18,7 @@ This module needs only numpy: reading a graph needs neither torch nor the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ FEATURE, ERROR, EMBEDDING, LOGIT = "feature", "error", "embedding", "logit"
 # Graph kinds: attribution graphs (features at positions), attention graphs (tracer.attention:
 # "feature" nodes are residual-stream positions, one per layer and position).
 ATTRIBUTION_GRAPH, ATTENTION_GRAPH = "attribution", "attention"
+MAX_EDGE = 1e30  # larger edges come from a broken file: sums over a row would overflow float32
 
 
 @dataclass
@@ -304,6 +306,8 @@ class Graph:
             need(isinstance(t.label, str) and integer(t.token_id) and isinstance(t.probability, (int, float))
                  and isinstance(t.kind, str) and isinstance(t.spec, dict),
                  f"target {t.label!r:.40} has a field of the wrong type")
+            need(-1 <= t.token_id < 2 ** 31, f"target {t.label!r:.40}: token id {t.token_id:.3g} is out of range")
+            need(math.isfinite(t.probability), f"target {t.label!r:.40}: probability {t.probability} is not a number")
         need(self.features.ndim == 2 and self.features.shape[1] == 3, "features must be (n, 3): layer, position, feature")
         need(self.activations.shape == (self.n_features,), "activations must have one value per feature")
         need(self.errors.ndim == 2 and self.errors.shape[1] == 2, "errors must be (n, 2): layer, position")
@@ -338,7 +342,21 @@ class Graph:
             need(isinstance(getattr(self, name), str), f"{name} must be a string")
         for name in ("config", "scores", "info"):
             need(isinstance(getattr(self, name), dict), f"{name} must be an object")
-        need(np.isfinite(self.adjacency).all(), "adjacency holds NaN or infinite values")
+        need(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 for v in self.scores.values()), "scores must be finite numbers")
+        if self.n_features:
+            lowest = -1 if self.kind == ATTENTION_GRAPH else 0  # an attention graph's residual nodes are feature -1
+            need(int(self.features[:, 2].min()) >= lowest and int(self.features[:, 2].max()) < 2 ** 31,
+                 f"feature index out of range ({lowest} .. 2^31 - 1)")
+        # one pass: NaN makes the maximum NaN; edges near float32's limit would overflow the row sums
+        peak = float(np.abs(self.adjacency).max()) if self.adjacency.size else 0.0
+        need(math.isfinite(peak), "adjacency holds NaN or infinite values")
+        need(peak < MAX_EDGE, f"adjacency holds an edge of {peak:.3g}, beyond the limit of {MAX_EDGE:.0e}")
+        need(bool(np.isfinite(self.activations).all()), "activations hold NaN or infinite values")
+        # values and constants of an imported graph without sum-rule terms are NaN (info says so)
+        if self.info.get("sum_rule_checkable", True) is not False:
+            for name in ("values", "constants", "unexplored"):
+                need(bool(np.isfinite(getattr(self, name)).all()), f"{name} hold NaN or infinite values")
 
     def _validate_images(self, need) -> None:
         from tracer import limits

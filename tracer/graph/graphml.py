@@ -104,9 +104,9 @@ def export_graphml(graph: Graph, path: str | Path, pruned=None, **kwargs) -> Pat
     """Write `path` (a folder gets `<slug>.graphml`) atomically; returns the file path."""
     path = Path(path)
     if path.is_dir() or not path.suffix:
-        from tracer.graph.neuronpedia import _safe_slug
+        from tracer.graph.neuronpedia import safe_slug
 
-        path = path / f"{_safe_slug(graph.slug or 'graph')}.graphml"
+        path = path / f"{safe_slug(graph.slug or 'graph')}.graphml"
     tree = graph_to_graphml(graph, pruned, **kwargs)
     with atomic_path(path) as tmp:
         tree.write(tmp, encoding="utf-8", xml_declaration=True)

@@ -197,7 +197,7 @@ def data_uri_to_image(uri: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------- export
-def _safe_slug(slug: str) -> str:
+def safe_slug(slug: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(slug)).strip("-.")
     return slug or "graph"
 
@@ -356,7 +356,7 @@ def graph_to_json(graph: Graph, pruned=None, *, node_mask=None, edge_mask=None, 
         transcoder_list, scan_name = [str(s) for s in scan], f"custom-{digest}"
     else:
         transcoder_list, scan_name = [], str(scan or graph.scan or graph.transcoders or "unknown")
-    slug = _safe_slug(slug or graph.slug or "graph")
+    slug = safe_slug(slug or graph.slug or "graph")
     pruned_flag = bool((~node_mask).any() or (~edge_mask[graph.adjacency != 0]).any())
     vlm: dict[str, Any] = {
         "format": FORMAT,

@@ -164,8 +164,10 @@ def encode_adjacency(adjacency: np.ndarray, dtype, sparse: bool | None = None, h
     return out
 
 
-def decode_adjacency(t: dict, path: Path, block: int = 1 << 22) -> np.ndarray:
-    """The dense edge matrix from a file's tensors (any encoding), checked before it is filled."""
+def decode_adjacency(t: dict, path: Path, block: int = 1 << 22, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The dense edge matrix from a file's tensors (any encoding), checked before it is filled.
+    shape: the (rows, columns) the graph's nodes call for; a declared shape that differs is refused
+    before anything is allocated."""
     if "adjacency" in t:
         return t["adjacency"]
 
@@ -173,9 +175,13 @@ def decode_adjacency(t: dict, path: Path, block: int = 1 << 22) -> np.ndarray:
         if not cond:
             raise GraphFormatError(f"{path}: sparse adjacency: {what}")
 
-    shape, data = t["adjacency_shape"], t["adjacency_data"]
-    need(shape.shape == (2,) and bool((shape >= 0).all()), f"adjacency_shape must be two sizes, got {shape.tolist()}")
-    n_rows, n_cols = int(shape[0]), int(shape[1])
+    declared, data = t["adjacency_shape"], t["adjacency_data"]
+    need(declared.shape == (2,) and bool((declared >= 0).all()),
+         f"adjacency_shape must be two sizes, got {declared.tolist()[:4]}")
+    n_rows, n_cols = int(declared[0]), int(declared[1])
+    need(shape is None or (n_rows, n_cols) == tuple(shape),
+         f"adjacency_shape {n_rows:,} x {n_cols:,} does not fit the graph's nodes ({shape[0]:,} x {shape[1]:,})"
+         if shape is not None else "")
     need(n_rows * n_cols <= limits.MAX_EDGE_ENTRIES,
          f"adjacency_shape {n_rows:,} x {n_cols:,}: more than {limits.MAX_EDGE_ENTRIES:,} entries")
     need(data.ndim == 1, "adjacency_data must be one-dimensional")
@@ -376,7 +382,9 @@ def load_graph(path: str | Path) -> Graph:
             activations=t["activations"],
             errors=t["errors"],
             targets=[Target.from_dict(d) for d in meta["targets"]],
-            adjacency=decode_adjacency(t, path),
+            adjacency=decode_adjacency(t, path, shape=(len(t["features"]) + len(meta["targets"]),
+                                                        len(t["features"]) + len(t["errors"]) + len(t["input_ids"])
+                                                        + len(meta["targets"]))),
             values=t["values"],
             constants=t["constants"],
             unexplored=t["unexplored"],
@@ -396,6 +404,8 @@ def load_graph(path: str | Path) -> Graph:
             info={**meta.get("info", {}), **({EDGES_STORED_AS: "float16"} if "adjacency_row_scale" in t else {})},
             **{name: t.get(name) for name in _OPTIONAL},
         )
+    except GraphFormatError:
+        raise  # already names the file and what is wrong
     except (KeyError, TypeError, ValueError) as err:
         raise GraphFormatError(f"{path}: graph metadata lacks or mistypes {err}") from err
     try:

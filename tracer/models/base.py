@@ -421,6 +421,10 @@ def prepare_prompt(processor, prompt: str, images=None, chat: bool = True, image
                    tokens_per_image: int | None = None, adapter=None) -> PromptInputs:
     """Tokenise prompt (+ images) exactly as the model will see it."""
     images = [] if images is None else (list(images) if isinstance(images, (list, tuple)) else [images])
+    if not isinstance(prompt, str):
+        raise PromptError(f"the prompt must be text, not {type(prompt).__name__}")
+    if not prompt.strip() and not images:
+        raise PromptError("the prompt is empty and there is no image: give a question or text to trace")
     images = [load_image(im) for im in images]
     text = format_prompt(processor, prompt, len(images), chat=chat)
     tokenizer = getattr(processor, "tokenizer", processor)

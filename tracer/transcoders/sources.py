@@ -28,6 +28,13 @@ from typing import Iterator
 import torch
 from PIL import Image
 
+from tracer.errors import InputError
+
+
+class DataSourceError(InputError):
+    """A data spec that cannot be used (unknown kind, missing folder, unreadable records, a dataset
+    that cannot be loaded): one line for the user."""
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
@@ -85,7 +92,7 @@ class FolderSource(Source):
         self.path = Path(path).expanduser()
         self.weight = weight
         if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such folder or file")
+            raise DataSourceError(f"{self.path}: no such folder or file")
         folder = self.path if self.path.is_dir() else self.path.parent
         self.folder = folder
         records: list[dict] = []
@@ -98,17 +105,17 @@ class FolderSource(Source):
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{jf}:{i + 1}: not JSON: {exc}") from None
+                    raise DataSourceError(f"{jf}:{i + 1}: not JSON: {exc}") from None
                 text = rec.get("prompt", rec.get("question", rec.get("text")))
                 if not isinstance(text, str):
-                    raise ValueError(f"{jf}:{i + 1}: needs a 'prompt' (or 'question' / 'text') string")
+                    raise DataSourceError(f"{jf}:{i + 1}: needs a 'prompt' (or 'question' / 'text') string")
                 image = rec.get("image")
                 records.append({"prompt": text, "image": image, "answer": rec.get("answer")})
         if not records:
             images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
             records = [{"prompt": prompt, "image": str(p.relative_to(folder)), "answer": None} for p in images]
         if not records:
-            raise ValueError(f"{self.path}: no .jsonl records and no images found")
+            raise DataSourceError(f"{self.path}: no .jsonl records and no images found")
         self.records = records
         self.heldout_every = max(2, int(heldout_every))
 
@@ -149,7 +156,7 @@ class HFDatasetSource(Source):
         try:
             import datasets  # noqa: F401
         except ImportError:
-            raise ImportError(
+            raise DataSourceError(
                 "the 'hf:' data source needs the optional 'datasets' package: pip install datasets "
                 "(or use the toy world or a folder of images with a prompts .jsonl)"
             ) from None
@@ -166,7 +173,12 @@ class HFDatasetSource(Source):
             kwargs["data_dir"] = self.data_dir
         if self.data_files:
             kwargs["data_files"] = self.data_files
-        return datasets.load_dataset(self.dataset_name, self.config, **kwargs)
+        try:
+            return datasets.load_dataset(self.dataset_name, self.config, **kwargs)
+        except Exception as err:  # offline, no such dataset, a bad config: the user's spec, said in one line
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+            raise DataSourceError(f"hf:{self.dataset_name}: cannot load the dataset ({type(err).__name__}: {first})"
+                                  ) from None
 
     @staticmethod
     def _to_image(value):
@@ -190,7 +202,7 @@ class HFDatasetSource(Source):
 
     def _item(self, rec: dict) -> PromptItem | None:
         if self.text_col not in rec:
-            raise KeyError(f"dataset {self.dataset_name} has no text column {self.text_col!r} "
+            raise DataSourceError(f"dataset {self.dataset_name} has no text column {self.text_col!r} "
                            f"(columns: {', '.join(rec)})")
         text = rec[self.text_col]
         if isinstance(text, (list, tuple)):
@@ -200,7 +212,7 @@ class HFDatasetSource(Source):
         image = None
         if self.image_col:
             if self.image_col not in rec:
-                raise KeyError(f"dataset {self.dataset_name} has no image column {self.image_col!r} "
+                raise DataSourceError(f"dataset {self.dataset_name} has no image column {self.image_col!r} "
                                f"(columns: {', '.join(rec)})")
             image = self._to_image(rec[self.image_col])
         answer = rec.get(self.answer_col) if self.answer_col else None
@@ -225,7 +237,7 @@ class HFDatasetSource(Source):
                     n += 1
                     yield item
             if n == 0:
-                raise ValueError(f"dataset {self.dataset_name}: no usable training records after the first "
+                raise DataSourceError(f"dataset {self.dataset_name}: no usable training records after the first "
                                  f"{self.heldout} (held out)")
             epoch += 1
 
@@ -247,10 +259,10 @@ class MixedSource(Source):
 
     def __init__(self, sources: list[Source]):
         if not sources:
-            raise ValueError("no data sources")
+            raise DataSourceError("no data sources")
         for s in sources:
             if s.weight <= 0:
-                raise ValueError(f"data source {s.name} has weight {s.weight}; weights must be > 0")
+                raise DataSourceError(f"data source {s.name} has weight {s.weight}; weights must be > 0")
         self.sources = sources
 
     @property
@@ -301,7 +313,7 @@ def parse_source(spec: str) -> Source:
             continue
         key, eq, value = opt.partition("=")
         if not eq:
-            raise ValueError(f"data spec {spec!r}: option {opt!r} is not key=value")
+            raise DataSourceError(f"data spec {spec!r}: option {opt!r} is not key=value")
         kwargs[key.strip().replace("-", "_")] = _parse_value(value.strip())
     if "weight" in kwargs:
         kwargs["weight"] = float(kwargs["weight"])
@@ -310,18 +322,18 @@ def parse_source(spec: str) -> Source:
             return ToySource(**kwargs)
         if kind == "folder":
             if not target:
-                raise ValueError("folder: needs a path, e.g. folder:/data/images")
+                raise DataSourceError("folder: needs a path, e.g. folder:/data/images")
             return FolderSource(target, **kwargs)
         if kind in ("hf", "datasets"):
             if not target:
-                raise ValueError("hf: needs a dataset name, e.g. hf:lmms-lab/VQAv2")
+                raise DataSourceError("hf: needs a dataset name, e.g. hf:lmms-lab/VQAv2")
             for key in ("image", "text", "answer", "config", "split"):
                 if key in kwargs and kwargs[key] is not None:
                     kwargs[key] = str(kwargs[key])
             return HFDatasetSource(target, **kwargs)
     except TypeError as exc:
-        raise ValueError(f"data spec {spec!r}: {exc}") from None
-    raise ValueError(f"data spec {spec!r}: unknown kind {kind!r} (use toy, folder:PATH or hf:NAME)")
+        raise DataSourceError(f"data spec {spec!r}: {exc}") from None
+    raise DataSourceError(f"data spec {spec!r}: unknown kind {kind!r} (use toy, folder:PATH or hf:NAME)")
 
 
 def make_source(specs: list[str] | None) -> MixedSource:

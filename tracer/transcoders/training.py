@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from tracer.errors import InputError
 from tracer.transcoders.activations import JumpReLU, TopK
 from tracer.transcoders.per_layer import PerLayerTranscoder
 from tracer.transcoders.replacement import record_mlps, run_recording
@@ -496,9 +497,11 @@ def train_plt(model, processor, source, out: str | Path, cfg: PLTTrainConfig, mo
     layers = list(range(adapter.n_layers)) if cfg.layers is None else sorted(set(cfg.layers))
     bad = [layer for layer in layers if not 0 <= layer < adapter.n_layers]
     if bad:
-        raise ValueError(f"layers {bad} do not exist (the model has {adapter.n_layers})")
+        raise InputError(f"layers {bad} do not exist (the model has {adapter.n_layers})")
     if cfg.activation not in ("topk", "jumprelu"):
-        raise ValueError(f"activation must be topk or jumprelu, got {cfg.activation!r}")
+        raise InputError(f"activation must be topk or jumprelu, got {cfg.activation!r}")
+    if cfg.activation == "topk" and not 0 < cfg.k <= cfg.width:
+        raise InputError(f"k = {cfg.k} must be between 1 and the width ({cfg.width}): TopK keeps k of its features")
     out = Path(out)
     rank, world = distributed_rank()
     done: dict[int, PerLayerTranscoder] = {}
