@@ -523,3 +523,15 @@ def test_export_labels_errors_name_the_file(files, tmp_path, capsys):
     broken.write_text("{not json")
     assert main(["export", str(files["graph"]), "--out", str(tmp_path / "np"), "--labels", str(broken)]) == 2
     assert "broken.json: not JSON" in _one_error_line(capsys)
+
+
+def test_transcoders_made_for_another_model_are_named_in_a_warning(files, tmp_path, capsys):
+    """Same sizes, so they run; but the set's config names another model, and the user is told."""
+    ex = files["example"]
+    common = ["attribute", "--prompt", ex.question, "--image", str(files["image"]), "--max_feature_nodes", "20",
+              "--quiet", "-o", str(tmp_path / "g.graph.safetensors")]
+    assert main(common + ["--transcoders", "toy-plt-llava"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the transcoders" in err and "trained for 'toy-llava', not for 'toy'" in err
+    assert main(common) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -3,6 +3,8 @@ command line and the app use to trace, verify and intervene."""
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import torch
@@ -59,6 +61,10 @@ class TracingSession:
                                                    lazy_decoder=lazy_decoder, device=self.device, dtype=tc_dtype,
                                                    model=self.adapter)
         self.transcoders_ref = str(transcoders) if transcoders is not None else "toy-plt"
+        mismatch = self.transcoders.model_mismatch(self.model_ref, getattr(self.model.config, "_name_or_path", None))
+        self.warnings = [mismatch] if mismatch else []
+        for text in self.warnings:
+            print(f"warning: {text}", file=sys.stderr)
 
     @classmethod
     def from_parts(cls, model, processor, transcoders, *, model_ref: str, transcoders_ref: str) -> "TracingSession":

@@ -92,6 +92,23 @@ class TranscoderSet:
     def model_name(self) -> str | None:
         return self.config.get("model_name")
 
+    def model_mismatch(self, *model_names) -> str | None:
+        """A warning when this set says it was trained for another model than any of `model_names`
+        (the model's reference and its config's name): same sizes, wrong features. Names compare by
+        their last path component ('google/gemma-3-4b-it' = a folder '.../gemma-3-4b-it')."""
+        def key(name) -> str:
+            name = str(name or "").strip().lower().removeprefix("gguf:").replace("\\", "/").rstrip("/")
+            name = name.rsplit("/", 1)[-1].removesuffix(".gguf")
+            return "toy" if name == "toy-vlm" else name  # the shipped toy's set names its folder
+
+        mine = key(self.model_name)
+        names = [key(n) for n in model_names if key(n)]
+        if not mine or not names or mine in names:
+            return None
+        return (f"the transcoders {self.source or ''} were trained for {self.model_name!r}, not for "
+                f"{next(str(n) for n in model_names if n)!r}: same sizes, but their features may mean nothing "
+                "for this model (pass the set made for it)")
+
     @property
     def num_model_layers(self) -> int | None:
         n = self.config.get("num_model_layers")
