@@ -233,7 +233,8 @@ def _attribute(adapter: VLMAdapter, processor, transcoders, prompt, image, cfg: 
     all_batches = [torch.arange(s, min(s + bs, rep.feature_offsets[l + 1]), device=store)
                    for l in range(rep.n_layers - 1, -1, -1)
                    for s in range(rep.feature_offsets[l], rep.feature_offsets[l + 1], bs)]
-    feature_influence = None if explore_all else _Influence(rows, n_logits, weights, rep.n_active, rep.n_layers)
+    feature_influence = None if explore_all else _Influence(rows, n_logits, weights, rep.n_active, rep.n_layers,
+                                                             n_explore)
     while explored.numel() < n_explore:
         need = min(bs, n_explore - explored.numel())
         if explore_all:
@@ -313,14 +314,20 @@ class _Influence:
 
     Normalised matrix N = |rows| / row sums. Direct influence u = w @ N[logit rows]; explored
     features pass on what reaches them: x = u[explored] (I + M + M^2 + ...), M = N[feature rows,
-    explored columns]; total = u + x @ N[feature rows]. Rows never change once computed, so their
-    sums and u are kept between calls: each call makes one pass over the big matrix.
+    explored columns]; total = u + x @ N[feature rows]. Rows never change once computed, and
+    features are only ever appended to `explored` (row n_logits + i is explored[i]'s), so the row
+    sums, u and M are kept between calls, M grown by the new rows and columns only: each call makes
+    one pass over the big matrix, not a gather of n_explored^2 entries from it.
     """
 
-    def __init__(self, rows: torch.Tensor, n_logits: int, weights: torch.Tensor, n_active: int, n_layers: int):
+    def __init__(self, rows: torch.Tensor, n_logits: int, weights: torch.Tensor, n_active: int, n_layers: int,
+                 n_explore: int | None = None):
         self.rows, self.n_logits, self.n_active, self.n_layers = rows, n_logits, n_active, n_layers
+        self.n_explore = n_explore if n_explore is not None else rows.shape[0] - n_logits  # M's largest size
         self.inv = torch.zeros(rows.shape[0], dtype=rows.dtype, device=rows.device)
         self.done = 0
+        self.M = torch.zeros(0, 0, dtype=rows.dtype, device=rows.device)  # M of the first m_size explored features
+        self.m_size = 0
         self.buffer: torch.Tensor | None = None
         self._add_rows(n_logits)
         self.u = (weights * self.inv[:n_logits]) @ rows[:n_logits, :n_active].abs()
@@ -340,7 +347,7 @@ class _Influence:
         self._add_rows(n_logits + n_exp)
         feat_rows = self.rows[n_logits:n_logits + n_exp]
         inv = self.inv[n_logits:n_logits + n_exp]
-        M = feat_rows.index_select(1, explored).abs_().mul_(inv[:, None])
+        M = self._grow_M(feat_rows, inv, explored)
         x = self.u[explored].clone()
         total = x.clone()
         for _ in range(self.n_layers + 1):
@@ -355,6 +362,22 @@ class _Influence:
             part = feat_rows[s:s + chunk, :self.n_active]
             out += scaled[s:s + chunk] @ torch.abs(part, out=self._scratch(part.shape))
         return out
+
+    def _grow_M(self, feat_rows: torch.Tensor, inv: torch.Tensor, explored: torch.Tensor) -> torch.Tensor:
+        """M for the explored features: the kept block, plus the new features' columns (for the old
+        rows) and rows (for every column)."""
+        n, old = explored.numel(), self.m_size
+        if n > self.M.shape[0]:  # room for the next batches too, but never more than the budget
+            size = min(max(n, 2 * self.M.shape[0]), max(n, self.n_explore))
+            grown = torch.zeros(size, size, dtype=self.M.dtype, device=self.M.device)
+            grown[:old, :old] = self.M[:old, :old]
+            self.M = grown
+        if n > old:
+            if old:
+                self.M[:old, old:n] = feat_rows[:old].index_select(1, explored[old:]).abs_().mul_(inv[:old, None])
+            self.M[old:n, :n] = feat_rows[old:n].index_select(1, explored).abs_().mul_(inv[old:n, None])
+            self.m_size = n
+        return self.M[:n, :n]
 
     def _scratch(self, shape: tuple[int, int]) -> torch.Tensor:
         """One buffer for |rows|, grown as rows come: a fresh multi-MB tensor per call costs page faults."""
