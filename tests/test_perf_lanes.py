@@ -225,3 +225,35 @@ def test_graph_scores_in_one_pass_without_a_copy(results):
             assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-12)
         if g.adjacency.nbytes > 4 * (8 << 20):  # several 8 MB blocks (float64)
             assert peak < 0.5 * g.adjacency.nbytes  # the normalised matrix alone would be 1.0
+
+
+def test_influence_ranking_grown_between_batches_equals_the_formula():
+    """_Influence keeps M (explored x explored) between calls and adds only the new rows and
+    columns; at every step its influence must equal the formula computed from scratch."""
+    from tracer.attribution.attribute import _Influence
+
+    torch.manual_seed(0)
+    n_logits, n_active, n_cols, budget = 2, 60, 80, 40
+    rows = torch.zeros(n_logits + budget, n_cols, dtype=torch.float64)
+    rows[:n_logits] = torch.randn(n_logits, n_cols)
+    weights = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    order = torch.randperm(n_active)
+    # rows here are not layered, so the series needs many terms (a real M is nilpotent: n_layers + 1)
+    influence = _Influence(rows, n_logits, weights, n_active, n_layers=400, n_explore=budget)
+    explored = torch.empty(0, dtype=torch.long)
+    for step in (5, 7, 1, 19, 8):  # batches of several sizes, as the last batch of a budget is
+        picked = order[explored.numel():explored.numel() + step]
+        at = n_logits + explored.numel()
+        rows[at:at + step] = torch.randn(step, n_cols) * (torch.rand(step, n_cols) < 0.5)  # the new features' rows
+        explored = torch.cat([explored, picked])
+        got = influence(explored)
+        N = rows.abs() / rows.abs().sum(1, keepdim=True).clamp_min(1e-300)
+        u = weights @ N[:n_logits, :n_active]
+        feats = N[n_logits:n_logits + explored.numel()]
+        M = feats[:, explored]
+        x, total = u[explored], u[explored].clone()
+        for _ in range(400):
+            x = x @ M
+            total = total + x
+        expected = u + total @ feats[:, :n_active]
+        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12), step
