@@ -52,7 +52,8 @@ import os
 import sys
 import time
 
-from process_memory import peak_mb, rss_mb  # bench/, next to this script
+from ct_worker_common import graph_summary, package_version, timed_calls, transcoder_paths, write_result
+from process_memory import peak_mb, rss_mb  # bench/, next to this script (as ct_worker_common)
 
 TOY_NAME = "tracer/gemma-3-toy-vlm"
 
@@ -147,7 +148,6 @@ def main(spec_path: str) -> None:
 
     torch.set_num_threads(int(spec["threads"]))
     import numpy as np
-    import yaml
     from circuit_tracer.attribution.attribute import attribute
     from circuit_tracer.replacement_model import ReplacementModel
     from circuit_tracer.transcoder import single_layer_transcoder as slt
@@ -161,10 +161,7 @@ def main(spec_path: str) -> None:
     t1 = time.perf_counter()
     # --- transcoders, with the tool's own loader -------------------------------------------------
     folder = spec["transcoders"]
-    tc_cfg = yaml.safe_load(open(os.path.join(folder, "config.yaml")))
-    names = tc_cfg["transcoders"]
-    layers = tc_cfg.get("layers") or list(range(len(names)))
-    paths = {int(layer): os.path.join(folder, name) for layer, name in zip(layers, names)}
+    tc_cfg, paths = transcoder_paths(folder)
     transcoders = slt.load_transcoder_set(
         paths, scan=str(folder), feature_input_hook=tc_cfg["feature_input_hook"],
         feature_output_hook=tc_cfg["feature_output_hook"], device=torch.device("cpu"), dtype=torch.float32,
@@ -243,53 +240,23 @@ def main(spec_path: str) -> None:
             hf_logits = hf(**batch).logits[0].float().numpy()
             checks["hf_457_logits_max_abs_diff_vs_hf5"] = float(np.abs(hf_logits - ref).max())
 
-    image_path = spec["image"]
-    times, cpu = [], []
-    graph = None
-    for _ in range(int(spec["repeats"])):
-        graph = None
-        t, c = time.perf_counter(), time.process_time()
-        graph = attribute(text, model, max_n_logits=int(spec["max_n_logits"]),
-                          desired_logit_prob=float(spec["desired_logit_prob"]), batch_size=int(spec["batch_size"]),
-                          max_feature_nodes=spec["max_feature_nodes"], verbose=False, image_path=image_path)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+    graph, times, cpu = timed_calls(lambda: attribute(
+        text, model, max_n_logits=int(spec["max_n_logits"]), desired_logit_prob=float(spec["desired_logit_prob"]),
+        batch_size=int(spec["batch_size"]), max_feature_nodes=spec["max_feature_nodes"], verbose=False,
+        image_path=spec["image"]), spec["repeats"])
     peak_end = peak_mb()
 
-    n_pos = int(graph.n_pos)
     result = {
         "tool": "uiuc",
         "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
-                     "circuit_tracer_vlm": _version("circuit-tracer"), "transformer_lens": _version("transformer-lens"),
-                     "uiuc_commit": spec.get("uiuc_commit", "")},
+                     "circuit_tracer_vlm": package_version("circuit-tracer"),
+                     "transformer_lens": package_version("transformer-lens"), "uiuc_commit": spec.get("uiuc_commit", "")},
         "threads": torch.get_num_threads(), "bridge": bridge, "checks": checks,
         "import_s": t_import, "load_s": t_load, "attribution_s": times, "attribution_cpu_s": cpu,
         "rss_after_load_mb": rss_loaded, "peak_after_load_mb": peak_loaded, "peak_rss_mb": peak_end,
-        "n_active_features": int(graph.active_features.shape[0]),
-        "n_selected_features": int(graph.selected_features.numel()),
-        "n_logits": len(graph.logit_tokens), "n_positions": n_pos,
-        "input_ids": [int(i) for i in graph.input_tokens.tolist()],
-        "logit_token_ids": [int(t) for t in graph.logit_tokens.tolist()],
+        **graph_summary(graph, graph.logit_tokens.tolist()),
     }
-    if spec.get("save_graph"):
-        # the adjacency apart, as .npy, so that the comparison can read it a few rows at a time
-        np.save(os.path.join(out_dir, "adjacency.npy"), graph.adjacency_matrix.float().numpy())
-        np.savez(
-            os.path.join(out_dir, "graph.npz"),
-            active_features=graph.active_features.long().numpy(),
-            selected_features=graph.selected_features.long().numpy(),
-            activation_values=graph.activation_values.float().numpy(),
-            logit_token_ids=np.array(result["logit_token_ids"], dtype=np.int64),
-            logit_probabilities=graph.logit_probabilities.float().numpy(),
-            n_layers=np.int64(model.cfg.n_layers), n_positions=np.int64(n_pos),
-        )
-    json.dump(result, open(os.path.join(out_dir, "result.json"), "w"), indent=1)
-
-
-def _version(name: str) -> str:
-    from importlib.metadata import version
-
-    return version(name)
+    write_result(out_dir, result, graph if spec.get("save_graph") else None, model.cfg.n_layers)
 
 
 if __name__ == "__main__":
