@@ -218,12 +218,16 @@ def prepare_inputs(args, work: Path, question: str | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- running
-def run_worker(tool: str, python: str, spec: dict, work: Path, timeout: float, env: dict) -> dict:
+def run_worker(tool: str, python: str, spec: dict, work: Path, timeout: float, env: dict,
+               other: str = "worker_circuit_tracer.py") -> dict:
+    """One worker process (ours, or `other` in its own virtualenv) on spec; its result.json, with the
+    process's wall time and the load average when it started."""
     out_dir = Path(spec["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     spec_path = out_dir / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=1))
-    script = HERE / ("worker_ours.py" if tool == "ours" else "worker_circuit_tracer.py")
+    script = HERE / ("worker_ours.py" if tool == "ours" else other)
+    load = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run([python, str(script), str(spec_path)], cwd=str(ROOT), env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -235,6 +239,7 @@ def run_worker(tool: str, python: str, spec: dict, work: Path, timeout: float, e
         raise SystemExit(f"{tool} worker failed (exit {proc.returncode}); its output is in {out_dir}")
     result = json.loads((out_dir / "result.json").read_text())
     result["process_wall_s"] = wall
+    result["load_average_before"] = load
     return result
 
 

@@ -51,7 +51,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +61,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from compare_circuit_tracer import _Rows, _Stats, fmt_table, machine_description, worker_env  # noqa: E402
+from compare_circuit_tracer import (  # noqa: E402
+    _Rows, _Stats, fmt_table, machine_description, run_worker, worker_env,
+)
 
 DEFAULT_UIUC_PYTHON = HERE / ".venv-uiuc" / "bin" / "python"
 DEFAULT_JSON = HERE / "results" / "uiuc_cpu.json"
@@ -183,26 +184,6 @@ def uiuc_commit(python: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- running
-def run_worker(kind: str, python: str, spec: dict, timeout: float, env: dict) -> dict:
-    out_dir = Path(spec["out_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec_path = out_dir / "spec.json"
-    spec_path.write_text(json.dumps(spec, indent=1))
-    script = HERE / ("worker_ours.py" if kind == "ours" else "worker_uiuc.py")
-    load = os.getloadavg()[0]
-    t = time.perf_counter()
-    proc = subprocess.run([python, str(script), str(spec_path)], cwd=str(ROOT), env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    wall = time.perf_counter() - t
-    (out_dir / "stdout.txt").write_text(proc.stdout)
-    (out_dir / "stderr.txt").write_text(proc.stderr)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-6000:])
-        raise SystemExit(f"{kind} worker failed (exit {proc.returncode}); its output is in {out_dir}")
-    result = json.loads((out_dir / "result.json").read_text())
-    result["process_wall_s"] = wall
-    result["load_average_before"] = load
-    return result
 
 
 def specs(args, info: dict, budget, commit: str) -> dict:
@@ -235,7 +216,7 @@ def run_all(args, info: dict, work: Path, env: dict, pythons: dict, commit: str)
                 spec = dict(spec, out_dir=str(work / f"nodes{key}" / f"round{rnd}" / label),
                             save_graph=(rnd == args.rounds - 1) and not args.no_agreement)
                 print(f"round {rnd + 1}/{args.rounds}, {key} nodes: {label} ...", end=" ", flush=True)
-                r = run_worker(kind, pythons[kind], spec, args.timeout, env)
+                r = run_worker(kind, pythons[kind], spec, None, args.timeout, env, other="worker_uiuc.py")
                 print(", ".join(f"{t:.2f}s" for t in r["attribution_s"])
                       + f" (peak {r['peak_rss_mb']:.0f} MB, load {r['load_average_before']:.2f})", flush=True)
                 if r["input_ids"] != info["input_ids"]:
