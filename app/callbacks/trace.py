@@ -28,14 +28,24 @@ def _number(value, name: str, lo: float, hi: float, integer: bool = True):
     return int(v) if integer else v
 
 
+def _text(value, name: str) -> str:
+    """A text field's value ("" when empty); LiveError for anything else: a forged request can send
+    a number or an object where the page sends a string."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise LiveError(f"{name}: expected text, not {type(value).__name__}")
+    return value
+
+
 def parse_request(prompt, mode, a, b, max_features, max_logits, desired, batch) -> tuple[str, list[str] | None, dict]:
     """(prompt, targets, settings) from the form, or LiveError."""
-    prompt = (prompt or "").strip()
+    prompt = _text(prompt, "prompt").strip()
     if not prompt:
         raise LiveError("Write a prompt (e.g. What color is the circle?).")
     if len(prompt) > MAX_PROMPT:
         raise LiveError(f"The prompt is longer than {MAX_PROMPT} characters.")
-    a, b = (a or "").strip(), (b or "").strip()
+    a, b = _text(a, "answer token").strip(), _text(b, "second token").strip()
     targets = None
     if mode == "token":
         if not a:
@@ -129,9 +139,11 @@ def register(app, state) -> None:
             return no_update, "This tab's trace is still running: wait for it or cancel it."
         try:
             prompt, targets, settings = parse_request(prompt, mode, a, b, max_features, max_logits, desired, batch)
+            name = _text(name, "graph name")
             image = None
             if upload_info:
-                item = live.uploads.get(upload_info.get("token"))
+                # the store holds {"token", ...}; anything else (forged) is an upload the server does not have
+                item = live.uploads.get(upload_info.get("token") if isinstance(upload_info, dict) else None)
                 if item is None:
                     raise LiveError("The uploaded image is no longer on the server: upload it again.")
                 image = item.data
@@ -170,7 +182,8 @@ def register(app, state) -> None:
     def prompt_of_job(status, prompt):
         """After a reload the tab re-attaches to its running trace: show that trace's prompt
         (not an empty form, as if nothing were running)."""
-        if not status or status.get("state") not in ACTIVE or (prompt or "").strip():
+        typed = isinstance(prompt, str) and prompt.strip()  # a forged non-string prompt counts as empty
+        if not isinstance(status, dict) or status.get("state") not in ACTIVE or typed:
             return no_update
         return (status.get("meta") or {}).get("prompt") or no_update
 
