@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from flask import request
 
+from tracer import limits
+
 from app import ids
 from app.annotations import is_key
 
@@ -31,11 +33,28 @@ def _graph_ref(value):
     return None
 
 
+def _index(x, bound: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < bound
+
+
+def _region(value):
+    """{"image": k, "cells": [[row, col], ...]} as the image panel writes it, whole; else None
+    (a string or a cell of text would break every callback that reads the region)."""
+    if not isinstance(value, dict) or not isinstance(value.get("cells"), list):
+        return None
+    cells = value["cells"]
+    if not _index(value.get("image", 0), limits.MAX_IMAGES) or not all(
+            isinstance(c, list) and len(c) == 2 and all(_index(x, limits.MAX_GRID_SIDE) for x in c) for c in cells):
+        return None
+    return {"image": value.get("image", 0), "cells": cells}
+
+
 # (component id, property) -> the function that keeps a well-formed value and replaces the rest
 SHAPES = {
     (ids.STORE_SELECTED, "data"): _node_key,
     (ids.CYTO, "selectedNodeData"): _node_data,
     (ids.STORE_GRAPH, "data"): _graph_ref,
+    (ids.STORE_REGION, "data"): _region,
 }
 
 

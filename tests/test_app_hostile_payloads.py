@@ -145,3 +145,111 @@ def test_trace_submit_with_a_forged_upload_store(app, upload):
                                              ((ids.STORE_UPLOAD, "data"), ["str", 5, ["x"]])])
 def test_no_trace_callback_answers_500_to_forged_values(app, target, hostile):
     assert every_callback_reading(app, target, hostile) >= 1
+
+
+# ---------------------------------------------------------------------- steering (2, 3, 5)
+STEER = {(ids.STEER_RUN, "n_clicks"): 1, (ids.STORE_GRAPH, "data"): {"name": GOOD}, (ids.STEER_TOPK, "value"): 8,
+         (ids.STEER_GENERATE, "value"): 0}
+STEER_OUT = f"..{ids.store_job('steer')}.data"
+
+
+def steer_run(app, rows, region=None, top_k=8):
+    values = {**STEER, (ids.STORE_STEER_ROWS, "data"): rows, (ids.STORE_REGION, "data"): region,
+              (ids.STEER_TOPK, "value"): top_k}
+    status, response = forge(app, STEER_OUT, values, f"{ids.STEER_RUN}.n_clicks")
+    assert status == 200, response
+    assert response[ids.STEER_STATUS]["className"] == "job-status error"
+    no_job_queued(app, response, "steer")
+    return response[ids.STEER_STATUS]["children"]
+
+
+@pytest.mark.parametrize("region", ["str", 5, ["cells"], {"image": "0", "cells": [[0, 0]]},
+                                    {"image": 0, "cells": "all"}, {"image": 0, "cells": [["a", 1]]},
+                                    {"image": 0, "cells": [[0, 0, 0]]}, {"image": 0, "cells": [[-1, 0]]}])
+def test_steer_run_with_a_forged_region_store(app, region):
+    """A forged region is no region (app.browser_values): a row steered on the region asks for one."""
+    message = steer_run(app, [dict(ROW, positions="region")], region)
+    assert "red: select an image region first" in message
+
+
+@pytest.mark.parametrize("rows, words", [
+    ([{k: v for k, v in ROW.items() if k != "row"}], "Steering row 1 has no whole-number 'row'"),
+    ([ROW, dict(ROW, row=2, layer="0")], "Steering row 2 has no whole-number 'layer'"),
+    ([dict(ROW, row=[1])], "Steering row 1 has no whole-number 'row'"),
+    ([dict(ROW, label={"a": 1})], "Steering row 1 has no text 'label'"),
+    ([dict(ROW, activation="high")], "Steering row 1 has an 'activation' that is not a number"),
+    ([5], "Steering row 1 is not a row"),
+    ("str", "The steering rows are not a list"),
+])
+def test_steer_run_with_malformed_rows(app, rows, words):
+    assert words in steer_run(app, rows)
+
+
+@pytest.mark.parametrize("row, words", [
+    (dict(ROW, mode={"x": 1}), "red: unknown mode"),
+    (dict(ROW, mode="scale", value="NaN"), "red: enter a factor"),
+    (dict(ROW, mode="set", value=[1]), "red: enter a value"),
+    (dict(ROW, positions=["x"] * 1000), "red: unknown positions ['x', 'x'"),
+])
+def test_steer_run_with_forged_row_settings(app, row, words):
+    message = steer_run(app, [row])
+    assert words in message and len(message) < 200
+
+
+def test_steer_run_enforces_max_rows_on_the_server(app):
+    from app.callbacks.steer import MAX_ROWS
+
+    rows = [dict(ROW, row=k, feature=k) for k in range(1, 2001)]
+    message = steer_run(app, rows)
+    assert message == f"2000 steering rows: at most {MAX_ROWS} features can be steered at once."
+    # at the limit the rows are accepted (and the run goes on to the next check)
+    assert steer_run(app, rows[:MAX_ROWS], top_k=99) == "top-k: 1 to 30; generate: 0 to 256 tokens"
+
+
+def test_steering_row_callbacks_with_a_forged_store(app):
+    rows_out = f"..{ids.STORE_STEER_ROWS}.data...{ids.STEER_SELECTED}.children.."
+    forged = [{"label": "no row"}]
+    for trigger in (ids.STEER_ADD, ids.STORE_SELECTED):
+        status, response = forge(app, rows_out, {(ids.STORE_STEER_ROWS, "data"): forged, (trigger, "n_clicks"): 1},
+                                 f"{trigger}.n_clicks")
+        assert status == 200, response
+        assert ids.STORE_STEER_ROWS not in response  # kept as it is until Clear
+        assert "Steering row 1 has no whole-number 'row'" in response[ids.STEER_SELECTED]["children"]
+    status, response = forge(app, rows_out, {(ids.STORE_STEER_ROWS, "data"): forged, (ids.STEER_CLEAR, "n_clicks"): 1},
+                             f"{ids.STEER_CLEAR}.n_clicks")
+    assert status == 200 and response[ids.STORE_STEER_ROWS]["data"] == []
+    status, response = forge(app, f"{ids.STEER_ROWS}.children", {(ids.STORE_STEER_ROWS, "data"): forged},
+                             f"{ids.STORE_STEER_ROWS}.data")
+    assert status == 200 and "clear the rows" in json.dumps(response)
+
+
+def test_mode_change_of_a_row_with_a_forged_rows_store(app):
+    key = next(k for k in app.callback_map if k.startswith('..{"row":["MATCH"]'))
+    row_id = {"type": ids.STEER_MODE, "row": 1}
+    outs = [{"id": {"type": ids.STEER_VALUE, "row": 1}, "property": p} for p in ("disabled", "placeholder", "value")]
+    body = {"output": key, "outputs": outs, "inputs": [{"id": row_id, "property": "value", "value": "set"}],
+            "state": [{"id": ids.STORE_STEER_ROWS, "property": "data", "value": [{"label": "no row"}, 5]}],
+            "changedPropIds": [json.dumps(row_id, separators=(",", ":"), sort_keys=True) + ".value"]}
+    r = app.server.test_client().post("/_dash-update-component", json=body)
+    assert r.status_code == 200, r.get_data(as_text=True)[-600:]
+    assert r.get_json()["response"][json.dumps({"row": 1, "type": ids.STEER_VALUE}, separators=(",", ":"))]["value"] \
+        == 1.0
+
+
+def test_region_store_shape_keeps_what_the_page_writes():
+    from app.browser_values import _region
+
+    good = {"image": 1, "cells": [[2, 3], [2, 4]]}
+    assert _region(good) == good and _region({"cells": [[0, 0]]}) == {"image": 0, "cells": [[0, 0]]}
+    assert _region({"image": 0, "cells": []}) == {"image": 0, "cells": []}
+    for bad in ("str", None, [1], {"image": True, "cells": []}, {"image": 0, "cells": [[0, 1.5]]},
+                {"image": 0, "cells": [[0, 10**9]]}, {"image": 10**9, "cells": [[0, 0]]}):
+        assert _region(bad) is None, bad
+
+
+@pytest.mark.parametrize("target, hostile", [
+    ((ids.STORE_REGION, "data"), ["str", 5, {"image": 0, "cells": [["a", 1]]}, {"cells": "x"}]),
+    ((ids.STORE_STEER_ROWS, "data"), ["str", [{"label": "x"}], [5], [dict(ROW, row=[1])]]),
+])
+def test_no_region_or_steering_callback_answers_500_to_forged_values(app, target, hostile):
+    assert every_callback_reading(app, target, hostile) >= 3

@@ -3,6 +3,8 @@ interventions in the worker, show next-token probabilities and generations befor
 
 from __future__ import annotations
 
+import math
+
 from dash import ALL, MATCH, Input, Output, State, ctx, html, no_update
 
 from app import ids
@@ -13,6 +15,7 @@ from app.panels.steer import DEFAULT_FACTOR, steer_row
 from app.tasks import steer_job
 
 MAX_ROWS = 32
+MODES = ("ablate", "scale", "set")
 
 
 def feature_rows(session, keys: list[str], annotations=None) -> tuple[list[dict], list[str]]:
@@ -40,11 +43,51 @@ def feature_rows(session, keys: list[str], annotations=None) -> tuple[list[dict]
     return out, skipped
 
 
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _row_problem(r) -> str | None:
+    """What is wrong with one stored row (None: it is a row feature_rows made, with its "row")."""
+    if not isinstance(r, dict):
+        return "is not a row"
+    for name in ("row", "layer", "feature", "position"):
+        if not _whole(r.get(name)):
+            return f"has no whole-number {name!r}"
+    for name in ("label", "key"):
+        if not isinstance(r.get(name), str):
+            return f"has no text {name!r}"
+    act = r.get("activation")
+    if act is not None and (not isinstance(act, (int, float)) or isinstance(act, bool) or not math.isfinite(act)):
+        return "has an 'activation' that is not a number"
+    return None
+
+
+def check_rows(rows) -> list[dict]:
+    """The steering rows store as the page writes it, else LiveError. A forged request can put
+    anything there (a string, rows without "row", thousands of rows): refused here, before any
+    callback indexes into it or queues a job, with a message for the page."""
+    if rows is None:
+        return []
+    if not isinstance(rows, list):
+        raise LiveError("The steering rows are not a list: clear them and add the features again.")
+    if len(rows) > MAX_ROWS:  # the Add button stops at MAX_ROWS: more can only be forged
+        raise LiveError(f"{len(rows)} steering rows: at most {MAX_ROWS} features can be steered at once.")
+    for k, r in enumerate(rows, 1):
+        problem = _row_problem(r)
+        if problem:
+            raise LiveError(f"Steering row {k} {problem}: clear the rows and add the features again.")
+    return rows
+
+
 def _sync(rows: list[dict], modes, values, positions, row_ids) -> list[dict]:
-    """Copy what the user set in the rendered rows back into the stored rows."""
+    """Copy what the user set in the rendered rows back into the stored rows (checked ones)."""
     by_row = {r["row"]: dict(r) for r in rows}
-    for rid, m, v, p in zip(row_ids, modes, values, positions):
-        r = by_row.get(rid["row"])
+    # the rendered rows' values: lists (one item per row) unless forged
+    lists = [x if isinstance(x, list) else [] for x in (row_ids, modes, values, positions)]
+    for rid, m, v, p in zip(*lists):
+        row = rid.get("row") if isinstance(rid, dict) else None
+        r = by_row.get(row) if _whole(row) else None
         if r is not None:
             r.update({"mode": m or "ablate", "value": v, "positions": p or "active"})
     return [by_row[r["row"]] for r in rows]
@@ -55,24 +98,29 @@ def edits_from_rows(rows: list[dict], region: dict | None) -> list[dict]:
     edits = []
     for r in rows:
         mode, value, where = r.get("mode") or "ablate", r.get("value"), r.get("positions") or "active"
+        label = r.get("label") or f"L{r['layer']} #{r['feature']}"
+        if mode not in MODES:
+            raise LiveError(f"{label}: unknown mode {mode!r:.40}")
         if mode in ("scale", "set"):
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise LiveError(f"{r['label']}: enter a {'factor' if mode == 'scale' else 'value'}") from None
+                value = math.nan
+            if not math.isfinite(value):
+                raise LiveError(f"{label}: enter a {'factor' if mode == 'scale' else 'value'}")
         else:
             value = None
         if where == "node":
             positions = [int(r["position"])]
         elif where == "region":
-            if not region or not region.get("cells"):
-                raise LiveError(f"{r['label']}: select an image region first (click a cell or drag a rectangle)")
+            if not isinstance(region, dict) or not region.get("cells"):
+                raise LiveError(f"{label}: select an image region first (click a cell or drag a rectangle)")
             image = int(region.get("image", 0))
             positions = [(image, int(c[0]), int(c[1])) for c in region["cells"]]
         elif where in ("active", "last", "generated", "all"):
             positions = where
         else:
-            raise LiveError(f"{r['label']}: unknown positions {where!r}")
+            raise LiveError(f"{label}: unknown positions {where!r:.40}")
         edits.append({"layer": int(r["layer"]), "feature": int(r["feature"]), "mode": mode, "value": value,
                       "positions": positions, "label": r.get("label", "")})
     return edits
@@ -95,7 +143,10 @@ def register(app, state) -> None:
     )
     def rows(_add, _clear, _remove, graph, selected, selected_data, current, modes, values, positions, row_ids):
         trigger = ctx.triggered_id
-        current = _sync(current or [], modes or [], values or [], positions or [], row_ids or [])
+        try:
+            current = _sync(check_rows(current), modes, values, positions, row_ids)
+        except LiveError as err:  # a forged store: only Clear replaces it, nothing else guesses
+            return ([], "Steering rows cleared.") if trigger == ids.STEER_CLEAR else (no_update, str(err))
         session = open_session(state, graph)
         keys = [d["id"] for d in (selected_data or []) if isinstance(d, dict) and d.get("id")]
         if selected and selected not in keys:
@@ -121,7 +172,7 @@ def register(app, state) -> None:
         if isinstance(trigger, dict) and trigger.get("type") == ids.STEER_REMOVE:
             if not (ctx.triggered and ctx.triggered[0].get("value")):
                 return no_update, note
-            return [r for r in current if r["row"] != trigger["row"]], note
+            return [r for r in current if r["row"] != trigger.get("row")], note
         if trigger == ids.STEER_ADD:
             if not candidates:
                 return no_update, "Nothing to add: select one or more feature nodes first."
@@ -139,6 +190,10 @@ def register(app, state) -> None:
 
     @app.callback(Output(ids.STEER_ROWS, "children"), Input(ids.STORE_STEER_ROWS, "data"), prevent_initial_call=True)
     def render_rows(rows):
+        try:
+            rows = check_rows(rows)
+        except LiveError as err:
+            return html.Div(str(err), className="note")
         if not rows:
             return html.Div("No features to steer yet.", className="note")
         return [steer_row(r) for r in rows]
@@ -157,7 +212,11 @@ def register(app, state) -> None:
         if mode == "scale":
             return False, "factor", DEFAULT_FACTOR
         row = ctx.outputs_list[0]["id"]["row"] if ctx.outputs_list else None
-        act = next((r.get("activation") for r in rows or [] if r["row"] == row), None)
+        try:
+            rows = check_rows(rows)
+        except LiveError:
+            rows = []  # a forged store: start from the default value
+        act = next((r.get("activation") for r in rows if r["row"] == row), None)
         return False, "activation", float(f"{act:.4g}") if act is not None else 1.0
 
     @app.callback(
@@ -176,9 +235,9 @@ def register(app, state) -> None:
             return no_update, "Still running the previous steering job.", "job-status warning"
         session, error = live_session(state, graph)
         try:
+            rows = _sync(check_rows(rows), modes, values, positions, row_ids)
             if error:
                 raise LiveError(error)
-            rows = _sync(rows or [], modes or [], values or [], positions or [], row_ids or [])
             if not rows:
                 raise LiveError("Add at least one feature (select it in the graph, then Add selected features).")
             edits = edits_from_rows(rows, region)
@@ -188,7 +247,7 @@ def register(app, state) -> None:
                 raise LiveError("top-k: 1 to 30; generate: 0 to 256 tokens")
         except (LiveError, TypeError, ValueError) as err:
             return no_update, str(err), "job-status error"
-        freeze = freeze or []
+        freeze = freeze if isinstance(freeze, list) else []  # the checklist's values (a list) unless forged
         job_id = live.submit("steer", steer_job(live, session.graph, edits, "freeze" in freeze, "direct" in freeze,
                                                 top_k, generate, session.name),
                              label=f"steer {len(edits)} feature(s) of {session.name}", meta={"top_k": top_k})
