@@ -253,3 +253,91 @@ def test_region_store_shape_keeps_what_the_page_writes():
 ])
 def test_no_region_or_steering_callback_answers_500_to_forged_values(app, target, hostile):
     assert every_callback_reading(app, target, hostile) >= 3
+
+
+# ---------------------------------------------------------------------- graphs the library refuses (4)
+@pytest.mark.parametrize("name", list(HOSTILE_GRAPHS))
+def test_graphs_refused_by_the_library_give_a_message_wherever_opened(app, name):
+    ref = {(ids.STORE_GRAPH, "data"): {"name": name}}
+    status, response = forge(app, f"..{ids.STORE_GRAPH}.data", {(ids.GRAPH_DROPDOWN, "value"): name},
+                             f"{ids.GRAPH_DROPDOWN}.value")
+    assert status == 200 and response[ids.STATUS]["className"] == "status error"
+    assert response[ids.STATUS]["title"].startswith("Cannot open this graph")
+    assert ("feature index out of range" if name.startswith("feat") else "scores must be finite numbers") in \
+        response[ids.STATUS]["title"]
+    # the Neuronpedia JSON and GraphML exports, both scopes
+    for button in (ids.EXPORT_JSON, ids.EXPORT_GRAPHML):
+        for scope in ("view", "pinned"):
+            status, response = forge(app, f"..{ids.DOWNLOAD}.data",
+                                     {**ref, (button, "n_clicks"): 1, (ids.EXPORT_SCOPE, "value"): scope},
+                                     f"{button}.n_clicks")
+            assert status == 200 and ids.DOWNLOAD not in response
+            assert "out of range" in response[ids.EXPORT_MESSAGE]["children"] or \
+                "scores must be finite" in response[ids.EXPORT_MESSAGE]["children"]
+    # compared with another graph, as graph B
+    status, response = forge(app, f"..{ids.COMPARE_SUMMARY}.children",
+                             {(ids.STORE_GRAPH, "data"): {"name": GOOD}, (ids.COMPARE_WITH, "value"): name},
+                             f"{ids.COMPARE_WITH}.value")
+    assert status == 200 and "Cannot compare" in json.dumps(response[ids.COMPARE_SUMMARY])
+    # every other callback that opens the graph: no 500
+    assert every_callback_reading(app, (ids.STORE_GRAPH, "data"), [{"name": name}]) > 10
+
+
+def test_an_export_the_writer_refuses_is_a_message(app, monkeypatch):
+    """A graph that opens but that a writer refuses (its self-check): a message, not a 500."""
+    from tracer.graph import GraphFormatError
+
+    from app import graph_store
+
+    def refuse(*args, **kwargs):
+        raise GraphFormatError("node 3: feature index -3 is out of range")
+
+    monkeypatch.setattr(graph_store, "export_neuronpedia", refuse)
+    monkeypatch.setattr(graph_store, "export_graphml", refuse)
+    for button in (ids.EXPORT_JSON, ids.EXPORT_GRAPHML):
+        status, response = forge(app, f"..{ids.DOWNLOAD}.data", {(ids.STORE_GRAPH, "data"): {"name": GOOD},
+                                                                  (button, "n_clicks"): 1}, f"{button}.n_clicks")
+        assert status == 200 and ids.DOWNLOAD not in response
+        assert response[ids.EXPORT_MESSAGE]["children"] == \
+            f"Cannot export {GOOD}: node 3: feature index -3 is out of range"
+
+
+# ---------------------------------------------------------------------- the graph in the URL (6, 7)
+def test_unknown_graph_in_the_url_says_so(app):
+    choose = f"..{ids.GRAPH_DROPDOWN}.options...{ids.GRAPH_DROPDOWN}.value"
+    for search in ("?graph=../../etc/passwd", "?graph=nope.graph.safetensors", "?graph=" + "x" * 5000):
+        status, response = forge(app, choose, {(ids.URL, "search"): search}, f"{ids.URL}.search")
+        assert status == 200
+        dropdown = response[ids.GRAPH_DROPDOWN]
+        assert dropdown["value"] is None and dropdown["placeholder"] == "choose a graph"  # opens none
+        assert GOOD in [o["value"] for o in dropdown["options"]]  # the list is there to choose from
+        text = response[ids.STATUS]["children"]
+        assert "(named in the address) is not a graph in" in text and "choose one from the list" in text
+        assert response[ids.STATUS]["className"] == "status error" and len(text) < 600
+        # the empty value that follows keeps that message (no "No graph files" over it)
+        status, response = forge(app, f"..{ids.STORE_GRAPH}.data", {(ids.GRAPH_DROPDOWN, "value"): None},
+                                 f"{ids.GRAPH_DROPDOWN}.value")
+        assert status == 200 and response == {ids.STORE_GRAPH: {"data": {"name": None}}}
+    # a known name opens it, no name the first of the folder; the status is open_graph's
+    for search, opened in ((f"?graph={GOOD}", GOOD), ("", "feat_neg.graph.safetensors"),
+                           (None, "feat_neg.graph.safetensors"), ("?graph=", "feat_neg.graph.safetensors")):
+        status, response = forge(app, choose, {(ids.URL, "search"): search}, f"{ids.URL}.search")
+        assert status == 200 and response[ids.GRAPH_DROPDOWN]["value"] == opened and ids.STATUS not in response
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_empty_dropdown_value_with_graphs_in_the_folder(app, value):
+    status, response = forge(app, f"..{ids.STORE_GRAPH}.data", {(ids.GRAPH_DROPDOWN, "value"): value},
+                             f"{ids.GRAPH_DROPDOWN}.value")
+    assert status == 200 and response == {ids.STORE_GRAPH: {"data": {"name": None}}}  # no "No graph files"
+    layout = json.dumps(app.server.test_client().get("/_dash-layout").get_json())
+    assert '"placeholder": "choose a graph"' in layout and "no graphs in" not in layout
+
+
+def test_empty_folder_still_says_it_has_no_graphs(tmp_path):
+    app = create_app(tmp_path)
+    status, response = forge(app, f"..{ids.STORE_GRAPH}.data", {(ids.GRAPH_DROPDOWN, "value"): None},
+                             f"{ids.GRAPH_DROPDOWN}.value")
+    assert status == 200 and response[ids.STATUS]["children"].startswith(f"No graph files in {tmp_path}")
+    status, response = forge(app, f"..{ids.GRAPH_DROPDOWN}.options", {(ids.URL, "search"): ""}, f"{ids.URL}.search")
+    assert response[ids.GRAPH_DROPDOWN]["placeholder"] == f"no graphs in {tmp_path}"

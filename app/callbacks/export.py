@@ -35,10 +35,13 @@ def register(app, state) -> None:
         stem = name.split(".")[0]
         suffix = "pinned" if scope == "pinned" else "view"
         args = (current.session, view.node_indices, view.edge_mask, current.annotations)
-        if ctx.triggered_id == ids.EXPORT_GRAPHML:
-            text, filename = graph_store.export_graphml(*args), f"{stem}.{suffix}.graphml"
-        else:
-            text, filename = graph_store.export_neuronpedia(*args, slug=f"{stem}-{suffix}"), f"{stem}.{suffix}.json"
+        try:  # the writers check what they write: a graph they refuse is a message, not a 500
+            if ctx.triggered_id == ids.EXPORT_GRAPHML:
+                text, filename = graph_store.export_graphml(*args), f"{stem}.{suffix}.graphml"
+            else:
+                text, filename = graph_store.export_neuronpedia(*args, slug=f"{stem}-{suffix}"), f"{stem}.{suffix}.json"
+        except ValueError as err:  # GraphFormatError included
+            return no_update, f"Cannot export {name}: {err}"
         return ({"content": text, "filename": filename, "type": "application/octet-stream"},
                 f"{filename}: {len(view.node_indices)} nodes, {len(view.edge_rows)} edges")
 
