@@ -105,7 +105,7 @@ class Annotations:
         key is refused, so that the browser cannot grow the file with made-up keys."""
         if not is_key(key):
             raise AnnotationsError("a label needs a node of the graph")
-        text = " ".join(str(text).split())[:MAX_LABEL]
+        text = " ".join(_label_text(text).split())[:MAX_LABEL]
         s = self.supernode(key)
         if s is None and known is not None and key not in known:
             raise AnnotationsError(f"{key[:60]!r} is not a node of the open graph")
@@ -129,6 +129,7 @@ class Annotations:
         self.hidden += [k for k in self.expand(keys) if k not in self.hidden]
 
     def group(self, keys, label: str) -> str:
+        label = " ".join(_label_text(label).split())[:MAX_LABEL]  # refused before anything changes
         members = self.expand(keys)
         if len(members) < 2:
             raise ValueError("select at least two nodes to group")
@@ -137,12 +138,21 @@ class Annotations:
         self.supernodes = [s for s in self.supernodes if len(s["members"]) >= 2]
         used = [int(s["id"][2:]) for s in self.supernodes if s["id"][2:].isdigit()]
         sid = f"S_{max(used, default=0) + 1}"
-        self.supernodes.append({"id": sid, "label": " ".join(str(label or "").split())[:MAX_LABEL] or sid,
-                                "members": members})
+        self.supernodes.append({"id": sid, "label": label or sid, "members": members})
         return sid
 
     def ungroup(self, sid: str) -> None:
         self.supernodes = [s for s in self.supernodes if s["id"] != sid]
+
+
+def _label_text(text) -> str:
+    """Labels are strings ("" / None: no label). Anything else comes from a forged request and
+    is refused rather than stored as its Python repr ("{'a': 1}")."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise AnnotationsError(f"a label must be text, not {type(text).__name__}")
+    return text
 
 
 def annotations_path(graph_path: str | Path) -> Path:

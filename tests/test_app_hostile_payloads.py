@@ -16,6 +16,7 @@ from graph_factory import make_graph
 from tracer.graph import save_graph
 
 from app import ids
+from app.annotations import load_annotations
 from app.factory import create_app
 from app.live import LiveError
 
@@ -341,3 +342,61 @@ def test_empty_folder_still_says_it_has_no_graphs(tmp_path):
     assert status == 200 and response[ids.STATUS]["children"].startswith(f"No graph files in {tmp_path}")
     status, response = forge(app, f"..{ids.GRAPH_DROPDOWN}.options", {(ids.URL, "search"): ""}, f"{ids.URL}.search")
     assert response[ids.GRAPH_DROPDOWN]["placeholder"] == f"no graphs in {tmp_path}"
+
+
+# ---------------------------------------------------------------------- annotations (8, 9)
+EDIT = f"..{ids.STORE_ANNOT_REV}.data...{ids.ACTION_MESSAGE}.children...{ids.LABEL_MESSAGE}.children.."
+
+
+FIELDS = {"label": (ids.LABEL_INPUT, "value"), "group_label": (ids.GROUP_LABEL, "value"),
+          "selected": (ids.STORE_SELECTED, "data"), "nodes": (ids.CYTO, "selectedNodeData")}
+
+
+def edit(app, button, **fields):
+    """Click an annotation button of the open graph GOOD with these FIELDS."""
+    values = {(ids.STORE_GRAPH, "data"): {"name": GOOD}, (ids.STORE_ANNOT_REV, "data"): 0, (button, "n_clicks"): 1}
+    values.update({FIELDS[k]: v for k, v in fields.items()})
+    status, response = forge(app, EDIT, values, f"{button}.n_clicks")
+    assert status == 200, response
+    return response
+
+
+def test_pinning_copies_of_one_node_counts_it_once(app, tmp_path):
+    key = app.state.store.session(GOOD).keys[0]
+    response = edit(app, ids.PIN_BUTTON, nodes=[{"id": key}] * 5000)
+    assert response[ids.ACTION_MESSAGE]["children"] == "1 pinned"
+    assert load_annotations(tmp_path / GOOD).pinned == [key]
+    response = edit(app, ids.HIDE_BUTTON, nodes=[{"id": key}] * 5000)
+    assert response[ids.ACTION_MESSAGE]["children"] == "1 hidden"
+    # copies of one node are not two nodes to group
+    response = edit(app, ids.GROUP_BUTTON, nodes=[{"id": key}] * 2, group_label="pair")
+    assert "Select two or more nodes" in response[ids.ACTION_MESSAGE]["children"]
+
+
+@pytest.mark.parametrize("label", [{"a": 1}, 5, ["x"], True])
+def test_labels_that_are_not_text_are_refused(app, tmp_path, label):
+    session = app.state.store.session(GOOD)
+    key, other = session.keys[0], session.keys[1]
+    assert edit(app, ids.LABEL_SAVE, selected=key, label="red detector")[ids.LABEL_MESSAGE]["children"] == \
+        "label saved"
+    response = edit(app, ids.LABEL_SAVE, selected=key, label=label)
+    assert response[ids.LABEL_MESSAGE]["children"] == f"Not saved: a label must be text, not {type(label).__name__}"
+    assert ids.STORE_ANNOT_REV not in response
+    # a supernode label too; the label saved before is kept
+    response = edit(app, ids.GROUP_BUTTON, nodes=[{"id": key}, {"id": other}], group_label=label)
+    assert response[ids.ACTION_MESSAGE]["children"].startswith("Not saved: a label must be text")
+    a = load_annotations(tmp_path / GOOD)
+    assert a.labels == {key: "red detector"} and a.supernodes == []
+
+
+def test_empty_label_still_removes_a_label(app, tmp_path):
+    key = app.state.store.session(GOOD).keys[0]
+    for empty in (None, ""):
+        edit(app, ids.LABEL_SAVE, selected=key, label="x")
+        assert edit(app, ids.LABEL_SAVE, selected=key, label=empty)[ids.LABEL_MESSAGE]["children"] == "label saved"
+        assert load_annotations(tmp_path / GOOD).labels == {}
+
+
+@pytest.mark.parametrize("target", [(ids.LABEL_INPUT, "value"), (ids.GROUP_LABEL, "value")])
+def test_no_annotation_callback_answers_500_to_forged_labels(app, target):
+    assert every_callback_reading(app, target, [{"a": 1}, 5, ["x"]]) >= 1

@@ -19,7 +19,7 @@ def _targets(selected_nodes, selected_key) -> list[str]:
     keys = [d["id"] for d in nodes if isinstance(d, dict) and d.get("kind") not in DECORATIONS and is_key(d.get("id"))]
     if not keys and is_key(selected_key):
         keys = [selected_key]
-    return keys
+    return list(dict.fromkeys(keys))  # once each: 5,000 copies of one node are one node (counts, messages)
 
 
 def register(app, state) -> None:
@@ -52,7 +52,7 @@ def register(app, state) -> None:
         if trigger in (ids.LABEL_SAVE, ids.LABEL_INPUT):
             if not selected:
                 return no_update, "", "Select a node first."
-            action, done = (lambda a: a.set_label(selected, label or "", session.index)), "label saved"
+            action, done = (lambda a: a.set_label(selected, label, session.index)), "label saved"
         elif trigger == ids.PIN_BUTTON:
             if not valid:
                 return no_update, "Select nodes to pin.", ""
@@ -68,7 +68,7 @@ def register(app, state) -> None:
         elif trigger == ids.GROUP_BUTTON:
             if len(valid) < 2:
                 return no_update, "Select two or more nodes (shift+click) to group.", ""
-            action, done = (lambda a: a.group(valid, group_label or "")), "grouped"
+            action, done = (lambda a: a.group(valid, group_label)), "grouped"
         elif trigger == ids.UNGROUP_BUTTON:
             sids = [k for k in keys if is_supernode_key(k)]
             if not sids:
