@@ -400,3 +400,36 @@ def test_empty_label_still_removes_a_label(app, tmp_path):
 @pytest.mark.parametrize("target", [(ids.LABEL_INPUT, "value"), (ids.GROUP_LABEL, "value")])
 def test_no_annotation_callback_answers_500_to_forged_labels(app, target):
     assert every_callback_reading(app, target, [{"a": 1}, 5, ["x"]]) >= 1
+
+
+# ---------------------------------------------------------------------- every callback, every value
+def test_no_callback_answers_500_to_any_forged_value(tmp_path):
+    """Each server callback, each of its inputs and states (not pattern-matching ones) in turn sent
+    values of other types, the open graph a good one: never a 500 (app/browser_values.py keeps
+    widget values and stores of the wrong shape from the callbacks; form fields say so)."""
+    from app.live import LiveError
+
+    def no_model(config):
+        raise LiveError("no model in this test")
+
+    g = make_graph(seed=0)
+    g.model, g.transcoders = "toy", "toy-plt"
+    save_graph(g, tmp_path / GOOD)
+    app = create_app(tmp_path, live=True, live_factory=no_model)
+    n = 0
+    try:
+        for output, cb in app.callback_map.items():
+            specs = [i for i in cb["inputs"] + cb.get("state", []) if not i["id"].startswith("{")]
+            if "callback" not in cb or any(o.startswith("{") for o in output.strip(".").split("...")):
+                continue
+            for target in specs:
+                for value in ["str", {"a": 1}, [1], 5, True, -1, 1e308]:
+                    values = {(i["id"], i["property"]): (1 if i["property"] == "n_clicks" else None) for i in specs}
+                    values[(ids.STORE_GRAPH, "data")] = {"name": GOOD}
+                    values[(target["id"], target["property"])] = value
+                    status, response = forge(app, output, values, f"{target['id']}.{target['property']}")
+                    assert status < 500, (output[:60], target, repr(value), response[-600:])
+                    n += 1
+    finally:
+        app.state.live.queue.shutdown()
+    assert n > 500, n
