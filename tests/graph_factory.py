@@ -7,9 +7,31 @@ engine itself use real graphs computed on the toy VLM instead.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from tracer.graph import Graph, Target
+
+
+def rewrite_graph_file(path: Path, meta=None, tensors=None, out: Path | None = None) -> Path:
+    """Re-save a graph file (at `out`, else in place) with its metadata / tensors edited in place by
+    the given functions, as a hostile writer would."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(path), framework="numpy") as f:
+        raw = f.metadata()
+    t = load_file(str(path))
+    m = json.loads(raw["vlm_circuits_graph"])
+    if meta:
+        meta(m)
+    if tensors:
+        tensors(t)
+    out = Path(out or path)
+    save_file(t, str(out), metadata={"vlm_circuits_graph": json.dumps(m)})
+    return out
 
 
 def make_graph(seed: int = 0, n_layers: int = 3, n_pos: int = 12, n_features: int = 20, n_logits: int = 2,

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from graph_factory import rewrite_graph_file
+
 from tracer.cli import main
 from tracer.toy import world
 
@@ -405,22 +407,6 @@ def test_attention_checks_every_option_before_writing_anything(files, tmp_path, 
 # -- found by a hostile-input audit: each is one line and exit 2, and nothing is lost
 
 
-def _tampered(graph: Path, out: Path, edit_tensors=None, edit_meta=None) -> Path:
-    from safetensors.numpy import load_file, save_file
-
-    t = load_file(str(graph))
-    from safetensors import safe_open
-
-    with safe_open(str(graph), framework="numpy") as f:
-        meta = json.loads(f.metadata()["vlm_circuits_graph"])
-    if edit_tensors:
-        edit_tensors(t)
-    if edit_meta:
-        edit_meta(meta)
-    save_file(t, str(out), metadata={"vlm_circuits_graph": json.dumps(meta)})
-    return out
-
-
 def _nan_first(name):
     def edit(t):
         t[name] = t[name].copy()
@@ -439,7 +425,7 @@ def _nan_first(name):
 ])
 def test_tampered_numbers_are_refused_when_a_graph_is_read(files, tmp_path, capsys, edit_tensors, edit_meta, words):
     """Not a verify that says PASS, nor a traceback in export: the file is refused on reading."""
-    bad = _tampered(files["graph"], tmp_path / "bad.graph.safetensors", edit_tensors, edit_meta)
+    bad = rewrite_graph_file(files["graph"], edit_meta, edit_tensors, out=tmp_path / "bad.graph.safetensors")
     for argv in (["verify", str(bad)], ["export", str(bad), "--out", str(tmp_path / "np")]):
         assert main(argv) == 2
         assert words in _one_error_line(capsys)

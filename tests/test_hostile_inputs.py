@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
-from graph_factory import make_graph
+from graph_factory import make_graph, rewrite_graph_file
 from test_app_server import OPEN, call
 
 from tracer.graph import GraphFormatError, save_graph
@@ -68,18 +68,7 @@ def refusal_in_bounded_memory(path: Path, words: str, mem_gb: float = 2.0) -> st
 # ====================================================================== our graph files
 def rewrite(path: Path, meta=None, tensors=None) -> Path:
     """Re-save a graph file with its metadata / tensors edited (as a hostile writer would)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        raw = f.metadata()
-    t = load_file(str(path))
-    m = json.loads(raw["vlm_circuits_graph"])
-    if meta:
-        meta(m)
-    if tensors:
-        tensors(t)
-    save_file(t, str(path), metadata={"vlm_circuits_graph": json.dumps(m)})
-    return path
+    return rewrite_graph_file(path, meta, tensors)
 
 
 @pytest.fixture
