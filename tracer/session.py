@@ -4,7 +4,6 @@ command line and the app use to trace, verify and intervene."""
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 import torch

@@ -368,7 +368,7 @@ class _Influence:
         rows) and rows (for every column)."""
         n, old = explored.numel(), self.m_size
         if n > self.M.shape[0]:  # room for the next batches too, but never more than the budget
-            size = min(max(n, 2 * self.M.shape[0]), max(n, self.n_explore))
+            size = max(n, min(2 * self.M.shape[0], self.n_explore))
             grown = torch.zeros(size, size, dtype=self.M.dtype, device=self.M.device)
             grown[:old, :old] = self.M[:old, :old]
             self.M = grown

@@ -27,6 +27,7 @@ from tracer.attribution.replay import ReplayError, replay
 from tracer.attribution.targets import resolve_directions
 from tracer.errors import InputError
 from tracer.graph.graph import ATTENTION_GRAPH, Graph
+from tracer.graph.storage import EDGES_STORED_AS
 
 # Relative tolerances by the precision the graph was computed in.
 TOLERANCE = {"float64": 1e-10, "float32": 2e-3, "bfloat16": 5e-2, "float16": 5e-2}
@@ -65,7 +66,7 @@ def tolerance_for(graph: Graph, model_dtype: torch.dtype) -> float:
     computed = str(graph.config.get("compute_dtype") or graph_dtype(graph))
     model_name = str(compute_dtype_for(model_dtype)).replace("torch.", "")
     tol = max(TOLERANCE.get(computed, TOLERANCE[graph_dtype(graph)]), TOLERANCE.get(model_name, TOLERANCE["float32"]))
-    if graph.info.get("edges_stored_as") == "float16":
+    if graph.info.get(EDGES_STORED_AS) == "float16":
         tol = max(tol, TOLERANCE["float16"])
     return tol
 

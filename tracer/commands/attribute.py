@@ -73,9 +73,8 @@ def slug_from(prompt: str) -> str:
 
 def _attribute(args) -> int:
     from tracer.graph import save_graph
-    from tracer.session import TracingSession
-
     from tracer.graph.neuronpedia import safe_slug
+    from tracer.session import TracingSession
 
     # a slug names files (the default graph file, the viewer JSON): letters, digits, '.', '_' and '-' only
     slug = safe_slug(args.slug) if args.slug else slug_from(args.prompt)

@@ -40,19 +40,20 @@ def decoder_rows(graph, transcoders_ref: str):
     from tracer.transcoders.errors import TranscoderMismatchError
 
     ts = load_transcoder_set(None if transcoders_ref in ("toy", "toy-plt") else transcoders_ref, device="cpu")
-    for layer in sorted(set(graph.features[:, 0].tolist())):  # the graph's features must be in this set
-        widest = int(graph.features[graph.features[:, 0] == layer, 2].max())
+    out = None
+    for layer in sorted(set(graph.features[:, 0].tolist())):
+        rows = np.flatnonzero(graph.features[:, 0] == layer)
+        widest = int(graph.features[rows, 2].max())  # the graph's features must be in this set
         if layer not in ts or widest >= ts[layer].d_transcoder:
             have = f"{ts[layer].d_transcoder} features there" if layer in ts else "no transcoder there"
             raise TranscoderMismatchError(f"{transcoders_ref}: the graph has feature {widest} at layer {layer}, the set "
                                           f"has {have}: not the transcoders this graph was traced with")
-        if graph.n_features and ts[layer].d_model != ts[int(graph.features[0, 0])].d_model:
+        if out is None:
+            out = np.zeros((graph.n_features, ts[layer].d_model))
+        if ts[layer].d_model != out.shape[1]:
             raise TranscoderMismatchError(f"{transcoders_ref}: its layers differ in d_model")
-    out = np.zeros((graph.n_features, ts[int(graph.features[0, 0])].d_model) if graph.n_features else (0, 0))
-    for layer in sorted(set(graph.features[:, 0].tolist())):
-        rows = np.flatnonzero(graph.features[:, 0] == layer)
         out[rows] = ts[layer].decoder_rows(torch.as_tensor(graph.features[rows, 2])).double().cpu().numpy()
-    return out
+    return out if out is not None else np.zeros((0, 0))
 
 
 def _supernodes(args) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from tracer.commands.common import check_writable, non_negative_float, non_negative_int, positive_float, positive_int
+from tracer.errors import InputError
 
 MEMORY_HELP = """\
 what fits where (training state is fp32: weights + gradients + 2 Adam moments = 16 bytes per
@@ -121,10 +123,6 @@ def register(sub) -> None:
 
 
 def _run(args) -> int:
-    from pathlib import Path
-
-    from tracer.errors import InputError
-
     out = Path(args.out)
     if not args.resume and not args.overwrite and ((out / "config.yaml").exists() or any(out.glob("layer_*.safetensors"))):
         raise InputError(f"{out} already holds a transcoder set: pass --resume to keep its layers and train the "

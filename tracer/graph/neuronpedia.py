@@ -601,12 +601,7 @@ def _basic_check(data) -> None:
                          ("feature_type", str)):
             need(isinstance(n.get(key), typ) and not isinstance(n.get(key), bool),
                  f"nodes[{k}].{key} must be a {typ.__name__}")
-    for k, link in enumerate(data["links"]):
-        need(isinstance(link, dict), f"links[{k}] must be an object")
-        need(isinstance(link.get("source"), str) and isinstance(link.get("target"), str),
-             f"links[{k}] needs string source and target")
-        need(isinstance(link.get("weight"), (int, float)) and not isinstance(link.get("weight"), bool),
-             f"links[{k}].weight must be a number")
+    _check_links(data["links"])
 
 
 # ----------------------------------------------------------------------------------- import

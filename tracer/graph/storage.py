@@ -179,9 +179,9 @@ def decode_adjacency(t: dict, path: Path, block: int = 1 << 22, shape: tuple[int
     need(declared.shape == (2,) and bool((declared >= 0).all()),
          f"adjacency_shape must be two sizes, got {declared.tolist()[:4]}")
     n_rows, n_cols = int(declared[0]), int(declared[1])
-    need(shape is None or (n_rows, n_cols) == tuple(shape),
-         f"adjacency_shape {n_rows:,} x {n_cols:,} does not fit the graph's nodes ({shape[0]:,} x {shape[1]:,})"
-         if shape is not None else "")
+    if shape is not None:
+        need((n_rows, n_cols) == tuple(shape),
+             f"adjacency_shape {n_rows:,} x {n_cols:,} does not fit the graph's nodes ({shape[0]:,} x {shape[1]:,})")
     need(n_rows * n_cols <= limits.MAX_EDGE_ENTRIES,
          f"adjacency_shape {n_rows:,} x {n_cols:,}: more than {limits.MAX_EDGE_ENTRIES:,} entries")
     need(data.ndim == 1, "adjacency_data must be one-dimensional")

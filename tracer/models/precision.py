@@ -183,4 +183,3 @@ def language_model_in_float32(adapter):
             for p, data in pairs:
                 p.data = data
         saved.clear()
-

@@ -35,6 +35,7 @@ class DataSourceError(InputError):
     """A data spec that cannot be used (unknown kind, missing folder, unreadable records, a dataset
     that cannot be loaded): one line for the user."""
 
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
@@ -203,7 +204,7 @@ class HFDatasetSource(Source):
     def _item(self, rec: dict) -> PromptItem | None:
         if self.text_col not in rec:
             raise DataSourceError(f"dataset {self.dataset_name} has no text column {self.text_col!r} "
-                           f"(columns: {', '.join(rec)})")
+                                  f"(columns: {', '.join(rec)})")
         text = rec[self.text_col]
         if isinstance(text, (list, tuple)):
             text = next((t for t in text if isinstance(t, str)), None)
@@ -213,7 +214,7 @@ class HFDatasetSource(Source):
         if self.image_col:
             if self.image_col not in rec:
                 raise DataSourceError(f"dataset {self.dataset_name} has no image column {self.image_col!r} "
-                               f"(columns: {', '.join(rec)})")
+                                      f"(columns: {', '.join(rec)})")
             image = self._to_image(rec[self.image_col])
         answer = rec.get(self.answer_col) if self.answer_col else None
         if isinstance(answer, (list, tuple)):
@@ -238,7 +239,7 @@ class HFDatasetSource(Source):
                     yield item
             if n == 0:
                 raise DataSourceError(f"dataset {self.dataset_name}: no usable training records after the first "
-                                 f"{self.heldout} (held out)")
+                                      f"{self.heldout} (held out)")
             epoch += 1
 
     def heldout_items(self, n: int, seed: int = 0) -> list[PromptItem]:
